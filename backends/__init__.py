@@ -1,0 +1,11 @@
+"""resconf backends: the adapter API, the float64 oracle, and adapters for frameworks and kernels.
+
+Importing this package imports no framework; `load_backend(name)` imports one on demand.
+"""
+from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace
+from backends.config import BlockConfig
+from backends.params import BlockParams, draw_params
+from backends.registry import BackendUnavailable, installed_builtins, load_backend
+
+__all__ = ["Backend", "BackendUnavailable", "BlockConfig", "BlockParams", "Capabilities", "FusedGrads",
+           "StackGrads", "StackTrace", "draw_params", "installed_builtins", "load_backend"]

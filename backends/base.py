@@ -1,0 +1,124 @@
+"""The public adapter API: what a backend implements, and how it says what it can do.
+
+Every array crossing this border is a float64 NumPy array whose values are already representable in
+the requested dtype (the suite rounds them first). A backend casts to `dtype` (exact), computes in
+its own way on its own device, and returns float64 NumPy (exact upcast). The suite never sees a
+framework tensor, so any framework, or none, can be plugged in.
+"""
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
+from backends.params import BlockParams
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend claims; the suite skips (never fails) what is not claimed, and records the skip."""
+
+    placements: frozenset[str] = frozenset(PLACEMENTS)
+    norms: frozenset[str] = frozenset(NORMS)
+    branches: frozenset[str] = frozenset(BRANCHES)
+    dtypes: frozenset[str] = frozenset({"float64", "float32"})
+    fused_kinds: frozenset[str] = frozenset()  # fused add+norm kinds: "rmsnorm", "layernorm"
+    blocks: bool = True  # False for a backend that only offers fused add+norm
+
+    def supports(self, cfg: BlockConfig) -> bool:
+        return (self.blocks and cfg.placement in self.placements and cfg.norm in self.norms
+                and cfg.branch in self.branches)
+
+
+@dataclass(frozen=True)
+class StackTrace:
+    states: np.ndarray  # (L+1, B, T, C): x_0 .. x_L
+    branches: np.ndarray  # (L, B, T, C): output of each block's branch F_l (before any ReZero gate)
+
+
+@dataclass(frozen=True)
+class StackGrads:
+    dx: np.ndarray  # (B, T, C): gradient w.r.t. x_0
+    dparams: tuple[BlockParams, ...]  # same structure as the parameters, one per block
+
+
+@dataclass(frozen=True)
+class FusedGrads:
+    dx: np.ndarray  # (..., C)
+    dresidual: np.ndarray  # (..., C)
+    dweight: np.ndarray  # (C,)
+    dbias: np.ndarray | None  # (C,) or None without bias
+
+
+class Backend(ABC):
+    """Base class of every backend. Override what you support and declare it in `capabilities`.
+
+    Required for blocks (capabilities.blocks): stack_forward and stack_vjp.
+    Required for fused add+norm (capabilities.fused_kinds non-empty): fused_add_norm, fused_add_norm_vjp.
+    """
+
+    name: str = "unnamed"
+    devices: tuple[str, ...] = ("cpu",)
+
+    def __init__(self, device: str = "cpu") -> None:
+        if device not in self.devices:
+            raise ValueError(f"backend {self.name!r} runs on {self.devices}, not on device {device!r}")
+        self.device = device
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    def versions(self) -> dict[str, str]:
+        """Framework name -> version, recorded in every result row."""
+        return {}
+
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+        """Run L = len(params) blocks on x (B, T, C); return every stream state and branch output."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement stack_forward")
+
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+                  dtype: str) -> StackGrads:
+        """Pull the cotangent g on x_L back to x_0 and to every parameter (the framework's own autodiff)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement stack_vjp")
+
+    def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                       eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(norm(x + residual) * weight (+ bias), x + residual); the sum is kept in float32 when
+        residual_in_fp32, else in `dtype`."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement fused_add_norm")
+
+    def fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                           eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
+                           residual_in_fp32: bool = False) -> FusedGrads:
+        """Gradients of <g_out, out> + <g_residual, new_residual> w.r.t. x, residual, weight, bias."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement fused_add_norm_vjp")
+
+    # --- Optional hooks for the asv benchmarks: native arrays, no NumPy round trip in the timed region ---
+    def to_native(self, a: np.ndarray, dtype: str):
+        """a as this backend's own array type on its device, in `dtype`."""
+        raise NotImplementedError(f"backend {self.name!r} offers no benchmark hooks")
+
+    def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
+        """A ready (compiled, warmed-up) callable f(x, residual, weight, bias, g_out) on native arrays that
+        runs the fused add+norm forward, and when `backward` also the backward; returns its outputs."""
+        raise NotImplementedError(f"backend {self.name!r} offers no fused add+norm benchmark")
+
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str):
+        """A ready callable f(x, g) on native arrays running the stack forward and backward."""
+        raise NotImplementedError(f"backend {self.name!r} offers no stack benchmark")
+
+    def synchronize(self, result) -> None:
+        """Block until `result` (whatever a bench callable returned) has been computed on the device."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.device}>"
+
+
+def dtype_error(backend: Backend, dtype: str) -> ValueError:
+    return ValueError(f"backend {backend.name!r} on {backend.device} does not claim dtype {dtype!r}; "
+                      f"it claims {sorted(backend.capabilities.dtypes)}")

@@ -1,0 +1,92 @@
+"""Find backends by name without importing any framework until that backend is asked for.
+
+A backend is named by one of:
+  - a built-in name (`numpy`, `torch`, `jax`, ...), listed in BUILTIN below;
+  - an entry point in the group `resconf.backends` of any installed distribution;
+  - a path `package.module:attr` to a Backend subclass (or a factory taking `device`).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from backends.base import Backend
+
+ENTRY_POINT_GROUP = "resconf.backends"
+
+
+@dataclass(frozen=True)
+class BuiltinBackend:
+    target: str  # "module:attr"
+    requires: tuple[str, ...]  # top-level modules that must be importable
+
+
+BUILTIN = {
+    "numpy": BuiltinBackend("backends.numpy_ref:NumpyReference", ("numpy",)),
+    "torch": BuiltinBackend("backends.torch_backend:TorchBackend", ("torch",)),
+    "torch_compile": BuiltinBackend("backends.torch_backend:TorchCompileBackend", ("torch",)),
+    "jax": BuiltinBackend("backends.jax_backend:JaxBackend", ("jax",)),
+    "numba_fused": BuiltinBackend("backends.numba_fused:NumbaFusedBackend", ("numba",)),
+    "triton_fused": BuiltinBackend("backends.triton_fused:TritonFusedBackend", ("triton", "torch")),
+}
+# What `resconf check` runs when no backend is named: the block backends (kernels are opt-in).
+DEFAULT_BACKENDS = ("numpy", "torch", "jax")
+
+
+class BackendUnavailable(LookupError):
+    """The named backend does not exist or its framework is not installed."""
+
+
+def installed_builtins() -> list[str]:
+    """Built-in names whose frameworks are importable (checked with find_spec: nothing is imported)."""
+    return [name for name, b in BUILTIN.items()
+            if all(importlib.util.find_spec(module) is not None for module in b.requires)]
+
+
+def entry_point_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def known_names() -> list[str]:
+    return installed_builtins() + [n for n in entry_point_names() if n not in BUILTIN]
+
+
+def load_backend(spec: str, device: str = "cpu") -> Backend:
+    """An instance of the backend named `spec` on `device`; BackendUnavailable with the fix otherwise."""
+    factory = _resolve(spec)
+    backend = factory(device=device)
+    if not isinstance(backend, Backend):
+        raise BackendUnavailable(f"{spec!r} gave a {type(backend).__name__}, expected a backends.base.Backend")
+    return backend
+
+
+def _resolve(spec: str):
+    if spec in BUILTIN:
+        builtin = BUILTIN[spec]
+        missing = [m for m in builtin.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise BackendUnavailable(f"backend {spec!r} needs {', '.join(missing)}, which is not installed "
+                                     f"(pip install 'resconf[{builtin.requires[0]}]'); installed: {', '.join(known_names())}")
+        return _import_target(builtin.target, spec)
+    eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    if eps:
+        return eps[0].load()
+    if ":" in spec:
+        return _import_target(spec, spec)
+    raise BackendUnavailable(f"unknown backend {spec!r}; installed: {', '.join(known_names())} "
+                             f"(or give a path package.module:attr)")
+
+
+def _import_target(target: str, spec: str):
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend {spec!r}: cannot import {module_name!r} ({exc}); "
+                                 f"installed: {', '.join(known_names())}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise BackendUnavailable(f"backend {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
