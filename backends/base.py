@@ -85,6 +85,11 @@ class Backend(ABC):
         """Pull the cotangent g on x_L back to x_0 and to every parameter (the framework's own autodiff)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement stack_vjp")
 
+    def init_params(self, cfg: BlockConfig, seed: int) -> tuple[BlockParams, ...]:
+        """Optional: the backend's own initializer for scheme cfg.init. When offered, the suite runs the
+        identity and variance properties on these parameters, so the scheme itself is under test."""
+        raise NotImplementedError
+
     def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                        eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
                        ) -> tuple[np.ndarray, np.ndarray]:

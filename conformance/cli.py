@@ -1,0 +1,69 @@
+"""The `resconf` command: `check` (the conformance suite), `report`, `bench-export`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from backends.registry import DEFAULT_BACKENDS, installed_builtins
+
+HELP = """resconf: conformance and benchmarks for residual connections.
+  resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
+  resconf report RESULTS... --out DIR  turn results (and a benchmark export) into HTML + Markdown
+  resconf bench-export                 asv results -> Parquet with GB/s and roofline fractions"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "check":
+        return check_main(rest)
+    if command == "report":
+        from reports.cli import main as report_main
+        return report_main(rest)
+    if command == "bench-export":
+        from reports.bench_export import main as export_main
+        return export_main(rest)
+    print(f"resconf: unknown command {command!r}\n{HELP}", file=sys.stderr)
+    return 2
+
+
+def check_main(argv: list[str]) -> int:
+    from conformance.check import CheckOptions, run_check
+
+    parser = argparse.ArgumentParser(prog="resconf check", description="Run the conformance suite.",
+                                     epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")
+    parser.add_argument("--backend", action="append", default=[], metavar="NAME",
+                        help="built-in name, entry point, or package.module:attr (repeatable; "
+                             f"default: the installed ones of {', '.join(DEFAULT_BACKENDS)})")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--profile", default="ci", choices=("ci", "nightly", "dev"),
+                        help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; dev")
+    parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")
+    parser.add_argument("--junitxml", type=Path, help="also write JUnit XML here")
+    parser.add_argument("--xfails", action="append", default=[], type=Path, metavar="FILE",
+                        help="expected-failure file (TOML), on top of the built-in ones (repeatable)")
+    parser.add_argument("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
+    parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per test (default 600)")
+    own, _, passthrough = _split_dashdash(argv)
+    args = parser.parse_args(own)
+    backends = tuple(args.backend) or tuple(n for n in DEFAULT_BACKENDS if n in installed_builtins())
+    pytest_args = (("-k", args.keyword) if args.keyword else ()) + tuple(passthrough)
+    return run_check(CheckOptions(backends=backends, device=args.device, profile=args.profile, output=args.output,
+                                  junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
+                                  test_timeout_s=args.timeout, pytest_args=pytest_args))
+
+
+def _split_dashdash(argv: list[str]) -> tuple[list[str], str, list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], "--", argv[i + 1:]
+    return argv, "", []
+
+
+if __name__ == "__main__":
+    sys.exit(main())

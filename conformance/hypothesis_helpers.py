@@ -1,0 +1,73 @@
+"""Hypothesis strategies for the suite (imported as `hh`).
+
+Shapes and depths come from small fixed buckets: a backend that compiles (JAX's jit, torch.compile)
+sees the same few shapes again and again instead of one recompile per example. Values, seeds and
+configurations are drawn freely.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from backends.base import Backend
+from backends.config import GELUS, BlockConfig
+from backends.dtypes import max_finite, numpy_dtype, round_to
+from backends.params import BlockParams, draw_params
+
+SHAPES = ((2, 4, 16), (1, 7, 8), (3, 5, 32))  # (B, T, C)
+JACOBIAN_SHAPES = ((1, 3, 8), (2, 2, 8))  # dense Jacobians: N = B*T*C stays small
+DEPTHS = (2, 8, 32, 128)
+seeds = st.integers(0, 2**32 - 1)
+scales = st.sampled_from((1e-2, 1.0, 1e2))
+
+
+def configs(backend: Backend, placement: str, init: str, d_model: int, depth: int = 1,
+            branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None
+            ) -> st.SearchStrategy[BlockConfig]:
+    """Configurations the backend claims, with placement and init fixed by the test."""
+    caps = backend.capabilities
+    norms = tuple(n for n in sorted(caps.norms) if norms is None or n in norms)
+    branches = tuple(b for b in sorted(caps.branches) if branches is None or b in branches)
+    return st.builds(BlockConfig, placement=st.just(placement), init=st.just(init), depth=st.just(depth),
+                     d_model=st.just(d_model), norm=st.sampled_from(norms), branch=st.sampled_from(branches),
+                     gelu=st.sampled_from(GELUS))
+
+
+def identity_domain(dtype: str, d_model: int) -> float:
+    """Largest |x| for which no norm statistic can overflow: the sum of C squares stays below the
+    dtype's maximum with a factor 4 to spare, so a NaN from overflow is not blamed on the skip."""
+    return math.sqrt(max_finite(dtype) / d_model) / 2.0
+
+
+def finite_arrays(dtype: str, shape: tuple[int, ...], bound: float, subnormals: bool = False
+                  ) -> st.SearchStrategy[np.ndarray]:
+    """Adversarial finite arrays representable in `dtype` (as float64), |x| <= bound: zeros of both
+    signs, tiny and huge normals, and subnormals only when asked (a separate case, so a backend that
+    flushes them can carry an expected failure for that case alone)."""
+    width = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 32}[dtype]
+    element_dtype = np.dtype(np.float32) if dtype == "bfloat16" else numpy_dtype(dtype)
+    tiny = float(np.finfo(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype)).tiny)
+    bound = float(np.nextafter(element_dtype.type(bound), 0))  # representable, never above the domain
+    elements = st.floats(-bound, bound, width=width, allow_nan=False, allow_subnormal=subnormals)
+    if subnormals:
+        elements = st.floats(-tiny, tiny, width=width, allow_subnormal=True, exclude_min=True, exclude_max=True)
+    return hnp.arrays(element_dtype, shape, elements=elements).map(lambda a: round_to(a, dtype))
+
+
+def normal_input(seed: int, shape: tuple[int, ...], scale: float, dtype: str) -> np.ndarray:
+    """Seeded N(0, scale^2) input rounded to dtype."""
+    return round_to(np.random.default_rng(seed).normal(0.0, scale, shape), dtype)
+
+
+def params_for(backend: Backend, cfg: BlockConfig, seed: int, dtype: str, perturb: bool = False
+               ) -> tuple[BlockParams, ...]:
+    """The backend's own initializer when it offers one (then it is under test too), else the suite's;
+    rounded to dtype so backend and oracle compute the same function."""
+    try:
+        params = backend.init_params(cfg, seed)
+    except NotImplementedError:
+        params = draw_params(cfg, seed, perturb=perturb)
+    return tuple(p.map(lambda t: round_to(t, dtype)) for p in params)

@@ -1,0 +1,228 @@
+"""The pytest plugin: backend selection, profiles, expected failures and the results recorder.
+
+`resconf check` is a thin front over this; `pytest conformance --backend torch` works as well.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from backends.config import DTYPES
+from backends.registry import load_backend
+from conformance import profiles, xfails
+from conformance.recorder import PropertyRecorder
+from conformance.results import OUTCOMES, ResultRow
+
+WORKER_LOAD_FAILED = 6  # exit status of a run whose backend cannot be loaded (conformance.check reads it)
+RECORDER = pytest.StashKey[PropertyRecorder]()
+OUTCOME = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("resconf", "resconf conformance")
+    group.addoption("--backend", action="append", default=[], metavar="NAME",
+                    help="backend to check: a built-in name, an entry point, or package.module:attr (repeatable)")
+    group.addoption("--device", default="cpu", help="device the backends run on (cpu, cuda)")
+    group.addoption("--profile", default="dev", choices=profiles.PROFILES, help="hypothesis profile")
+    group.addoption("--xfails", action="append", default=[], metavar="FILE",
+                    help="expected-failure file (TOML) on top of the backend's built-in one (repeatable)")
+    group.addoption("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
+    group.addoption("--results-jsonl", default=None, metavar="FILE",
+                    help="append one JSON result row per test to FILE (resconf check merges them into Parquet)")
+    group.addoption("--run-id", default=None, help="run id written into every result row")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "property(id): the SPEC property ID this test checks")
+    config.addinivalue_line("markers", "dtypes(*names): dtypes this property runs in (default: all)")
+    profiles.register(Path(config.rootpath) / ".hypothesis" / "resconf")
+    settings.load_profile(config.getoption("--profile"))
+    config.stash[OUTCOME] = {}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        names = metafunc.config.getoption("--backend") or ["numpy"]
+        metafunc.parametrize("backend_name", names, ids=[_short(n) for n in names], scope="session")
+    if "dtype" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("dtypes")
+        metafunc.parametrize("dtype", marker.args if marker else DTYPES)
+
+
+def _short(spec: str) -> str:
+    """A test-id friendly name: `pkg.mod:Attr` -> `Attr`."""
+    return spec.rsplit(":", 1)[-1]
+
+
+_LOADED: dict[tuple[str, str], object] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Load every backend up front: one that cannot load ends the run with one clear line, not a
+    failure per test."""
+    config = session.config
+    device = config.getoption("--device")
+    for name in config.getoption("--backend") or ["numpy"]:
+        try:
+            _LOADED[(name, device)] = load_backend(name, device=device)
+        except Exception as exc:  # noqa: BLE001  any import or constructor error ends the run the same way
+            pytest.exit(f"resconf: backend {name!r} could not be loaded on {device}: {exc}",
+                        returncode=WORKER_LOAD_FAILED)
+
+
+@pytest.fixture(scope="session")
+def backend(backend_name: str, request: pytest.FixtureRequest):
+    device = request.config.getoption("--device")
+    return _LOADED[(backend_name, device)]
+
+
+@pytest.fixture
+def subject(backend, dtype: str):
+    """The backend, after checking it claims the dtype (else the case is skipped, and recorded so)."""
+    if dtype not in backend.capabilities.dtypes:
+        pytest.skip(f"{backend.name} on {backend.device} does not claim {dtype}")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    return load_backend("numpy")
+
+
+@pytest.fixture
+def prop(request: pytest.FixtureRequest) -> PropertyRecorder:
+    item = request.node
+    recorder = PropertyRecorder(property_id=_property_of(item), subject=_subject_of(item), rerun=_rerun_of(item))
+    item.stash[RECORDER] = recorder
+    return recorder
+
+
+def _property_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("property")
+    return marker.args[0] if marker else "?"
+
+
+def _params_of(item: pytest.Item) -> dict:
+    return dict(getattr(item, "callspec", None).params) if hasattr(item, "callspec") else {}
+
+
+def _subject_of(item: pytest.Item) -> str:
+    p = _params_of(item)
+    return f"backend={p.get('backend_name', '-')} device={item.config.getoption('--device')} dtype={p.get('dtype', '-')}"
+
+
+def _rerun_of(item: pytest.Item) -> str:
+    p = _params_of(item)
+    cfg = item.config
+    return (f"resconf check --backend {p.get('backend_name', 'numpy')} --device {cfg.getoption('--device')} "
+            f"--profile {cfg.getoption('--profile')} -k '{item.name}'")
+
+
+def _fixed_config(item: pytest.Item) -> str:
+    """The case's configuration: its pytest parameters other than backend and dtype; the rest is drawn."""
+    fixed = {k: v for k, v in _params_of(item).items() if k not in ("backend_name", "dtype")}
+    return ",".join(f"{k}={v}" for k, v in fixed.items()) or "*"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--skip-xfails"):
+        return
+    filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
+    names = config.getoption("--backend") or ["numpy"]
+    entries = xfails.load(names, [Path(p) for p in config.getoption("--xfails")])
+    unmatched = xfails.apply(entries, items, _params_of, _property_of)
+    if unmatched and not filtered:  # with -k/-m, an entry may match only deselected cases
+        lines = "\n".join(f"  {e.source}: {e.describe()}" for e in unmatched)
+        raise pytest.UsageError(f"expected-failure entries that match no collected case (stale? remove them):\n{lines}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    state = item.stash.setdefault(OUTCOME, {"duration": 0.0})
+    state["duration"] += report.duration
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        state["report"] = report
+    if report.when == "teardown":
+        _write_row(item, state.get("report", report), state["duration"])
+    return report
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    if hasattr(report, "wasxfail"):
+        return f"expected failure: {report.wasxfail}"
+    text = report.longreprtext or ""
+    for line in text.splitlines():
+        if line.startswith("E ") and line[2:].strip():
+            return line[2:].strip()[:500]
+    return text.strip().splitlines()[-1][:500] if text.strip() else ""
+
+
+def _counterexample(report: pytest.TestReport) -> tuple[str, str]:
+    """Hypothesis' minimal falsifying example (with our `drawn:` note) and its reproduce_failure blob."""
+    lines = [line.removeprefix("E").strip() for line in (report.longreprtext or "").splitlines()]
+    parts = []
+    if any(line.startswith("Falsifying example") for line in lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Falsifying example"))
+        block = []
+        for line in lines[start:]:
+            block.append(line)
+            if line == ")" or len(block) > 30:
+                break
+        parts.append(" ".join(" ".join(block).split()))
+    drawn = [line for line in lines if line.startswith("drawn:")]
+    if drawn:
+        parts.append(drawn[-1])
+    blob = next((line for line in lines if "@reproduce_failure" in line), "")
+    return " | ".join(parts)[:2000], blob
+
+
+def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) -> None:
+    path = item.config.getoption("--results-jsonl")
+    if not path:
+        return
+    params = _params_of(item)
+    recorder = item.stash.get(RECORDER, None)
+    outcome = _outcome(report)
+    assert outcome in OUTCOMES
+    counterexample, blob = _counterexample(report) if report.failed else ("", "")
+    backend = _LOADED.get((params.get("backend_name", ""), item.config.getoption("--device")))
+    versions = backend.versions() if backend is not None else {}
+    curves = recorder.curves if recorder else []
+    row = ResultRow(
+        run_id=item.config.getoption("--run-id") or "adhoc",
+        backend=str(params.get("backend_name", "-")), device=item.config.getoption("--device"),
+        dtype=str(params.get("dtype", "-")), property=_property_of(item), test=item.nodeid,
+        config=_fixed_config(item), outcome=outcome,
+        measured=recorder.measured if recorder else None, bound=recorder.bound if recorder else None,
+        comparison=recorder.comparison if recorder else "", worst_config=recorder.worst_config if recorder else "",
+        counterexample=counterexample, message=_first_line(report) if outcome != "passed" else "",
+        rerun=_rerun_of(item), seed=blob, examples=recorder.examples if recorder else 0, duration_s=duration,
+        curve_x=[c[1] for c in curves], curve_y=[c[2] for c in curves], curve_label=[c[0] for c in curves],
+        suite_version=_suite_version(), backend_versions=json.dumps(versions, sort_keys=True),
+        python_version=platform.python_version(), machine=f"{platform.node()} {platform.machine()}",
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    with open(path, "a") as f:  # one line per test, flushed: a killed worker loses at most the current test
+        f.write(row.to_json() + "\n")
+
+
+def _suite_version() -> str:
+    try:
+        return version("resconf")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,26 @@
+"""Hypothesis profiles: `ci` fast and derandomised, `nightly` thorough with a persisted example
+database, `dev` in between. Heavy properties (dense Jacobians, deep stacks) run a fraction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+PROFILES = ("ci", "nightly", "dev")
+# The recorder fixture deliberately lives across examples (it keeps the worst case).
+_SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
+def register(database_dir: Path) -> None:
+    common = dict(deadline=None, suppress_health_check=_SUPPRESS, print_blob=True)
+    settings.register_profile("ci", max_examples=6, derandomize=True, database=None, **common)
+    settings.register_profile("dev", max_examples=25, **common)
+    settings.register_profile("nightly", max_examples=1000,
+                              database=DirectoryBasedExampleDatabase(str(database_dir)), **common)
+
+
+def heavy(fraction: float = 0.2) -> settings:
+    """Settings for an expensive property: a fraction of the profile's examples, at least 2."""
+    current = settings.default
+    return settings(current, max_examples=max(2, int(current.max_examples * fraction)))

@@ -1,0 +1,21 @@
+"""Skip, never fail, what a backend does not claim; the skip reason lands in the results row."""
+from __future__ import annotations
+
+import pytest
+
+from backends.base import Backend
+
+
+def require_placement(backend: Backend, *placements: str) -> None:
+    caps = backend.capabilities
+    if not caps.blocks:
+        pytest.skip(f"{backend.name} offers no residual blocks (fused add+norm only)")
+    missing = [p for p in placements if p not in caps.placements]
+    if missing:
+        pytest.skip(f"{backend.name} does not claim placement {', '.join(missing)}")
+
+
+def require_branch(backend: Backend, branch: str, norm: str) -> None:
+    caps = backend.capabilities
+    if branch not in caps.branches or norm not in caps.norms:
+        pytest.skip(f"{backend.name} does not claim branch {branch} with norm {norm}")

@@ -1,0 +1,148 @@
+"""GR: the gradient keeps the identity path.
+
+GR-1 splits a block's VJP into the skip path and the oracle's branch path; GR-2 bounds the input
+gradient of a stack by the theorem (1 - rho) ||g|| <= ||g + J^T g|| <= (1 + rho) ||g||, rho = ||J||_2;
+GR-3 records ||grad x_0|| / ||g|| against depth, residual against plain on the same weights; GR-4 checks
+a backend's float64 VJPs against central finite differences of its own forward (for the numpy backend
+this guards the oracle itself).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from backends import numpy_ref as ref
+from backends.config import BlockConfig
+from backends.dtypes import round_to, unit_roundoff
+from conformance import hypothesis_helpers as hh
+from conformance import profiles
+from conformance.recorder import relative_error
+from conformance.requirements import require_placement
+from conformance.tolerances import tolerance
+
+
+@pytest.mark.property("GR-1")
+@pytest.mark.parametrize("placement", ["pre", "rezero", "post"])
+@given(data=st.data())
+def test_gradient_decomposition(subject, dtype, placement, prop, data):
+    """pre/rezero: VJP = g + J_write^T g; post: VJP = J_N^T g + J_F^T J_N^T g (the skip passes the norm)."""
+    require_placement(subject, placement)
+    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
+    cfg = data.draw(hh.configs(subject, placement, "standard", d_model=shape[-1]), label="cfg")
+    seed = data.draw(hh.seeds, label="seed")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
+    x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
+    (p,) = hh.params_for(subject, cfg, seed, dtype, perturb=True)
+    dx = subject.stack_vjp(cfg, (p,), x, g, dtype).dx
+    if placement == "post":
+        g_norm = ref.norm_vjp(cfg, p, x + ref.branch(cfg, p, x), g)[0]  # J_N^T g
+        expected = g_norm + ref.branch_vjp(cfg, p, x, g_norm)[0]  # skip path + branch path
+    else:
+        expected = g + ref.residual_write_vjp(cfg, p, x, g)  # identity path + branch path
+    prop.at_most("relative error of the input VJP against skip + branch", relative_error(dx, expected),
+                 tolerance(dtype).gradient)
+
+
+def _spectral_norms(cfg: BlockConfig, params, x: np.ndarray) -> list[float]:
+    """rho_l = ||J_l||_2 of each block's residual write, at the oracle's own trajectory."""
+    states = ref.stack_forward(cfg, params, x).states
+    return [float(np.linalg.norm(ref.branch_jacobian(cfg, p, s), 2)) for p, s in zip(params, states)]
+
+
+@pytest.mark.property("GR-2")
+@profiles.heavy()
+@given(data=st.data())
+def test_gradient_bounds(subject, dtype, prop, data):
+    """Pre stack: prod(1 - rho_l) <= ||grad x_0|| / ||g|| <= prod(1 + rho_l); the plain stack on the same
+    weights: ||grad x_0|| / ||g|| <= prod rho_l. Theorems, so the only slack is the dtype's gradient
+    tolerance. A detached or dropped skip breaks the lower bound."""
+    require_placement(subject, "pre", "plain")
+    shape = data.draw(st.sampled_from(hh.JACOBIAN_SHAPES), label="shape")
+    depth = data.draw(st.sampled_from((2, 4, 8)), label="depth")
+    cfg = data.draw(hh.configs(subject, "pre", "standard", d_model=shape[-1], depth=depth), label="cfg")
+    seed = data.draw(hh.seeds, label="seed")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
+    x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
+    params = hh.params_for(subject, cfg, seed, dtype, perturb=True)
+    rho = _spectral_norms(cfg, params, x)
+    assume(max(rho) < 1.0)  # the lower bound is vacuous otherwise
+    tol = tolerance(dtype, depth).gradient
+    ratio = np.linalg.norm(subject.stack_vjp(cfg, params, x, g, dtype).dx) / np.linalg.norm(g)
+    prop.at_least("||grad x_0|| / ||g|| against prod(1 - rho)", ratio, math.prod(1 - r for r in rho) * (1 - tol))
+    prop.at_most("||grad x_0|| / ||g|| against prod(1 + rho)", ratio, math.prod(1 + r for r in rho) * (1 + tol))
+    plain = dataclasses.replace(cfg, placement="plain")
+    rho_plain = _spectral_norms(plain, params, x)
+    ratio_plain = np.linalg.norm(subject.stack_vjp(plain, params, x, g, dtype).dx) / np.linalg.norm(g)
+    prop.at_most("plain stack ||grad x_0|| / ||g|| against prod(rho)", ratio_plain,
+                 math.prod(rho_plain) * (1 + tol))
+
+
+SWEEP_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _padded(params, depth: int, identity):
+    """The first `depth` blocks, then identity blocks up to the full length: one compiled shape serves
+    every depth, and x_L and its gradient pass the identity blocks bitwise unchanged."""
+    return tuple(p if layer < depth else identity(p) for layer, p in enumerate(params))
+
+
+@pytest.mark.property("GR-3")
+def test_gradient_depth_sweep(subject, dtype, prop):
+    """Records ||grad x_0|| / ||g|| for depth 1..128, residual (pre) against plain on the same weights
+    (linear branch, so an identity block exists for both: w_out = 0 for pre, w_out = I for plain). The band:
+    each point agrees with the oracle's curve within the gradient tolerance (points where the oracle's
+    plain value is below the dtype's normal range are recorded, not compared), and the plain curve lies
+    below the residual one from depth 2 on."""
+    require_placement(subject, "pre", "plain")
+    L, shape, seed = SWEEP_DEPTHS[-1], (2, 4, 16), 20261122
+    cfg = BlockConfig(placement="pre", norm="layernorm", branch="linear", init="standard", depth=L, d_model=16)
+    plain = dataclasses.replace(cfg, placement="plain")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
+    params = hh.params_for(subject, cfg, seed, dtype)
+    x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
+    zero = lambda p: dataclasses.replace(p, w_out=np.zeros_like(p.w_out), b_out=np.zeros_like(p.b_out))
+    eye = lambda p: dataclasses.replace(p, w_out=np.eye(cfg.d_model), b_out=np.zeros_like(p.b_out))
+    tiny = float(np.finfo(np.float32).tiny if dtype == "bfloat16" else np.finfo(dtype).tiny)
+    curves = {}
+    for label, c, identity in (("residual", cfg, zero), ("plain", plain, eye)):
+        ours, oracle = [], []
+        for depth in SWEEP_DEPTHS:
+            p = _padded(params, depth, identity)
+            ours.append(np.linalg.norm(subject.stack_vjp(c, p, x, g, dtype).dx) / np.linalg.norm(g))
+            oracle.append(np.linalg.norm(ref.stack_vjp(c, p, x, g).dx) / np.linalg.norm(g))
+        prop.curve(label, SWEEP_DEPTHS, ours)
+        prop.curve(f"{label} (oracle)", SWEEP_DEPTHS, oracle)
+        curves[label] = ours
+        for depth, got, want in zip(SWEEP_DEPTHS, ours, oracle):
+            if want > tiny / unit_roundoff(dtype):
+                prop.at_most(f"{label} ratio at depth {depth} against the oracle",
+                             abs(got - want) / want, tolerance(dtype, depth).gradient)
+    for depth, res, pl in zip(SWEEP_DEPTHS[1:], curves["residual"][1:], curves["plain"][1:]):
+        prop.at_least(f"residual over plain gradient ratio at depth {depth}", res / max(pl, 1e-300), 1.0)
+
+
+@pytest.mark.property("GR-4")
+@pytest.mark.parametrize("placement", ["pre", "post", "rezero", "deepnorm", "plain"])
+@given(data=st.data())
+def test_vjp_finite_differences(subject, dtype, placement, prop, data):
+    """<g, J v> by fourth-order central differences of the backend's own forward against <VJP(g), v>,
+    relative error <= 1e-6 (ref.FD_REL_TOL) plus the stencil's rounding noise. float64 only: in a
+    narrower dtype the differences drown in rounding."""
+    if dtype != "float64":
+        pytest.skip("finite differences need float64")
+    require_placement(subject, placement)
+    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
+    cfg = data.draw(hh.configs(subject, placement, "standard", d_model=shape[-1], depth=2), label="cfg")
+    seed = data.draw(hh.seeds, label="seed")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
+    x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
+    params = hh.params_for(subject, cfg, seed, dtype, perturb=True)
+    forward = lambda z: subject.stack_forward(cfg, params, z, dtype).states[-1]
+    check = ref.fd_directional_check(forward, x, g, subject.stack_vjp(cfg, params, x, g, dtype).dx, seed)
+    slack = ref.FD_REL_TOL * max(abs(check.fd), abs(check.vjp)) + check.noise
+    prop.at_most(f"|FD - VJP| along a random direction ({check})", abs(check.fd - check.vjp), slack)

@@ -1,0 +1,108 @@
+"""ID: identity at zero. A block whose branch writes exactly zero must be exactly the identity.
+
+x + 0 is exact in IEEE arithmetic, so these are bitwise checks (only -0.0 + 0.0 = +0.0 may differ,
+and == treats those as equal). Domain: finite x with |x| <= hh.identity_domain(dtype, C), where no
+norm statistic can overflow; subnormal x is a case of its own.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backends import numpy_ref as ref
+from conformance import hypothesis_helpers as hh
+from conformance.recorder import relative_error
+from conformance.requirements import require_placement
+from conformance.tolerances import tolerance
+
+# (placement, init) pairs whose branch writes zero: zero output projection, or ReZero's a = 0.
+ZERO_WRITE = [("pre", "zero"), ("rezero", "zero"), ("rezero", "rezero")]
+
+
+def _zero_write_case(data, backend, dtype, placement, init, depth, prop, subnormals=False):
+    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
+    cfg = data.draw(hh.configs(backend, placement, init, d_model=shape[-1], depth=depth), label="cfg")
+    x = data.draw(hh.finite_arrays(dtype, shape, hh.identity_domain(dtype, shape[-1]), subnormals), label="x")
+    seed = data.draw(hh.seeds, label="seed")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed, max_abs_x=float(np.max(np.abs(x))))
+    return cfg, x, hh.params_for(backend, cfg, seed, dtype)
+
+
+@pytest.mark.property("ID-1")
+@pytest.mark.parametrize("placement,init", ZERO_WRITE)
+@given(data=st.data())
+def test_identity_block(subject, dtype, placement, init, prop, data):
+    require_placement(subject, placement)
+    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, 1, prop)
+    y = subject.stack_forward(cfg, params, x, dtype).states[-1]
+    prop.bitwise_equal("block output with a zero branch", y, x)
+
+
+@pytest.mark.property("ID-1")
+@pytest.mark.parametrize("placement,init", [("pre", "zero")])
+@given(data=st.data())
+def test_identity_subnormal(subject, dtype, placement, init, prop, data):
+    """Subnormal x must survive x + 0 too (a backend that flushes subnormals to zero fails here alone)."""
+    require_placement(subject, placement)
+    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, 1, prop, subnormals=True)
+    y = subject.stack_forward(cfg, params, x, dtype).states[-1]
+    prop.bitwise_equal("block output for subnormal x", y, x)
+
+
+@pytest.mark.property("ID-2")
+@pytest.mark.parametrize("placement,init", ZERO_WRITE)
+@given(data=st.data())
+def test_identity_stack(subject, dtype, placement, init, prop, data):
+    require_placement(subject, placement)
+    depth = data.draw(st.sampled_from(hh.DEPTHS), label="depth")
+    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, depth, prop)
+    states = subject.stack_forward(cfg, params, x, dtype).states
+    prop.bitwise_equal(f"every state of a depth-{depth} stack", states, np.broadcast_to(x, states.shape))
+
+
+@pytest.mark.property("ID-3")
+@pytest.mark.parametrize("placement,init", ZERO_WRITE)
+@given(data=st.data())
+def test_identity_gradient(subject, dtype, placement, init, prop, data, oracle):
+    """The input VJP is bitwise g; for ReZero, dL/da_l = <g, F_l(x)> (every later block is the identity,
+    so block l sees the cotangent g unchanged). That dot product is compared with the error bound of a
+    sum of products, tolerance * sum |g F|, since cancellation makes a normwise bound on it meaningless."""
+    require_placement(subject, placement)
+    depth = data.draw(st.sampled_from((1, 3)), label="depth")
+    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, depth, prop)
+    g = hh.normal_input(data.draw(hh.seeds, label="g_seed"), x.shape, 1.0, dtype)
+    grads = subject.stack_vjp(cfg, params, x, g, dtype)
+    prop.bitwise_equal("input VJP with zero branches", grads.dx, g)
+    if init == "rezero":
+        branches = oracle.stack_forward(cfg, params, x, dtype).branches
+        tol = tolerance(dtype, depth).gradient
+        for layer, (dp, f) in enumerate(zip(grads.dparams, branches)):
+            expected = float(np.sum(g * f))
+            scale = float(np.sum(np.abs(g * f))) or 1.0
+            prop.at_most(f"|dL/da - <g, F>| / sum|g F| in block {layer}", abs(float(dp.gate) - expected) / scale, tol)
+
+
+@pytest.mark.property("ID-4")
+@pytest.mark.parametrize("placement", ["post", "deepnorm", "plain"])
+@given(data=st.data())
+def test_negative_control(subject, dtype, placement, prop, data):
+    """With a zero branch, post gives N(x) and deepnorm N(alpha x), not x; plain gives exactly 0.
+    A backend whose `post` returns x fails here."""
+    require_placement(subject, placement)
+    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
+    cfg = data.draw(hh.configs(subject, placement, "zero", d_model=shape[-1]), label="cfg")
+    seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
+    x = hh.normal_input(seed, shape, scale, dtype)
+    params = hh.params_for(subject, cfg, seed, dtype, perturb=True)  # random gains and biases: N must use them
+    y = subject.stack_forward(cfg, params, x, dtype).states[-1]
+    if placement == "plain":
+        prop.bitwise_equal("plain block with a zero branch", y, np.zeros_like(x))
+        return
+    alpha = cfg.deepnorm_alpha if placement == "deepnorm" else 1.0
+    expected = ref.norm(cfg, params[0], alpha * x)
+    prop.at_most(f"relative error against N({'alpha ' if placement == 'deepnorm' else ''}x)",
+                 relative_error(y, expected), tolerance(dtype).forward)

@@ -1,0 +1,134 @@
+"""VG: the variance of the residual stream (theory and sampling bands in conformance/stream_theory.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backends.config import BlockConfig
+from backends.params import BASE_STD, expected_std
+from conformance import hypothesis_helpers as hh
+from conformance import stream_theory as theory
+from conformance.requirements import require_branch, require_placement
+from conformance.tolerances import summation_bound, tolerance
+
+STAT_SHAPE = (4, 32, 64)  # (B, T, C): n = 8192 elements per state, enough for 6-sigma bands to bite
+
+
+@pytest.mark.property("VG-1")
+@given(data=st.data())
+def test_stream_is_sum_of_writes(subject, dtype, prop, data):
+    """x_L == x_0 + sum_l F_l for a pre stack, up to the rounding of L additions: |error| <= bound *
+    sum of |terms| elementwise (recursive summation), bound from the tolerance table."""
+    require_placement(subject, "pre")
+    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
+    depth = data.draw(st.sampled_from(hh.DEPTHS[:3]), label="depth")
+    cfg = data.draw(hh.configs(subject, "pre", "standard", d_model=shape[-1], depth=depth), label="cfg")
+    seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
+    x = hh.normal_input(seed, shape, scale, dtype)
+    trace = subject.stack_forward(cfg, hh.params_for(subject, cfg, seed, dtype, perturb=True), x, dtype)
+    error = np.abs(trace.states[-1] - (trace.states[0] + trace.branches.sum(axis=0)))
+    magnitude = np.abs(trace.states[0]) + np.abs(trace.branches).sum(axis=0)
+    prop.at_most("max |x_L - (x_0 + sum F_l)| / sum |terms|", float(np.max(error / np.maximum(magnitude, 1e-300))),
+                 summation_bound(dtype, depth))
+
+
+def _seeds_example_params(cfg: BlockConfig, seed: int, dtype: str, write_var: float):
+    """Linear branches whose writes have variance write_var: w_out std sqrt(write_var / C)."""
+    params = hh.params_for(_SuiteOnly(), cfg, seed, "float64")
+    scale = np.sqrt(write_var / cfg.d_model) / BASE_STD
+    from backends.dtypes import round_to
+    return tuple(dataclasses.replace(p, w_out=round_to(p.w_out * scale, dtype)) for p in params)
+
+
+class _SuiteOnly:
+    """Stands in for a backend without an initializer: hh.params_for then uses the suite's draw."""
+
+    def init_params(self, cfg, seed):
+        raise NotImplementedError
+
+
+@pytest.mark.property("VG-2")
+def test_uncorrelated_growth(subject, dtype, prop):
+    """The seeds' worked example: unit-variance embeddings, 192 sublayers each writing variance 0.01,
+    so Var(x_L) ~= 1 + 192 * 0.01 = 2.92. Checked two ways within Z sigma of the sampling distribution:
+    every layer's correlation between stream and write, and the final variance."""
+    require_placement(subject, "pre")
+    require_branch(subject, "linear", "layernorm")
+    depth, write_var, seed = 192, 0.01, 192
+    cfg = BlockConfig(placement="pre", norm="layernorm", branch="linear", depth=depth, d_model=STAT_SHAPE[-1])
+    prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=seed)
+    x = hh.normal_input(seed, STAT_SHAPE, 1.0, dtype)
+    trace = subject.stack_forward(cfg, _seeds_example_params(cfg, seed, dtype, write_var), x, dtype)
+    state_vars, write_vars, covs = theory.stream_variances(trace.states, trace.branches)
+    n, C = x.size, cfg.d_model
+    prop.curve("Var(x_l)", range(depth + 1), state_vars)
+    prop.curve("theory 1 + 0.01 l", range(depth + 1), 1.0 + write_var * np.arange(depth + 1))
+    r = covs / np.sqrt(state_vars[:-1] * write_vars)
+    prop.at_most("max_l |corr(x_{l-1}, F_l)| in units of its sampling sd",
+                 float(np.max(np.abs(r))) / theory.correlation_sd(n, C), theory.Z)
+    expected = 1.0 + depth * write_var
+    sd = np.hypot(theory.growth_sd(state_vars[:-1], np.full(depth, write_var), n, C), np.sqrt(2.0 / n))
+    prop.at_most(f"|Var(x_L) - {expected:.2f}| in sampling sds", abs(state_vars[-1] - expected) / sd, theory.Z)
+
+
+VG3_DEPTHS = (6, 12, 24, 48, 96)
+
+
+@pytest.mark.property("VG-3")
+@pytest.mark.parametrize("branch", ["linear", "mlp"])
+@pytest.mark.parametrize("init", ["gpt2", "standard"])
+def test_gpt2_scaling(subject, dtype, branch, init, prop):
+    """Var(x_L) - Var(x_0) against theory L * v(std_out): with `gpt2` init std_out = 0.02 / sqrt(2L), so the
+    growth is v/2 whatever L (a band independent of depth); with `standard` it is linear in L. When the
+    backend brings its own initializer, each tensor's sample std is checked against the scheme first
+    (relative sd of a sample std over m values: 1/sqrt(2m))."""
+    require_placement(subject, "pre")
+    require_branch(subject, branch, "layernorm")
+    C = STAT_SHAPE[-1]
+    x = hh.normal_input(3, STAT_SHAPE, 1.0, dtype)
+    for depth in VG3_DEPTHS:
+        cfg = BlockConfig(placement="pre", norm="layernorm", branch=branch, init=init, depth=depth, d_model=C)
+        prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=depth)
+        params = hh.params_for(subject, cfg, depth, dtype)
+        for name in ("w_in", "w_out"):
+            weights = [getattr(p, name) for p in params if getattr(p, name) is not None]
+            if weights:
+                sample = np.concatenate([w.ravel() for w in weights])
+                want = expected_std(cfg, name)
+                prop.at_most(f"|std({name}) / scheme - 1| in sampling sds at L={depth}",
+                             abs(sample.std() / want - 1.0) * np.sqrt(2.0 * sample.size), theory.Z)
+        trace = subject.stack_forward(cfg, params, x, dtype)
+        state_vars, write_vars, _ = theory.stream_variances(trace.states, trace.branches)
+        v = theory.write_variance(cfg, BASE_STD, expected_std(cfg, "w_out"))
+        growth = state_vars[-1] - state_vars[0]
+        sd = theory.growth_sd(state_vars[:-1], np.full(depth, v), x.size, C)
+        prop.curve(f"{init} measured", [depth], [state_vars[-1] / state_vars[0]])
+        prop.curve(f"{init} theory", [depth], [1.0 + depth * v / state_vars[0]])
+        prop.at_most(f"|growth - L v| in sampling sds at L={depth}", abs(growth - depth * v) / sd, theory.Z)
+
+
+@pytest.mark.property("VG-4")
+@given(data=st.data())
+def test_post_normalises(subject, dtype, prop, data):
+    """Every state of a post stack (gain 1, bias 0) has per-token mean 0 and variance s2 / (s2 + eps),
+    s2 the variance of that token's norm input x_{l-1} + F_l, which the trace holds."""
+    require_placement(subject, "post")
+    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
+    depth = data.draw(st.sampled_from(hh.DEPTHS[:2]), label="depth")
+    cfg = data.draw(hh.configs(subject, "post", "standard", d_model=shape[-1], depth=depth, norms=("layernorm",)),
+                    label="cfg")
+    seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
+    prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
+    x = hh.normal_input(seed, shape, scale, dtype)
+    trace = subject.stack_forward(cfg, hh.params_for(subject, cfg, seed, dtype), x, dtype)
+    s2 = (trace.states[:-1] + trace.branches).var(axis=-1)  # (L, B, T)
+    out = trace.states[1:]
+    tol = tolerance(dtype).forward
+    prop.at_most("max per-token |mean|", float(np.max(np.abs(out.mean(axis=-1)))), tol)
+    prop.at_most("max per-token |var - s2/(s2+eps)|", float(np.max(np.abs(out.var(axis=-1) - s2 / (s2 + cfg.eps)))),
+                 2 * tol)
