@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from backends.registry import DEFAULT_BACKENDS, installed_builtins
+from conformance.profiles import PROFILES
 
 HELP = """resconf: conformance and benchmarks for residual connections.
   resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
@@ -40,8 +41,9 @@ def check_main(argv: list[str]) -> int:
                         help="built-in name, entry point, or package.module:attr (repeatable; "
                              f"default: the installed ones of {', '.join(DEFAULT_BACKENDS)})")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--profile", default="ci", choices=("ci", "nightly", "dev"),
-                        help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; dev")
+    parser.add_argument("--profile", default="ci", choices=PROFILES,
+                        help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; "
+                             "dev: 25 examples; smoke: 4 examples, no shrinking")
     parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")
     parser.add_argument("--junitxml", type=Path, help="also write JUnit XML here")
     parser.add_argument("--xfails", action="append", default=[], type=Path, metavar="FILE",

@@ -1,13 +1,13 @@
 """Hypothesis profiles: `ci` fast and derandomised, `nightly` thorough with a persisted example
-database, `dev` in between. Heavy properties (dense Jacobians, deep stacks) run a fraction."""
+database, `dev` in between, `smoke` the fastest (no shrinking). Heavy properties (dense Jacobians, deep stacks) run a fraction."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-PROFILES = ("ci", "nightly", "dev")
+PROFILES = ("ci", "nightly", "dev", "smoke")
 # The recorder fixture deliberately lives across examples (it keeps the worst case).
 _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
 
@@ -16,6 +16,9 @@ def register(database_dir: Path) -> None:
     common = dict(deadline=None, suppress_health_check=_SUPPRESS, print_blob=True)
     settings.register_profile("ci", max_examples=6, derandomize=True, database=None, **common)
     settings.register_profile("dev", max_examples=25, **common)
+    # smoke: proves a mutant fails without paying for shrinking its counterexample (tests/test_mutants.py)
+    settings.register_profile("smoke", max_examples=4, derandomize=True, database=None,
+                              phases=[Phase.explicit, Phase.generate], **common)
     settings.register_profile("nightly", max_examples=1000,
                               database=DirectoryBasedExampleDatabase(str(database_dir)), **common)
 

@@ -1,0 +1,192 @@
+"""Deliberately broken backends: each must be caught by the property family named in EXPECTED.
+
+Every mutant is the float64 oracle with one thing wrong, plugged in like any third-party backend
+(`--backend tests.mutants:SkipDropped`). tests/test_mutants.py runs the suite on them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from backends import numpy_ref as ref
+from backends.base import StackGrads, StackTrace
+from backends.numpy_ref import NumpyReference
+from backends.params import draw_params
+
+TINY = 2.0**-10
+
+
+class BlockMutant(NumpyReference):
+    """The oracle's stack loop over overridable per-block forward and VJP."""
+
+    name = "mutant"
+
+    def forward_block(self, cfg, p, x):
+        return ref.block_forward(cfg, p, x)
+
+    def vjp_block(self, cfg, p, x, g):
+        return ref.block_vjp(cfg, p, x, g)
+
+    def stack_forward(self, cfg, params, x, dtype):
+        states, branches = [np.asarray(x, dtype=np.float64)], []
+        for p in params:
+            y, f = self.forward_block(cfg, p, states[-1])
+            states.append(y)
+            branches.append(f)
+        return StackTrace(states=np.stack(states), branches=np.stack(branches))
+
+    def stack_vjp(self, cfg, params, x, g, dtype):
+        states = self.stack_forward(cfg, params, x, dtype).states
+        dparams = []
+        for layer in reversed(range(len(params))):
+            g, dp = self.vjp_block(cfg, params[layer], states[layer], g)
+            dparams.append(dp)
+        return StackGrads(dx=g, dparams=tuple(reversed(dparams)))
+
+
+class SkipDropped(BlockMutant):
+    """pre computes F(N(x)): the skip is gone."""
+
+    def forward_block(self, cfg, p, x):
+        y, f = ref.block_forward(cfg, p, x)
+        return (f, f) if cfg.placement == "pre" else (y, f)
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        return (dx - g, dp) if cfg.placement == "pre" else (dx, dp)
+
+
+class SkipDetached(BlockMutant):
+    """Forward right, but the skip is detached from autograd: the VJP lacks the identity path."""
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        return (dx - g, dp) if cfg.placement in ("pre", "rezero") else (dx, dp)
+
+
+class ResidualAddedTwice(BlockMutant):
+    """pre computes 2x + F(N(x))."""
+
+    def forward_block(self, cfg, p, x):
+        y, f = ref.block_forward(cfg, p, x)
+        return (y + x, f) if cfg.placement == "pre" else (y, f)
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        return (dx + g, dp) if cfg.placement == "pre" else (dx, dp)
+
+
+class ResidualScaled(BlockMutant):
+    """pre computes (1 + 2^-10) x + F(N(x))."""
+
+    def forward_block(self, cfg, p, x):
+        y, f = ref.block_forward(cfg, p, x)
+        return (y + TINY * x, f) if cfg.placement == "pre" else (y, f)
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        return (dx + TINY * g, dp) if cfg.placement == "pre" else (dx, dp)
+
+
+class PostAsPre(BlockMutant):
+    """post mislabelled: it computes the pre block."""
+
+    def _cfg(self, cfg):
+        return dataclasses.replace(cfg, placement="pre") if cfg.placement == "post" else cfg
+
+    def forward_block(self, cfg, p, x):
+        return ref.block_forward(self._cfg(cfg), p, x)
+
+    def vjp_block(self, cfg, p, x, g):
+        return ref.block_vjp(self._cfg(cfg), p, x, g)
+
+
+class PlainWithSkip(BlockMutant):
+    """plain (the control) quietly keeps a skip: x + F(x)."""
+
+    def forward_block(self, cfg, p, x):
+        y, f = ref.block_forward(cfg, p, x)
+        return (x + f, f) if cfg.placement == "plain" else (y, f)
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        return (dx + g, dp) if cfg.placement == "plain" else (dx, dp)
+
+
+class WrongEps(BlockMutant):
+    """Every norm uses eps = 1e-2 whatever the configuration says."""
+
+    def forward_block(self, cfg, p, x):
+        return ref.block_forward(dataclasses.replace(cfg, eps=1e-2), p, x)
+
+    def vjp_block(self, cfg, p, x, g):
+        return ref.block_vjp(dataclasses.replace(cfg, eps=1e-2), p, x, g)
+
+
+class GateIgnored(BlockMutant):
+    """rezero computes x + F(x): the learnable a is never applied."""
+
+    def forward_block(self, cfg, p, x):
+        if cfg.placement == "rezero":
+            return ref.block_forward(cfg, dataclasses.replace(p, gate=np.array(1.0)), x)
+        return ref.block_forward(cfg, p, x)
+
+
+class GradientScaled(BlockMutant):
+    """Every input VJP comes out (1 + 2^-10) too large."""
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        return dx * (1 + TINY), dp
+
+
+class Float16Variance(BlockMutant):
+    """post's layernorm accumulates its variance in float16."""
+
+    def forward_block(self, cfg, p, x):
+        if cfg.placement != "post" or cfg.norm != "layernorm":
+            return ref.block_forward(cfg, p, x)
+        f = ref.branch(cfg, p, x)
+        z = x + f
+        mean = z.mean(axis=-1, keepdims=True)
+        var = np.mean(((z - mean) ** 2).astype(np.float16), axis=-1, keepdims=True, dtype=np.float16)
+        return (z - mean) / np.sqrt(var.astype(np.float64) + cfg.eps) * p.norm_weight + p.norm_bias, f
+
+
+class RezeroInitTiny(BlockMutant):
+    """Its own initializer sets ReZero's a to 1e-4 instead of 0."""
+
+    def init_params(self, cfg, seed):
+        params = draw_params(cfg, seed)
+        if cfg.placement == "rezero" and cfg.init == "rezero":
+            return tuple(dataclasses.replace(p, gate=np.array(1e-4)) for p in params)
+        return params
+
+
+class Gpt2ScaleLinear(BlockMutant):
+    """Its own initializer scales GPT-2 output projections by 1/(2L) instead of 1/sqrt(2L)."""
+
+    def init_params(self, cfg, seed):
+        params = draw_params(cfg, seed)
+        if cfg.init != "gpt2":
+            return params
+        fix = np.sqrt(2.0 * cfg.depth) / (2.0 * cfg.depth)  # from 1/sqrt(2L) to 1/(2L)
+        return tuple(dataclasses.replace(p, w_out=p.w_out * fix) for p in params)
+
+
+# mutant -> property IDs that must flag it (at least these)
+EXPECTED = {
+    SkipDropped: {"ID-1", "ID-2", "GR-2", "VG-1"},
+    SkipDetached: {"ID-3", "GR-1", "GR-2", "GR-4"},
+    ResidualAddedTwice: {"ID-1", "ID-2", "VG-1", "VG-2"},
+    ResidualScaled: {"ID-1", "ID-2", "VG-1", "VG-2"},
+    PostAsPre: {"ID-4", "GR-1", "VG-4"},
+    PlainWithSkip: {"ID-4", "GR-2", "GR-3"},
+    WrongEps: {"ID-4", "VG-4"},
+    GateIgnored: {"ID-1", "ID-3"},
+    GradientScaled: {"GR-1", "GR-4"},
+    Float16Variance: {"VG-4"},
+    RezeroInitTiny: {"ID-1"},
+    Gpt2ScaleLinear: {"VG-3"},
+}
