@@ -24,6 +24,9 @@ from conformance.plugin import WORKER_LOAD_FAILED
 from conformance.results import ResultRow, rows_from_jsonl, to_table, write_parquet_atomic
 
 SUITE_DIR = Path(__file__).parent
+# The suite's tensors are tiny: one intra-op thread is faster than two fighting over them, and
+# deterministic. A user's own setting wins.
+SMALL_TENSOR_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _run_worker(name: str, opts: CheckOptions, run_id: str, part: Path, junit: P
     cmd += list(opts.pytest_args)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.worker_timeout_s,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env={**SMALL_TENSOR_THREADS, **os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"")[-4000:]
         return None, f"worker timed out after {opts.worker_timeout_s:g} s\n{out!r}"

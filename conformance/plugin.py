@@ -172,23 +172,22 @@ def _first_line(report: pytest.TestReport) -> str:
     return text.strip().splitlines()[-1][:500] if text.strip() else ""
 
 
+HYPOTHESIS_HEADERS = ("Falsifying example", "Failing test case")  # older and newer hypothesis wording
+
+
 def _counterexample(report: pytest.TestReport) -> tuple[str, str]:
-    """Hypothesis' minimal falsifying example (with our `drawn:` note) and its reproduce_failure blob."""
+    """Hypothesis' minimal failing example (its call, draws and our `drawn:` note), and the
+    reproduce_failure blob, from the failure text."""
     lines = [line.removeprefix("E").strip() for line in (report.longreprtext or "").splitlines()]
-    parts = []
-    if any(line.startswith("Falsifying example") for line in lines):
-        start = next(i for i, line in enumerate(lines) if line.startswith("Falsifying example"))
-        block = []
+    start = next((i for i, line in enumerate(lines) if line.startswith(HYPOTHESIS_HEADERS)), None)
+    example = []
+    if start is not None:
         for line in lines[start:]:
-            block.append(line)
-            if line == ")" or len(block) > 30:
+            if line.startswith(("Explanation:", "You can reproduce")):
                 break
-        parts.append(" ".join(" ".join(block).split()))
-    drawn = [line for line in lines if line.startswith("drawn:")]
-    if drawn:
-        parts.append(drawn[-1])
+            example.append(line)
     blob = next((line for line in lines if "@reproduce_failure" in line), "")
-    return " | ".join(parts)[:2000], blob
+    return " ".join(" ".join(example).split())[:2000], blob
 
 
 def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) -> None:

@@ -30,6 +30,9 @@ class PropertyRecorder:
     def __repr__(self) -> str:  # hypothesis prints fixtures in its falsifying example: keep it short
         return f"<{self.property_id} {self.subject}>"
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis' pretty printer asks for this first
+        printer.text(repr(self))
+
     def example(self, **drawn: object) -> None:
         """Start one hypothesis example; its drawn configuration goes into failure messages."""
         self.examples += 1

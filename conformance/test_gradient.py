@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from backends import numpy_ref as ref
 from backends.config import BlockConfig
-from backends.dtypes import round_to, unit_roundoff
+from backends.dtypes import unit_roundoff
 from conformance import hypothesis_helpers as hh
 from conformance import profiles
 from conformance.recorder import relative_error
@@ -97,7 +97,10 @@ def test_gradient_depth_sweep(subject, dtype, prop):
     (linear branch, so an identity block exists for both: w_out = 0 for pre, w_out = I for plain). The band:
     each point agrees with the oracle's curve within the gradient tolerance (points where the oracle's
     plain value is below the dtype's normal range are recorded, not compared), and the plain curve lies
-    below the residual one from depth 2 on."""
+    below the residual one from depth 2 on. A recorded curve, kept to float64 and float32: the plain curve
+    falls to 1e-90 and out of float16's range, and low-precision agreement is checked per block elsewhere."""
+    if dtype not in ("float64", "float32"):
+        pytest.skip("GR-3 records its curve in float64 and float32 only")
     require_placement(subject, "pre", "plain")
     L, shape, seed = SWEEP_DEPTHS[-1], (2, 4, 16), 20261122
     cfg = BlockConfig(placement="pre", norm="layernorm", branch="linear", init="standard", depth=L, d_model=16)

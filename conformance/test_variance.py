@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backends.config import BlockConfig
-from backends.params import BASE_STD, expected_std
+from backends.dtypes import round_to
+from backends.params import BASE_STD, draw_params, expected_std
 from conformance import hypothesis_helpers as hh
 from conformance import stream_theory as theory
 from conformance.requirements import require_branch, require_placement
@@ -38,18 +39,11 @@ def test_stream_is_sum_of_writes(subject, dtype, prop, data):
 
 
 def _seeds_example_params(cfg: BlockConfig, seed: int, dtype: str, write_var: float):
-    """Linear branches whose writes have variance write_var: w_out std sqrt(write_var / C)."""
-    params = hh.params_for(_SuiteOnly(), cfg, seed, "float64")
+    """The suite's own linear branches, rescaled so each write has variance write_var: w_out std
+    sqrt(write_var / C) (a unit-variance normalised input times C weights)."""
     scale = np.sqrt(write_var / cfg.d_model) / BASE_STD
-    from backends.dtypes import round_to
-    return tuple(dataclasses.replace(p, w_out=round_to(p.w_out * scale, dtype)) for p in params)
-
-
-class _SuiteOnly:
-    """Stands in for a backend without an initializer: hh.params_for then uses the suite's draw."""
-
-    def init_params(self, cfg, seed):
-        raise NotImplementedError
+    return tuple(p.map(lambda t: round_to(t, dtype)) for p in
+                 (dataclasses.replace(p, w_out=p.w_out * scale) for p in draw_params(cfg, seed)))
 
 
 @pytest.mark.property("VG-2")
