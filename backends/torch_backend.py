@@ -1,0 +1,264 @@
+"""PyTorch adapters: `torch` (eager, autograd) and `torch_compile` (the fused add+norm through torch.compile).
+
+The model code lives in torch_blocks.py; this file only moves arrays across the adapter border (float64
+NumPy in, cast to the dtype on the device, float64 NumPy out) and asks autograd for the VJPs.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from backends.params import BlockParams
+from backends.registry import BackendUnavailable
+from backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
+                "bfloat16": torch.bfloat16, "float16": torch.float16}
+BENCH_EPS = 1e-5  # the bench hooks take no eps; nn.LayerNorm's default
+
+
+AddNorm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch: F.layer_norm / F.rms_norm / F.linear / F.gelu / F.scaled_dot_product_attention."""
+
+    name = "torch"
+    devices = ("cpu", "cuda")
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"backend {self.name!r}: device 'cuda' asked for, but torch "
+                                     f"{torch.__version__} sees no CUDA device; use device='cpu'")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(dtypes=self._device_dtypes(), fused_kinds=frozenset(FUSED_KINDS))
+
+    def _device_dtypes(self) -> frozenset[str]:
+        # Checked on torch 2.13 CPU: SDPA, rms_norm, layer_norm and gelu run forward and backward in float16.
+        if self.device == "cuda" and not torch.cuda.is_bf16_supported():
+            return frozenset(DTYPES) - {"bfloat16"}
+        return frozenset(DTYPES)
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    # --- blocks ---
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+        td = self._dtype(dtype)
+        _check_stream(cfg, x)
+        stack = build_stack(cfg, params, td, self.device)
+        with torch.no_grad():
+            states, branches = stack(self._tensor(x, td))
+        return StackTrace(states=_numpy(torch.stack(states)), branches=_numpy(_stack_or_empty(branches, states[0])))
+
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+                  dtype: str) -> StackGrads:
+        td = self._dtype(dtype)
+        _check_stream(cfg, x)
+        _check_same_shape("g", g, "x", x)
+        stack = build_stack(cfg, params, td, self.device)
+        x0 = self._tensor(x, td).requires_grad_()
+        states, _ = stack(x0)
+        named = [dict(block.named_parameters()) for block in stack.blocks]
+        leaves = [x0] + [t for block_params in named for t in block_params.values()]
+        grads = iter(torch.autograd.grad(states[-1], leaves, self._tensor(g, td), allow_unused=True))
+        dx = _or_zeros(next(grads), x0)
+        dparams = tuple(grads_as_params(cfg, p, {name: next(grads) for name in block_params})
+                        for p, block_params in zip(params, named))
+        return StackGrads(dx=_numpy(dx), dparams=dparams)
+
+    # --- fused add+norm ---
+    def _add_norm(self, kind: str, with_bias: bool, residual_in_fp32: bool) -> AddNorm:
+        """The add+norm function to run; the eager backend runs the plain composition."""
+        return ADD_NORMS[kind]
+
+    def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                       eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        leaves = self._fused_leaves(x, residual, weight, bias, kind, dtype, residual_in_fp32, requires_grad=False)
+        with torch.no_grad():
+            out, new_residual = self._add_norm(kind, bias is not None, residual_in_fp32)(
+                *leaves, eps, _residual_dtype(dtype, residual_in_fp32))
+        return _numpy(out), _numpy(new_residual)
+
+    def fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                           eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
+                           residual_in_fp32: bool = False) -> FusedGrads:
+        _check_same_shape("g_out", g_out, "x", x)
+        _check_same_shape("g_residual", g_residual, "x", x)
+        leaves = self._fused_leaves(x, residual, weight, bias, kind, dtype, residual_in_fp32, requires_grad=True)
+        residual_dtype = _residual_dtype(dtype, residual_in_fp32)
+        out, new_residual = self._add_norm(kind, bias is not None, residual_in_fp32)(*leaves, eps, residual_dtype)
+        cotangents = (self._tensor(g_out, TORCH_DTYPES[dtype]), self._tensor(g_residual, residual_dtype))
+        present = [t for t in leaves if t is not None]
+        grads = torch.autograd.grad((out, new_residual), present, cotangents, allow_unused=True)
+        dx, dresidual, dweight, *dbias = [_numpy(_or_zeros(d, t)) for d, t in zip(grads, present)]
+        return FusedGrads(dx=dx, dresidual=dresidual, dweight=dweight, dbias=dbias[0] if dbias else None)
+
+    def _fused_leaves(self, x, residual, weight, bias, kind: str, dtype: str, residual_in_fp32: bool,
+                      requires_grad: bool) -> list[torch.Tensor | None]:
+        """[x, residual, weight, bias] as tensors after checking kind, dtype and shapes. The residual comes in
+        the wider of dtype and the residual dtype, so that no input is rounded before the add."""
+        if kind not in self.capabilities.fused_kinds:
+            raise ValueError(f"backend {self.name!r}: fused kind {kind!r} is not one of "
+                             f"{sorted(self.capabilities.fused_kinds)}")
+        td = self._dtype(dtype)
+        _check_same_shape("residual", residual, "x", x)
+        for label, t in (("weight", weight), ("bias", bias)):
+            if t is not None and np.shape(t) != np.shape(x)[-1:]:
+                raise ValueError(f"{label} has shape {np.shape(t)} but x has shape {np.shape(x)}: "
+                                 f"it must be ({np.shape(x)[-1] if np.ndim(x) else '?'},), one value per feature")
+        wide = torch.promote_types(td, _residual_dtype(dtype, residual_in_fp32))
+        leaves = [self._tensor(x, td), self._tensor(residual, wide), self._tensor(weight, td),
+                  None if bias is None else self._tensor(bias, td)]
+        return [t.requires_grad_() if requires_grad and t is not None else t for t in leaves]
+
+    # --- benchmark hooks ---
+    def to_native(self, a: np.ndarray, dtype: str) -> torch.Tensor:
+        return self._tensor(a, self._dtype(dtype))
+
+    def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
+        """f(x, residual, weight, bias, g_out) on to_native tensors, residual in `dtype`, eps BENCH_EPS.
+
+        Forward only: under no_grad, returns (out, new_residual). With backward: makes grad-requiring
+        views of the inputs (detach() copies nothing), runs forward and autograd backward of <g_out, out>,
+        returns (dx, dresidual, dweight[, dbias]). Call it once in the benchmark's setup on the real
+        inputs: that is when torch.compile compiles (once per shape and dtype, with dynamic=False).
+        """
+        if kind not in self.capabilities.fused_kinds:
+            raise NotImplementedError(f"backend {self.name!r} has no fused kind {kind!r}")
+        self._dtype(dtype)
+        add_norm = self._add_norm(kind, with_bias, False)
+
+        def forward(x, residual, weight, bias, g_out):
+            with torch.no_grad():
+                return add_norm(x, residual, weight, bias if with_bias else None, BENCH_EPS, residual.dtype)
+
+        def forward_backward(x, residual, weight, bias, g_out):
+            leaves = [t.detach().requires_grad_() for t in (x, residual, weight, bias if with_bias else None)
+                      if t is not None]
+            out, _ = add_norm(*leaves[:3], leaves[3] if with_bias else None, BENCH_EPS, residual.dtype)
+            return torch.autograd.grad(out, leaves, g_out)
+
+        return forward_backward if backward else forward
+
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str):
+        """f(x, g): the stack forward and the backward to x_0 and every parameter; returns the gradients."""
+        stack = build_stack(cfg, params, self._dtype(dtype), self.device)
+        weights = list(stack.parameters())
+
+        def forward_backward(x, g):
+            x = x.detach().requires_grad_()
+            states, _ = stack(x)
+            return torch.autograd.grad(states[-1], [x, *weights], g, allow_unused=True)
+
+        return forward_backward
+
+    def synchronize(self, result) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    # --- conversions ---
+    def _dtype(self, name: str) -> torch.dtype:
+        if name not in self.capabilities.dtypes:
+            raise dtype_error(self, name)
+        return TORCH_DTYPES[name]
+
+    def _tensor(self, a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """a on this device in dtype; the cast is exact because the suite hands representable values.
+        torch.tensor copies, so strided or negative-stride views arrive contiguous."""
+        return torch.tensor(np.asarray(a, dtype=np.float64), device=self.device).to(dtype)
+
+
+class TorchCompileBackend(TorchBackend):
+    """The fused add+norm composition compiled by torch.compile (Inductor). Blocks are not claimed:
+    compiling every block configuration (~23 s for a first call here) is too slow for per-example tests."""
+
+    name = "torch_compile"
+    RECOMPILE_LIMIT = 256  # dynamo's default (8) would silently fall back to eager after 8 shapes or dtypes
+    _FUSED_ONLY = "backend {!r} offers fused add+norm only (capabilities.blocks is False)"
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        self._compiled: dict[tuple[str, bool, bool], AddNorm] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(dtypes=self._device_dtypes(), fused_kinds=frozenset(FUSED_KINDS), blocks=False)
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "torch_compile": "inductor, dynamic=False"}
+
+    def _add_norm(self, kind: str, with_bias: bool, residual_in_fp32: bool) -> AddNorm:
+        key = (kind, with_bias, residual_in_fp32)
+        if key not in self._compiled:
+            self._compiled[key] = _loud_recompiles(torch.compile(ADD_NORMS[kind], dynamic=False),
+                                                   self.RECOMPILE_LIMIT)
+        return self._compiled[key]
+
+    def stack_forward(self, cfg, params, x, dtype) -> StackTrace:
+        raise NotImplementedError(self._FUSED_ONLY.format(self.name))
+
+    def stack_vjp(self, cfg, params, x, g, dtype) -> StackGrads:
+        raise NotImplementedError(self._FUSED_ONLY.format(self.name))
+
+    def bench_stack(self, cfg, params, dtype):
+        raise NotImplementedError(self._FUSED_ONLY.format(self.name))
+
+
+def _loud_recompiles(fn: AddNorm, limit: int) -> AddNorm:
+    """fn with dynamo's recompile limit raised, and an error (not a silent eager fallback) past it.
+
+    Patching dynamo's config costs ~50 us, which would show in small benchmarks, so only calls with an
+    argument signature not seen before (the ones that may compile) pay it.
+    """
+    seen: set[tuple] = set()
+
+    @functools.wraps(fn)
+    def call(x, residual, weight, bias, eps, residual_dtype):
+        signature = (x.shape, x.dtype, x.device, residual.dtype, weight.dtype, bias is None, eps, residual_dtype,
+                     torch.is_grad_enabled(), x.requires_grad)
+        if signature in seen:
+            return fn(x, residual, weight, bias, eps, residual_dtype)
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+            out = fn(x, residual, weight, bias, eps, residual_dtype)
+        seen.add(signature)
+        return out
+    return call
+
+
+def _residual_dtype(dtype: str, residual_in_fp32: bool) -> torch.dtype:
+    """The dtype the new residual is rounded to: float32 when residual_in_fp32, else dtype."""
+    return torch.float32 if residual_in_fp32 else TORCH_DTYPES[dtype]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """autograd gives None for an input the output does not depend on; the API wants zeros."""
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _stack_or_empty(ts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return torch.stack(ts) if ts else like.new_empty((0, *like.shape))
+
+
+def _check_stream(cfg: BlockConfig, x: np.ndarray) -> None:
+    if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
+        raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for {cfg.describe()}")
+
+
+def _check_same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
+    """No silent broadcasting: a (1, C) residual against an (N, C) x is an error (SPEC BI-1)."""
+    if np.shape(a) != np.shape(ref):
+        raise ValueError(f"{name} has shape {np.shape(a)}, expected the shape of {ref_name}, {np.shape(ref)}")
