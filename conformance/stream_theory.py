@@ -12,7 +12,10 @@ Sampling distribution of the measured quantities (n = B*T*C elements, C features
       sd(r_l) = sqrt(1/n + 1/C^2).
 - a realised write variance Var(F_l) = v * chi^2_{C^2} / C^2 (one output weight per (in, out) pair)
   spreads by sqrt(2)/C relative, and its estimate over n elements by sqrt(2/n) relative.
-These add in quadrature over layers (independent weight draws).
+These add in quadrature over layers (independent weight draws). The model ignores that every layer
+sees the same sampled tokens; checked against 30-seed Monte Carlo runs of the oracle (pre, layernorm,
+L = 12 and 96, linear and mlp, gpt2 and standard), the true sd of the growth is 0.8x to 1.4x the model's
+and the largest |z| was 3.1, so a bound of Z = 6 model sds still sits above 4 true sds.
 """
 from __future__ import annotations
 

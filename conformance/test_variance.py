@@ -73,6 +73,10 @@ def test_uncorrelated_growth(subject, dtype, prop):
 VG3_DEPTHS = (6, 12, 24, 48, 96)
 
 
+def _zero_block(p):
+    return dataclasses.replace(p, w_out=np.zeros_like(p.w_out), b_out=np.zeros_like(p.b_out))
+
+
 @pytest.mark.property("VG-3")
 @pytest.mark.parametrize("branch", ["linear", "mlp"])
 @pytest.mark.parametrize("init", ["gpt2", "standard"])
@@ -80,7 +84,11 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
     """Var(x_L) - Var(x_0) against theory L * v(std_out): with `gpt2` init std_out = 0.02 / sqrt(2L), so the
     growth is v/2 whatever L (a band independent of depth); with `standard` it is linear in L. When the
     backend brings its own initializer, each tensor's sample std is checked against the scheme first
-    (relative sd of a sample std over m values: 1/sqrt(2m))."""
+    (relative sd of a sample std over m values: 1/sqrt(2m)). Every depth runs as a 96-block stack whose
+    blocks past L write exactly zero, so a compiling backend compiles one shape. Statistical, so kept
+    to float64 and float32, where rounding noise is far below the sampling band."""
+    if dtype not in ("float64", "float32"):
+        pytest.skip("VG-3 is checked in float64 and float32 only")
     require_placement(subject, "pre")
     require_branch(subject, branch, "layernorm")
     C = STAT_SHAPE[-1]
@@ -96,8 +104,9 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
                 want = expected_std(cfg, name)
                 prop.at_most(f"|std({name}) / scheme - 1| in sampling sds at L={depth}",
                              abs(sample.std() / want - 1.0) * np.sqrt(2.0 * sample.size), theory.Z)
-        trace = subject.stack_forward(cfg, params, x, dtype)
-        state_vars, write_vars, _ = theory.stream_variances(trace.states, trace.branches)
+        padded = params + tuple(_zero_block(params[-1]) for _ in range(VG3_DEPTHS[-1] - depth))
+        trace = subject.stack_forward(dataclasses.replace(cfg, depth=len(padded)), padded, x, dtype)
+        state_vars, _, _ = theory.stream_variances(trace.states[:depth + 1], trace.branches[:depth])
         v = theory.write_variance(cfg, BASE_STD, expected_std(cfg, "w_out"))
         growth = state_vars[-1] - state_vars[0]
         sd = theory.growth_sd(state_vars[:-1], np.full(depth, v), x.size, C)

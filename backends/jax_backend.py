@@ -1,0 +1,232 @@
+"""JAX backend: the block math of jax_blocks.py, jit-compiled, gradients from jax.vjp.
+
+Compile cost decides the design (the suite calls a backend hundreds of times with drawn shapes):
+  - a depth-L stack is one lax.scan over parameters stacked along a leading L axis, so depth is an array
+    shape and the compile time does not grow with it;
+  - one jitted function per static configuration (StaticBlock), built once (lru_cache); jit's own
+    cache then compiles once per (dtypes, shapes, depth) and never again;
+  - eps and the DeepNorm alpha are traced scalars, so drawing them does not recompile.
+TRACES counts traces (each one is a compile) per function; tests and measurements read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import Counter
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from backends import jax_blocks as jb
+from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from backends.dtypes import numpy_dtype
+from backends.params import BlockParams
+
+TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
+BENCH_EPS = 1e-5  # eps of the fused add+norm benchmark callables
+
+
+@functools.lru_cache(maxsize=None)
+def _stack_forward_fn(static: jb.StaticBlock):
+    def forward(x, params, eps, alpha):
+        TRACES["stack_forward"] += 1
+        _, states, branches = jb.stack(x, params, static, eps, alpha)
+        return jnp.concatenate([x[None], states]), branches  # (L+1, B, T, C), (L, B, T, C)
+    return jax.jit(forward)
+
+
+@functools.lru_cache(maxsize=None)
+def _stack_vjp_fn(static: jb.StaticBlock):
+    def vjp(x, params, g, eps, alpha):
+        TRACES["stack_vjp"] += 1
+        _, pullback = jax.vjp(lambda x0, p: jb.stack(x0, p, static, eps, alpha)[0], x, params)
+        return pullback(g)  # (dx, dparams stacked like params)
+    return jax.jit(vjp)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_forward_fn(kind: str, residual_in_fp32: bool):
+    def forward(x, residual, weight, bias, eps):
+        TRACES["fused_add_norm"] += 1
+        return jb.fused_add_norm(x, residual, weight, bias, eps, kind, residual_in_fp32)
+    return jax.jit(forward)
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_vjp_fn(kind: str, residual_in_fp32: bool):
+    def vjp(x, residual, weight, bias, eps, g_out, g_residual):
+        TRACES["fused_add_norm_vjp"] += 1
+        _, pullback = jax.vjp(lambda *a: jb.fused_add_norm(*a, eps, kind, residual_in_fp32),
+                              x, residual, weight, bias)
+        return pullback((g_out, g_residual))  # (dx, dresidual, dweight, dbias or None)
+    return jax.jit(vjp)
+
+
+@functools.lru_cache(maxsize=None)
+def _bench_fused_fn(kind: str, backward: bool):
+    """f(x, residual, weight, bias, g_out): forward, or forward + backward of <g_out, out>."""
+    eps = np.float64(BENCH_EPS)
+    if not backward:
+        return jax.jit(lambda x, r, w, b, g_out: jb.fused_add_norm(x, r, w, b, eps, kind, False))
+
+    def forward_backward(x, r, w, b, g_out):
+        (out, new_residual), pullback = jax.vjp(
+            lambda *a: jb.fused_add_norm(*a, eps, kind, False), x, r, w, b)
+        return pullback((g_out, jnp.zeros_like(new_residual)))
+    return jax.jit(forward_backward)
+
+
+def _to64(a: jax.Array) -> np.ndarray:
+    return np.asarray(a).astype(np.float64)
+
+
+class JaxBackend(Backend):
+    """Every placement, norm and branch; float64, float32, bfloat16, float16; fused add+norm (rms, layer)."""
+
+    name = "jax"
+    devices = ("cpu", "cuda")
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        jax.config.update("jax_enable_x64", True)  # here, not on import: it is process-wide
+        platform = {"cpu": "cpu", "cuda": "gpu"}[device]
+        try:
+            self._device = jax.devices(platform)[0]
+        except RuntimeError as exc:
+            raise ValueError(f"backend 'jax' on {device!r}: JAX sees no {platform} device ({exc}); "
+                             f"install jax[cuda12] on a machine with a GPU, or use device='cpu'") from None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(dtypes=frozenset(DTYPES), fused_kinds=frozenset(FUSED_KINDS))
+
+    def versions(self) -> dict[str, str]:
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+    # --- blocks ---
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+        stacked = self._stacked(cfg, params, x, dtype)
+        states, branches = _stack_forward_fn(jb.StaticBlock.of(cfg))(
+            self.to_native(x, dtype), stacked, np.float64(cfg.eps), np.float64(cfg.deepnorm_alpha))
+        return StackTrace(states=_to64(states), branches=_to64(branches))
+
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+                  dtype: str) -> StackGrads:
+        stacked = self._stacked(cfg, params, x, dtype)
+        _check_same_shape("g", g, "x", x)
+        dx, dstacked = _stack_vjp_fn(jb.StaticBlock.of(cfg))(
+            self.to_native(x, dtype), stacked, self.to_native(g, dtype),
+            np.float64(cfg.eps), np.float64(cfg.deepnorm_alpha))
+        dstacked = dstacked.map(_to64)
+        return StackGrads(dx=_to64(dx), dparams=tuple(dstacked.map(lambda a, l=l: a[l]) for l in range(len(params))))
+
+    # --- fused add+norm ---
+    def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                       eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        args = self._fused_args(x, residual, weight, bias, kind, dtype, residual_in_fp32)
+        out, new_residual = _fused_forward_fn(kind, residual_in_fp32)(*args, np.float64(eps))
+        return _to64(out), _to64(new_residual)
+
+    def fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                           eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
+                           residual_in_fp32: bool = False) -> FusedGrads:
+        args = self._fused_args(x, residual, weight, bias, kind, dtype, residual_in_fp32)
+        _check_same_shape("g_out", g_out, "x", x)
+        _check_same_shape("g_residual", g_residual, "x", x)
+        grads = _fused_vjp_fn(kind, residual_in_fp32)(
+            *args, np.float64(eps), self.to_native(g_out, dtype),
+            self.to_native(g_residual, "float32" if residual_in_fp32 else dtype))
+        dx, dresidual, dweight, dbias = grads
+        return FusedGrads(_to64(dx), _to64(dresidual), _to64(dweight), None if dbias is None else _to64(dbias))
+
+    # --- benchmark hooks: jitted on first call with a new shape (call once in asv's setup) ---
+    def to_native(self, a: np.ndarray, dtype: str) -> jax.Array:
+        return jax.device_put(np.asarray(a, dtype=np.float64).astype(numpy_dtype(dtype)), self._device)
+
+    def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
+        self._check_fused(kind, dtype)
+        return _bench_fused_fn(kind, backward)  # with_bias=False: pass bias=None (jit specialises on it)
+
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str):
+        self._check_dtype(dtype)
+        stacked = self._stack_params(params, dtype)
+        vjp = _stack_vjp_fn(jb.StaticBlock.of(cfg))
+        eps, alpha = np.float64(cfg.eps), np.float64(cfg.deepnorm_alpha)
+        return lambda x, g: vjp(x, stacked, g, eps, alpha)  # (dx, dparams)
+
+    def synchronize(self, result) -> None:
+        jax.block_until_ready(result)
+
+    # --- argument checks and conversion ---
+    def _check_dtype(self, dtype: str) -> None:
+        if dtype not in self.capabilities.dtypes:
+            raise dtype_error(self, dtype)
+
+    def _check_fused(self, kind: str, dtype: str) -> None:
+        self._check_dtype(dtype)
+        if kind not in self.capabilities.fused_kinds:
+            raise ValueError(f"fused add+norm kind {kind!r} is not one of {sorted(self.capabilities.fused_kinds)}")
+
+    def _stack_params(self, params: Sequence[BlockParams], dtype: str) -> BlockParams:
+        """One BlockParams whose every tensor is the blocks' tensors stacked along a new axis 0."""
+        present = [name for name, _ in params[0].items()]
+        return dataclasses.replace(params[0], **{
+            name: self.to_native(np.stack([getattr(p, name) for p in params]), dtype) for name in present})
+
+    def _stacked(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> BlockParams:
+        self._check_dtype(dtype)
+        _check_stack_shapes(cfg, params, x)
+        return self._stack_params(params, dtype)
+
+    def _fused_args(self, x, residual, weight, bias, kind, dtype, residual_in_fp32):
+        self._check_fused(kind, dtype)
+        _check_same_shape("residual", residual, "x", x)
+        for label, t in (("weight", weight), ("bias", bias)):
+            if t is not None and np.shape(t) != np.shape(x)[-1:]:
+                raise ValueError(f"fused add+norm: {label} has shape {np.shape(t)}, expected {np.shape(x)[-1:]} "
+                                 f"(the last axis of x, shape {np.shape(x)})")
+        # residual_in_fp32: a low-precision caller keeps its residual in float32, so it arrives as float32
+        residual_dtype = "float32" if residual_in_fp32 and dtype in ("bfloat16", "float16") else dtype
+        return (self.to_native(x, dtype), self.to_native(residual, residual_dtype),
+                self.to_native(weight, dtype), None if bias is None else self.to_native(bias, dtype))
+
+
+def _check_same_shape(label: str, a: np.ndarray, ref_label: str, ref: np.ndarray) -> None:
+    if np.shape(a) != np.shape(ref):
+        raise ValueError(f"{label} has shape {np.shape(a)} but {ref_label} has shape {np.shape(ref)}; "
+                         f"they must be equal (no broadcasting)")
+
+
+def _expected_shapes(cfg: BlockConfig) -> dict[str, tuple[int, ...]]:
+    C, H = cfg.d_model, cfg.d_hidden
+    shapes = {"norm_weight": (C,), "w_out": (C, C), "b_out": (C,)}
+    if cfg.norm == "layernorm":
+        shapes["norm_bias"] = (C,)
+    if cfg.branch == "mlp":
+        shapes.update(w_in=(C, H), b_in=(H,), w_out=(H, C))
+    if cfg.branch == "attention":
+        shapes.update(w_in=(C, 3 * C), b_in=(3 * C,))
+    if cfg.placement == "rezero":
+        shapes["gate"] = ()
+    return shapes
+
+
+def _check_stack_shapes(cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray) -> None:
+    """Eager checks naming both shapes: a shape error from inside jit would not say which tensor of which
+    block is wrong, and np.stack would fail on blocks of different shapes with no hint of the fix."""
+    if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
+        raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
+    if len(params) == 0:
+        raise ValueError("params is empty: a stack needs at least one block")
+    expected = _expected_shapes(cfg)
+    for layer, p in enumerate(params):
+        got = {name: np.shape(t) for name, t in p.items()}
+        for name in sorted(set(got) | set(expected)):
+            if got.get(name) != expected.get(name):
+                raise ValueError(f"block {layer}: {name} has shape {got.get(name, 'None (absent)')}, expected "
+                                 f"{expected.get(name, 'None (absent)')} for {cfg.describe()}")
