@@ -1,0 +1,79 @@
+"""The memory-bandwidth roofline on each device: copy (1 read + 1 write) and add (2 reads + 1 write).
+
+At the fused benchmarks' shapes, so that the export can divide a fused op's GB/s by the copy's GB/s
+measured on the same machine, commit and shape. CPU: NumPy (np.copyto, np.add with out=), one thread.
+CUDA: torch, imported in setup only when a GPU is there, synchronised before the clock stops.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from backends.dtypes import numpy_dtype
+
+from . import common as cm
+
+ROOFLINE_DTYPES = ("float32",)  # bandwidth is counted in bytes, so one dtype is enough
+
+
+def _no_sync(result) -> None:
+    """NumPy has finished when the call returns."""
+
+
+@lru_cache(maxsize=1)
+def roofline_case(op: str, device: str, dtype: str, shape: tuple[int, int]) -> cm.Case:
+    """dst = src (op "copy") or out = a + b (op "add") on random (tokens, hidden) arrays, warmed up."""
+    a, b = (cm.random_array(shape, dtype, cm.SEED + i) for i in range(2))
+    if device == "cpu":
+        a, b = (np.ascontiguousarray(t, numpy_dtype(dtype)) for t in (a, b))
+        out = np.empty_like(a)
+        case = cm.Case(np.copyto, (out, a), _no_sync) if op == "copy" else cm.Case(np.add, (a, b, out), _no_sync)
+        return cm.warmed(case)
+    return cm.warmed(_cuda_case(op, dtype, a, b))
+
+
+def _cuda_case(op: str, dtype: str, a: np.ndarray, b: np.ndarray) -> cm.Case:
+    if not cm.cuda_present():
+        raise NotImplementedError("no CUDA device on this machine")
+    try:
+        import torch
+    except ImportError as exc:
+        raise NotImplementedError(f"the CUDA roofline is measured with torch, which is not installed ({exc})")
+    if not torch.cuda.is_available():
+        raise NotImplementedError("torch sees no CUDA device")
+    ta, tb = (torch.from_numpy(t).to(device="cuda", dtype=getattr(torch, dtype)) for t in (a, b))
+    out = torch.empty_like(ta)
+    sync = lambda _: torch.cuda.synchronize()  # noqa: E731
+    if op == "copy":
+        return cm.Case(out.copy_, (ta,), sync)
+    return cm.Case(lambda x, y: torch.add(x, y, out=out), (ta, tb), sync)
+
+
+class _Roofline:
+    op: str
+    params = (cm.DEVICES, ROOFLINE_DTYPES, cm.SHAPES)
+    param_names = ("device", "dtype", "shape")
+    repeat = (5, 50, 1.0)
+    min_run_count = 5
+    rounds = 2  # cheap to set up, so a second process is affordable and catches placement noise
+    warmup_time = 0.0
+    timeout = 60
+
+    def setup(self, device, dtype, shape):
+        case = roofline_case(self.op, device, dtype, shape)
+        self.fn, self.args, self.sync = case.fn, case.args, case.sync
+
+
+class Copy(_Roofline):
+    op = "copy"
+
+    def time_copy(self, device, dtype, shape):
+        self.sync(self.fn(*self.args))
+
+
+class Add(_Roofline):
+    op = "add"
+
+    def time_add(self, device, dtype, shape):
+        self.sync(self.fn(*self.args))

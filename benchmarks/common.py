@@ -1,0 +1,140 @@
+"""Shared pieces of the asv suite: the parameter grids, seeded data, and backend loading that skips.
+
+asv runs every parameter combination in a fresh process, and its runner may call `setup` again before
+each timed call. So a benchmark's setup goes through the lru_cache'd case factories below: the first call
+loads the backend, draws the data, builds the callable and runs it once (compilation and warm-up stay out
+of the timed region); later calls are a cache hit. Whatever is unavailable (backend not installed or not
+written yet, dtype, kind or device not claimed, no GPU) raises NotImplementedError, which asv records as
+a skip. No framework is imported here: a backend imports its own when it is loaded, in setup.
+
+The bytes-moved formulas behind the GB/s figures live in reports/bytes_moved.py, one place for the
+benchmarks' documentation and for the export that divides them by these times.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
+
+from backends.base import Backend
+from backends.config import BlockConfig
+from backends.dtypes import numpy_dtype, round_to
+from backends.params import draw_params
+from backends.registry import BackendUnavailable, load_backend
+
+from .numpy_baseline import NumpyBaseline
+
+SEED = 0
+TILE_ROWS = 256  # random_array draws this many rows and repeats them
+
+# The default grid keeps `asv run --quick` of the whole suite within 5 minutes on a busy 2-core CPU machine:
+# every combination is a fresh process that imports its framework (torch.compile alone needs 7-13 s there).
+# RESCONF_BENCH_GRID=full is the nightly grid, for a quiet machine.
+GRIDS = ("default", "full")
+GRID = os.environ.get("RESCONF_BENCH_GRID", "default")
+if GRID not in GRIDS:
+    raise ValueError(f"RESCONF_BENCH_GRID={GRID!r} is not one of {GRIDS}; unset it for the default grid")
+FULL = GRID == "full"
+
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+FUSED_BACKENDS = ("numpy", "torch", "torch_compile", "jax", "numba_fused", "triton_fused")
+SHAPES = ((512, 1024), (2048, 4096), (8192, 4096), (8192, 8192)) if FULL else ((8192, 4096),)  # (tokens, hidden)
+WITH_BIAS = {"rmsnorm": False, "layernorm": True}  # as in the models: RMSNorm has no bias, LayerNorm has one
+
+STACK_BACKENDS = ("torch", "jax")  # torch_compile claims no blocks (too slow to compile); numpy_ref is an oracle
+STACK_SHAPES = ((512, 256),)  # (tokens, d_model): small, so that the stack is cheap on 2 cores
+STACK_DEPTHS = (2, 8, 32) if FULL else (4,)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A ready benchmark: the timed statement is `sync(fn(*args))`."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    sync: Callable[[Any], None]
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA driver is loaded, asked without importing a framework (a backend checks further)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def load(name: str, device: str) -> Backend:
+    """Backend `name` on `device`, or NotImplementedError (asv: skip) when it cannot run here."""
+    if device == "cuda" and not cuda_present():
+        raise NotImplementedError("no CUDA device on this machine")
+    try:
+        return load_backend(name, device)
+    except (BackendUnavailable, ValueError) as exc:  # not installed, not written yet, or not on this device
+        raise NotImplementedError(str(exc)) from exc
+
+
+def require(claimed: bool, backend: Backend, what: str) -> None:
+    if not claimed:
+        raise NotImplementedError(f"backend {backend.name!r} on {backend.device} does not claim {what}")
+
+
+def random_array(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+    """Standard normal values (never zeros) representable in `dtype`, as float64: the adapter API's convention.
+
+    At most TILE_ROWS rows are drawn and repeated down the leading axis: these ops run the same work on any
+    values, and drawing 33M normals costs seconds of setup per process on a busy 2-core machine.
+    """
+    rows = min(shape[0], TILE_ROWS) if len(shape) > 1 else shape[0]
+    drawn = np.random.default_rng(seed).standard_normal((rows, *shape[1:]), dtype=np.float32)
+    tile = drawn.astype(numpy_dtype(dtype)).astype(np.float64)  # rounded from float32: exact, no double rounding
+    return np.resize(tile, shape) if rows != shape[0] else tile
+
+
+@lru_cache(maxsize=1)
+def fused_case(backend_name: str, device: str, kind: str, dtype: str, shape: tuple[int, int],
+               backward: bool) -> Case:
+    """Fused add+norm on random (tokens, hidden) inputs, the weight near 1 and a small bias."""
+    backend = _fused_backend(backend_name, device)
+    caps = backend.capabilities
+    require(kind in caps.fused_kinds, backend, f"fused add+{kind}")
+    require(dtype in caps.dtypes, backend, f"dtype {dtype}")
+    with_bias = WITH_BIAS[kind]
+    fn = backend.bench_fused_add_norm(kind, dtype, with_bias, backward)
+    hidden = shape[1]
+    x, residual, g_out = (random_array(shape, dtype, SEED + i) for i in range(3))
+    weight = round_to(1.0 + 0.1 * random_array((hidden,), "float64", SEED + 3), dtype)
+    bias = round_to(0.1 * random_array((hidden,), "float64", SEED + 4), dtype) if with_bias else None
+    native = tuple(None if a is None else backend.to_native(a, dtype) for a in (x, residual, weight, bias, g_out))
+    return warmed(Case(fn, native, backend.synchronize))
+
+
+@lru_cache(maxsize=1)
+def stack_case(backend_name: str, device: str, dtype: str, shape: tuple[int, int], depth: int) -> Case:
+    """A Pre-LN MLP stack, forward and backward, on one sequence of `tokens` (the MLP sees tokens only)."""
+    backend = load(backend_name, device)
+    tokens, d_model = shape
+    cfg = BlockConfig(placement="pre", norm="layernorm", branch="mlp", depth=depth, d_model=d_model)
+    require(backend.capabilities.supports(cfg), backend, "Pre-LN MLP blocks")
+    require(dtype in backend.capabilities.dtypes, backend, f"dtype {dtype}")
+    params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, SEED, perturb=True))
+    fn = backend.bench_stack(cfg, params, dtype)
+    x, g = (backend.to_native(random_array((1, tokens, d_model), dtype, SEED + i), dtype) for i in range(2))
+    return warmed(Case(fn, (x, g), backend.synchronize))
+
+
+def _fused_backend(name: str, device: str) -> Backend:
+    """`numpy` is the plain NumPy composition (benchmarks/numpy_baseline.py), not the float64 oracle."""
+    if name == "triton_fused" and device == "cpu":  # only Triton's interpreter (TRITON_INTERPRET=1) runs there
+        raise NotImplementedError("triton_fused on the CPU is Triton's interpreter: for tests, not for timing")
+    if name != "numpy":
+        return load(name, device)
+    if device not in NumpyBaseline.devices:
+        raise NotImplementedError(f"the NumPy baseline runs on {NumpyBaseline.devices}, not on {device!r}")
+    return NumpyBaseline(device)
+
+
+def warmed(case: Case) -> Case:
+    """case after one untimed call: compilation, caches and first-touch page faults happen here."""
+    case.sync(case.fn(*case.args))
+    return case

@@ -1,0 +1,1 @@
+"""Turns result tables (conformance, benchmarks) into files people read: Parquet, Markdown, plots."""

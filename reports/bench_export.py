@@ -1,0 +1,187 @@
+"""`resconf bench-export`: an asv results directory -> one Parquet table (schema: docs/benchmarks.md).
+
+One row per (machine, commit, environment, benchmark, parameter combination) that has a time. Skipped
+combinations (NotImplementedError in setup: asv stores NaN) and failed ones (None) have no time and are
+left out. GB/s is bytes_moved / time_s with the formulas of reports/bytes_moved.py; roofline_fraction
+divides it by the copy's GB/s measured in the same results file (same machine, commit and environment)
+on the same device and shape. The asv files are read with asv's own loader, so its format stays its own.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import itertools
+import json
+import math
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from backends.dtypes import numpy_dtype
+from conformance.results import write_parquet_atomic
+from reports.bytes_moved import BYTES_MOVED, ROOFLINE_OP
+
+DEFAULT_RESULTS_DIR = Path(".asv/results")
+DEFAULT_OUTPUT = Path("reports/out/benchmarks.parquet")
+SCHEMA_VERSION = 1  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md)
+
+SCHEMA = pa.schema([
+    ("machine", pa.string()),
+    ("commit", pa.string()),
+    ("date", pa.timestamp("ms", tz="UTC")),
+    ("env_name", pa.string()),
+    ("benchmark", pa.string()),
+    ("op", pa.string()),
+    ("params", pa.string()),
+    ("backend", pa.string()),
+    ("device", pa.string()),
+    ("dtype", pa.string()),
+    ("tokens", pa.int64()),
+    ("hidden", pa.int64()),
+    ("depth", pa.int64()),
+    ("time_s", pa.float64()),
+    ("samples", pa.int64()),
+    ("bytes_moved", pa.int64()),
+    ("gbps", pa.float64()),
+    ("roofline_gbps", pa.float64()),
+    ("roofline_fraction", pa.float64()),
+], metadata={"resconf_bench_schema_version": str(SCHEMA_VERSION)})
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One timed parameter combination; the fields are SCHEMA's columns, in order."""
+
+    machine: str
+    commit: str
+    date: datetime  # the commit's date, as asv records it
+    env_name: str
+    benchmark: str  # asv's name, e.g. bench_fused.AddRMSNormForward.time_add_rmsnorm_forward
+    op: str  # the method's name without "time_": the key of reports.bytes_moved.BYTES_MOVED
+    params: str  # "backend=torch;device=cpu;dtype=float32;shape=512x1024": a stable key
+    backend: str | None
+    device: str | None
+    dtype: str | None
+    tokens: int | None
+    hidden: int | None
+    depth: int | None
+    time_s: float  # asv's result: the median over samples of seconds per call
+    samples: int | None  # how many samples that median is over (1 in a --quick run)
+    bytes_moved: int | None
+    gbps: float | None
+    roofline_gbps: float | None
+    roofline_fraction: float | None
+
+
+def to_table(rows: Iterable[BenchRow]) -> pa.Table:
+    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=SCHEMA)
+
+
+def read_rows(results_dir: Path) -> list[BenchRow]:
+    """Every timed combination of every results file under results_dir (all machines)."""
+    try:
+        from asv.results import iter_results
+    except ImportError as exc:
+        raise SystemExit(f"reading asv results needs asv: pip install 'resconf[bench]' ({exc})") from None
+    param_names = _param_names(results_dir / "benchmarks.json")
+    rows: list[BenchRow] = []
+    for results in iter_results(str(results_dir)):
+        rows += _with_roofline(list(_rows_of(results, param_names)))
+    return sorted(rows, key=lambda r: (r.machine, r.date, r.commit, r.env_name, r.benchmark, r.params))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="resconf bench-export",
+                                     description="Convert asv benchmark results to one Parquet table.")
+    parser.add_argument("results_dir", nargs="?", type=Path, default=DEFAULT_RESULTS_DIR,
+                        help=f"asv's results_dir (default: {DEFAULT_RESULTS_DIR})")
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"Parquet file to write (default: {DEFAULT_OUTPUT})")
+    args = parser.parse_args(argv)
+    if not (args.results_dir / "benchmarks.json").is_file():
+        print(f"error: {args.results_dir} is not an asv results directory (no benchmarks.json); "
+              f"run `asv run ... --set-commit-hash $(git rev-parse HEAD)` first (docs/benchmarks.md)",
+              file=sys.stderr)
+        return 2
+    rows = read_rows(args.results_dir)
+    if not rows:
+        print(f"error: no timed benchmark results under {args.results_dir}", file=sys.stderr)
+        return 1
+    write_parquet_atomic(to_table(rows), args.output)
+    print(f"wrote {len(rows)} rows to {args.output}")
+    return 0
+
+
+def _param_names(benchmarks_json: Path) -> dict[str, list[str]]:
+    """Benchmark name -> its param_names, from the benchmarks.json asv writes next to the results."""
+    listed = json.loads(benchmarks_json.read_text())
+    return {name: info["param_names"] for name, info in listed.items() if isinstance(info, dict)}
+
+
+def _rows_of(results, param_names: dict[str, list[str]]) -> Iterable[BenchRow]:
+    """The timed combinations of one results file, without the roofline columns."""
+    date = datetime.fromtimestamp(results.date / 1000, tz=timezone.utc)
+    for benchmark in sorted(results.get_all_result_keys()):
+        method = benchmark.rsplit(".", 1)[-1]
+        if not method.startswith("time_"):
+            continue  # only time_ results are seconds
+        params = results.get_result_params(benchmark)
+        names = param_names.get(benchmark) or [f"param{i + 1}" for i in range(len(params))]
+        values = results.get_result_value(benchmark, params)
+        stats = results.get_result_stats(benchmark, params) or [None] * len(values)
+        for combo, time_s, stat in zip(itertools.product(*params), values, stats):
+            if time_s is None or math.isnan(time_s):
+                continue
+            yield _row(results, date, benchmark, method.removeprefix("time_"),
+                       dict(zip(names, map(_literal, combo))), time_s, stat)
+
+
+def _row(results, date: datetime, benchmark: str, op: str, params: dict[str, Any], time_s: float,
+         stat: dict | None) -> BenchRow:
+    tokens, hidden = params.get("shape", (None, None))
+    dtype = params.get("dtype")
+    formula = BYTES_MOVED.get(op)
+    bytes_moved = (None if formula is None or dtype is None or tokens is None
+                   else formula(tokens, hidden, numpy_dtype(dtype).itemsize))
+    return BenchRow(
+        machine=results.params["machine"], commit=results.commit_hash, date=date, env_name=results.env_name,
+        benchmark=benchmark, op=op, params=";".join(f"{k}={_plain(v)}" for k, v in params.items()),
+        backend=params.get("backend"), device=params.get("device"), dtype=dtype, tokens=tokens, hidden=hidden,
+        depth=params.get("depth"), time_s=time_s, samples=None if stat is None else stat.get("repeat"),
+        bytes_moved=bytes_moved, gbps=None if bytes_moved is None else bytes_moved / time_s / 1e9,
+        roofline_gbps=None, roofline_fraction=None)
+
+
+def _with_roofline(rows: list[BenchRow]) -> list[BenchRow]:
+    """rows with the copy roofline of their device and shape (the best copy GB/s among these rows)."""
+    roofline: dict[tuple, float] = {}
+    for r in rows:
+        if r.op == ROOFLINE_OP and r.gbps is not None:
+            key = (r.device, r.tokens, r.hidden)
+            roofline[key] = max(r.gbps, roofline.get(key, 0.0))
+    out = []
+    for r in rows:
+        peak = roofline.get((r.device, r.tokens, r.hidden)) if r.gbps is not None else None
+        out.append(r if peak is None else dataclasses.replace(r, roofline_gbps=peak, roofline_fraction=r.gbps / peak))
+    return out
+
+
+def _literal(text: str) -> Any:
+    """asv stores parameter values as repr() strings: "'torch'", "(512, 1024)", "8"."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _plain(value: Any) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
