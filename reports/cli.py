@@ -1,0 +1,52 @@
+"""`resconf report [RESULTS ...] [--bench BENCH.parquet] --out DIR`: index.html and report.md from conformance
+results and the benchmark export.
+
+Exit status: 0 when the report was written from at least one readable input (unreadable ones are listed on
+stderr, one line each, and on the page); 2 when there is nothing to read (no inputs, or none readable; the
+page is still written then, saying why); 1 when DIR cannot be written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .build import build_document, write_report
+from .load import load_inputs
+
+EXIT_OK, EXIT_UNWRITABLE, EXIT_NOTHING_READABLE = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resconf report", description="Write index.html (one self-contained page) "
+                                "and report.md from conformance results and a benchmark export.")
+    p.add_argument("results", nargs="*", type=Path, metavar="RESULTS",
+                   help="conformance results: Parquet files, or directories holding them")
+    p.add_argument("--bench", type=Path, metavar="BENCH.parquet", help="the benchmark export (reports/bench_export.py)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where index.html and report.md go")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.results and args.bench is None:
+        print("resconf report: no input: give results files (RESULTS ...) and/or --bench BENCH.parquet",
+              file=sys.stderr)
+        return EXIT_NOTHING_READABLE
+    inputs = load_inputs(args.results, args.bench)
+    for bad in inputs.unreadable:
+        print(f"resconf report: skipped {bad.path}: {bad.reason}", file=sys.stderr)
+    try:
+        html_path, _ = write_report(build_document(inputs), args.out)
+    except OSError as exc:
+        print(f"resconf report: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNWRITABLE
+    if not inputs.results and not inputs.bench:
+        print(f"resconf report: nothing readable among the inputs; wrote {html_path} saying so", file=sys.stderr)
+        return EXIT_NOTHING_READABLE
+    print(f"resconf report: wrote {html_path} and {args.out / 'report.md'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Section 4: the residual stream against theory, plotted from the curves the conformance run recorded.
+
+VG-2 records Var(x_l) against depth with its theory line (the seeds' example: unit-variance embeddings and
+192 sublayers writing variance 0.01 give 1 + 192 * 0.01 = 2.92); VG-3 records Var(x_L)/Var(x_0) against L
+for `gpt2` and `standard` init with theory; GR-3 records ||grad x_0|| / ||g|| against depth for the
+residual stack and the plain one on the same weights, with the float64 oracle's values.
+"""
+from __future__ import annotations
+
+from conformance.results import ResultRow
+
+from .document import Cell, Paragraph, Section, Table
+from .recorded_curves import Curve, curves_of, property_order
+from .stream_plots import property_figure
+
+
+def endpoint_table(curves: list[Curve]) -> Table:
+    """The numbers behind the plots, for readers of the Markdown: every series at its deepest point."""
+    groups: dict[tuple[str, str, str, str, str], list[Curve]] = {}
+    for c in curves:
+        groups.setdefault((c.property, c.backend, c.device, c.dtype, c.config), []).append(c)
+    rows = []
+    for key in sorted(groups, key=lambda k: (property_order(k[0]), k[1:])):
+        values = ", ".join(f"{c.label} {c.ys[-1]:.3g} at {c.xs[-1]:g}" for c in groups[key] if c.xs)
+        rows.append(tuple(Cell(t) for t in (*key, values)))
+    return Table("Each recorded series at its deepest point", ("property", "backend", "device", "dtype",
+                                                               "configuration", "series: value at depth"),
+                 tuple(rows))
+
+
+def curves_section(rows: list[ResultRow]) -> Section:
+    title = "4. The residual stream against theory"
+    curves = [c for r in rows if r.curve_x for c in curves_of(r)]
+    if not curves:
+        return Section(title, (Paragraph("No recorded curves in the results (properties VG-2, VG-3 and GR-3 "
+                                         "record them when they run)."),))
+    blocks = []
+    for prop in sorted({c.property for c in curves}, key=property_order):
+        mine = [c for c in curves if c.property == prop]
+        blocks.append(property_figure(prop, sorted(mine, key=lambda c: (c.dtype, c.config, c.label))))
+    blocks.append(endpoint_table(curves))
+    return Section(title, tuple(blocks))

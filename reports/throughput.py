@@ -1,0 +1,133 @@
+"""Section 2: throughput at each machine's latest commit: time, GB/s and % of the copy roofline measured on
+the same machine, per operation, dtype and shape, with a bar chart per shape.
+
+GB/s = bytes_moved / time (the formulas in reports/bytes_moved.py); the roofline is the GB/s of a plain copy
+of the same shape on the same device. The export computes both; when its columns lack them, they are
+derived here from what is there, and a figure that cannot be derived prints as "-".
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure as MplFigure
+
+from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
+from .bytes_moved import ROOFLINE_OP
+from .document import Cell, Figure, Paragraph, Section, Table
+from .load import BenchRow
+from .plotting import colour, draw_png, legend_entries, shared_legend
+
+Key = tuple[str, str, str]  # (machine, device, case)
+
+
+def format_gbps(gbps: float | None) -> str:
+    return "-" if gbps is None else f"{gbps:.1f}"
+
+
+def format_fraction(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def latest_rows(rows: list[BenchRow]) -> list[BenchRow]:
+    """The rows of each machine's newest point."""
+    latest = {machine: points[-1] for machine, points in ordered_points(rows).items()}
+    return [r for r in rows if latest[r.machine] == point_of(r)]
+
+
+def rooflines(rows: list[BenchRow]) -> dict[Key, float]:
+    """(machine, device, case) -> the roofline GB/s: the export's column, else the copy's own GB/s."""
+    found: dict[Key, float] = {}
+    for row in sorted(rows, key=lambda r: (r.op != ROOFLINE_OP, r.dtype, r.backend)):
+        key = (row.machine, row.device, row.case)
+        value = row.roofline_gbps if row.roofline_gbps is not None else (row.gbps if row.op == ROOFLINE_OP else None)
+        if value is not None and key not in found:
+            found[key] = value
+    return found
+
+
+def fraction_of(row: BenchRow, roofline: float | None) -> float | None:
+    if row.roofline_fraction is not None:
+        return row.roofline_fraction
+    return row.gbps / roofline if row.gbps is not None and roofline else None
+
+
+def sort_key(row: BenchRow) -> tuple:
+    return (row.machine, row.device, row.op != ROOFLINE_OP, row.op, row.dtype, case_order(row.case), row.backend)
+
+
+def throughput_table(machine: str, rows: list[BenchRow], roof: dict[Key, float]) -> Table:
+    table_rows = []
+    for r in sorted(rows, key=sort_key):
+        fraction = fraction_of(r, roof.get((r.machine, r.device, r.case)))
+        table_rows.append((Cell(r.device), Cell(r.op), Cell(r.dtype), Cell(r.case), Cell(r.backend),
+                           Cell(format_time(r.time_s)), Cell(format_gbps(r.gbps)), Cell(format_fraction(fraction))))
+    commit, date = point_of(rows[0])
+    return Table(f"Machine {machine or '-'}, {point_label((commit, date))}",
+                 ("device", "op", "dtype", "shape", "backend", "time", "GB/s", "% of roofline"), tuple(table_rows))
+
+
+def draw_bars(ax: Axes, rows: list[BenchRow], backends: list[str]) -> None:
+    """GB/s per (op, dtype) group, one bar per backend present, the bars centred on their group's tick."""
+    groups = sorted({(r.op, r.dtype) for r in rows})
+    members = {g: sorted((r for r in rows if (r.op, r.dtype) == g), key=lambda r: backends.index(r.backend))
+               for g in groups}
+    width = min(0.3, 0.8 / max(len(m) for m in members.values()))
+    offset = {(g, r.backend): i + (k - (len(m) - 1) / 2) * width
+              for i, (g, m) in enumerate(members.items()) for k, r in enumerate(m)}
+    for backend in sorted({r.backend for r in rows}, key=backends.index):
+        bars = [r for r in rows if r.backend == backend]
+        drawn = ax.bar([offset[((r.op, r.dtype), backend)] for r in bars], [r.gbps for r in bars], width,
+                       color=colour(backends.index(backend)), label=backend_label(backend))
+        ax.bar_label(drawn, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(groups)), [f"{short_op(op)}\n{dtype}".replace(" ", "\n") for op, dtype in groups],
+                  fontsize=7)
+
+
+def bar_figure(machine: str, device: str, rows: list[BenchRow], roof: dict[Key, float],
+               backends: list[str]) -> Figure:
+    """One panel per shape: bars of GB/s per (op, dtype), one colour per backend, the roofline as a line."""
+    cases = sorted({r.case for r in rows}, key=case_order)
+
+    def draw(fig: MplFigure, axes: list[Axes]) -> None:
+        for ax, case in zip(axes, cases):
+            draw_bars(ax, [r for r in rows if r.case == case], backends)
+            roofline = roof.get((machine, device, case))
+            if roofline is not None:
+                ax.axhline(roofline, color="black", linestyle="--", linewidth=1.0, label="copy roofline")
+                ax.annotate(f"roofline {roofline:.1f} GB/s", (1.0, roofline), xycoords=("axes fraction", "data"),
+                            xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+            ax.set_ylabel("GB/s", fontsize=9)
+            ax.set_title(f"{machine} {device}, shape {case}", fontsize=10)
+            ax.tick_params(axis="y", labelsize=8)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.margins(y=0.12)  # room for the bar labels and the roofline's
+        shared_legend(fig, legend_entries(axes), ncols=len(backends) + 1)
+
+    return Figure(f"GB/s per operation and dtype on {machine} ({device}); the dashed line is the copy "
+                  "roofline measured on the same device at the same shape.",
+                  draw_png(len(cases), draw, columns=1, height_in=3.0))
+
+
+def throughput_section(rows: list[BenchRow]) -> Section:
+    title = "2. Throughput"
+    if not rows:
+        return Section(title, (Paragraph("No benchmark export was given or readable (--bench BENCH.parquet)."),))
+    latest = latest_rows(rows)
+    roof = rooflines(latest)
+    backends = sorted({r.backend for r in rows})
+    by_machine: dict[str, list[BenchRow]] = defaultdict(list)
+    for r in latest:
+        by_machine[r.machine].append(r)
+    blocks: list = [Paragraph("Each machine at its latest commit. GB/s counts the bytes an ideal single-pass "
+                              "kernel must move (docs/benchmarks.md); % of roofline divides it by the GB/s of "
+                              "a copy of the same shape on the same machine and device.")]
+    for machine, mine in sorted(by_machine.items()):
+        blocks.append(throughput_table(machine, mine, roof))
+        for device in sorted({r.device for r in mine}):
+            bars = [r for r in mine if r.device == device and r.gbps is not None and r.op != ROOFLINE_OP]
+            if bars:
+                blocks.append(bar_figure(machine, device, bars, roof, backends))
+    if not any(r.gbps is not None for r in rows):
+        blocks.append(Paragraph("The export has no GB/s (no gbps or bytes_moved column): times only."))
+    return Section(title, tuple(blocks))
