@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+import zlib
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import settings
 
 from backends.config import DTYPES
 from backends.registry import load_backend
+from conformance import hypothesis_helpers as hh
 from conformance import profiles, xfails
 from conformance.recorder import PropertyRecorder
 from conformance.results import OUTCOMES, ResultRow
@@ -42,7 +44,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "property(id): the SPEC property ID this test checks")
     config.addinivalue_line("markers", "dtypes(*names): dtypes this property runs in (default: all)")
     profiles.register(Path(config.rootpath) / ".hypothesis" / "resconf")
-    settings.load_profile(config.getoption("--profile"))
+    profile = config.getoption("--profile")
+    settings.load_profile(profile)
+    hh.STRUCTURE_PER_EXAMPLE = profile in ("dev", "nightly")
     config.stash[OUTCOME] = {}
 
 
@@ -93,6 +97,13 @@ def subject(backend, dtype: str):
 @pytest.fixture(scope="session")
 def oracle():
     return load_backend("numpy")
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest) -> int:
+    """A stable number per case, the backend left out: every backend gets the same fixed structure."""
+    params = sorted((k, str(v)) for k, v in _params_of(request.node).items() if k != "backend_name")
+    return zlib.crc32(f"{request.node.originalname}{params}".encode())
 
 
 @pytest.fixture

@@ -29,11 +29,10 @@ from conformance.tolerances import tolerance
 @pytest.mark.property("GR-1")
 @pytest.mark.parametrize("placement", ["pre", "rezero", "post"])
 @given(data=st.data())
-def test_gradient_decomposition(subject, dtype, placement, prop, data):
+def test_gradient_decomposition(subject, case, dtype, placement, prop, data):
     """pre/rezero: VJP = g + J_write^T g; post: VJP = J_N^T g + J_F^T J_N^T g (the skip passes the norm)."""
     require_placement(subject, placement)
-    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
-    cfg = data.draw(hh.configs(subject, placement, "standard", d_model=shape[-1]), label="cfg")
+    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard"), label="structure")
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
@@ -57,14 +56,14 @@ def _spectral_norms(cfg: BlockConfig, params, x: np.ndarray) -> list[float]:
 @pytest.mark.property("GR-2")
 @profiles.heavy()
 @given(data=st.data())
-def test_gradient_bounds(subject, dtype, prop, data):
+def test_gradient_bounds(subject, case, dtype, prop, data):
     """Pre stack: prod(1 - rho_l) <= ||grad x_0|| / ||g|| <= prod(1 + rho_l); the plain stack on the same
     weights: ||grad x_0|| / ||g|| <= prod rho_l. Theorems, so the only slack is the dtype's gradient
     tolerance. A detached or dropped skip breaks the lower bound."""
     require_placement(subject, "pre", "plain")
-    shape = data.draw(st.sampled_from(hh.JACOBIAN_SHAPES), label="shape")
-    depth = data.draw(st.sampled_from((2, 4, 8)), label="depth")
-    cfg = data.draw(hh.configs(subject, "pre", "standard", d_model=shape[-1], depth=depth), label="cfg")
+    shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", shapes=hh.JACOBIAN_SHAPES,
+                                         depths=(2, 4, 8)), label="structure")
+    depth = cfg.depth
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
@@ -132,15 +131,14 @@ def test_gradient_depth_sweep(subject, dtype, prop):
 @pytest.mark.property("GR-4")
 @pytest.mark.parametrize("placement", ["pre", "post", "rezero", "deepnorm", "plain"])
 @given(data=st.data())
-def test_vjp_finite_differences(subject, dtype, placement, prop, data):
+def test_vjp_finite_differences(subject, case, dtype, placement, prop, data):
     """<g, J v> by fourth-order central differences of the backend's own forward against <VJP(g), v>,
     relative error <= 1e-6 (ref.FD_REL_TOL) plus the stencil's rounding noise. float64 only: in a
     narrower dtype the differences drown in rounding."""
     if dtype != "float64":
         pytest.skip("finite differences need float64")
     require_placement(subject, placement)
-    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
-    cfg = data.draw(hh.configs(subject, placement, "standard", d_model=shape[-1], depth=2), label="cfg")
+    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", depths=(2,)), label="structure")
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)

@@ -22,9 +22,8 @@ from conformance.tolerances import tolerance
 ZERO_WRITE = [("pre", "zero"), ("rezero", "zero"), ("rezero", "rezero")]
 
 
-def _zero_write_case(data, backend, dtype, placement, init, depth, prop, subnormals=False):
-    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
-    cfg = data.draw(hh.configs(backend, placement, init, d_model=shape[-1], depth=depth), label="cfg")
+def _zero_write_case(data, backend, case, dtype, placement, init, depths, prop, subnormals=False):
+    shape, cfg = data.draw(hh.structures(backend, case, placement, init, depths=depths), label="structure")
     x = data.draw(hh.finite_arrays(dtype, shape, hh.identity_domain(dtype, shape[-1]), subnormals), label="x")
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, max_abs_x=float(np.max(np.abs(x))))
@@ -34,9 +33,9 @@ def _zero_write_case(data, backend, dtype, placement, init, depth, prop, subnorm
 @pytest.mark.property("ID-1")
 @pytest.mark.parametrize("placement,init", ZERO_WRITE)
 @given(data=st.data())
-def test_identity_block(subject, dtype, placement, init, prop, data):
+def test_identity_block(subject, case, dtype, placement, init, prop, data):
     require_placement(subject, placement)
-    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, 1, prop)
+    cfg, x, params = _zero_write_case(data, subject, case, dtype, placement, init, (1,), prop)
     y = subject.stack_forward(cfg, params, x, dtype).states[-1]
     prop.bitwise_equal("block output with a zero branch", y, x)
 
@@ -44,10 +43,10 @@ def test_identity_block(subject, dtype, placement, init, prop, data):
 @pytest.mark.property("ID-1")
 @pytest.mark.parametrize("placement,init", [("pre", "zero")])
 @given(data=st.data())
-def test_identity_subnormal(subject, dtype, placement, init, prop, data):
+def test_identity_subnormal(subject, case, dtype, placement, init, prop, data):
     """Subnormal x must survive x + 0 too (a backend that flushes subnormals to zero fails here alone)."""
     require_placement(subject, placement)
-    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, 1, prop, subnormals=True)
+    cfg, x, params = _zero_write_case(data, subject, case, dtype, placement, init, (1,), prop, subnormals=True)
     y = subject.stack_forward(cfg, params, x, dtype).states[-1]
     prop.bitwise_equal("block output for subnormal x", y, x)
 
@@ -55,10 +54,10 @@ def test_identity_subnormal(subject, dtype, placement, init, prop, data):
 @pytest.mark.property("ID-2")
 @pytest.mark.parametrize("placement,init", ZERO_WRITE)
 @given(data=st.data())
-def test_identity_stack(subject, dtype, placement, init, prop, data):
+def test_identity_stack(subject, case, dtype, placement, init, prop, data):
     require_placement(subject, placement)
-    depth = data.draw(st.sampled_from(hh.DEPTHS), label="depth")
-    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, depth, prop)
+    cfg, x, params = _zero_write_case(data, subject, case, dtype, placement, init, hh.DEPTHS, prop)
+    depth = cfg.depth
     states = subject.stack_forward(cfg, params, x, dtype).states
     prop.bitwise_equal(f"every state of a depth-{depth} stack", states, np.broadcast_to(x, states.shape))
 
@@ -66,13 +65,13 @@ def test_identity_stack(subject, dtype, placement, init, prop, data):
 @pytest.mark.property("ID-3")
 @pytest.mark.parametrize("placement,init", ZERO_WRITE)
 @given(data=st.data())
-def test_identity_gradient(subject, dtype, placement, init, prop, data, oracle):
+def test_identity_gradient(subject, case, dtype, placement, init, prop, data, oracle):
     """The input VJP is bitwise g; for ReZero, dL/da_l = <g, F_l(x)> (every later block is the identity,
     so block l sees the cotangent g unchanged). That dot product is compared with the error bound of a
     sum of products, tolerance * sum |g F|, since cancellation makes a normwise bound on it meaningless."""
     require_placement(subject, placement)
-    depth = data.draw(st.sampled_from((1, 3)), label="depth")
-    cfg, x, params = _zero_write_case(data, subject, dtype, placement, init, depth, prop)
+    cfg, x, params = _zero_write_case(data, subject, case, dtype, placement, init, (1, 3), prop)
+    depth = cfg.depth
     g = hh.normal_input(data.draw(hh.seeds, label="g_seed"), x.shape, 1.0, dtype)
     grads = subject.stack_vjp(cfg, params, x, g, dtype)
     prop.bitwise_equal("input VJP with zero branches", grads.dx, g)
@@ -88,12 +87,11 @@ def test_identity_gradient(subject, dtype, placement, init, prop, data, oracle):
 @pytest.mark.property("ID-4")
 @pytest.mark.parametrize("placement", ["post", "deepnorm", "plain"])
 @given(data=st.data())
-def test_negative_control(subject, dtype, placement, prop, data):
+def test_negative_control(subject, case, dtype, placement, prop, data):
     """With a zero branch, post gives N(x) and deepnorm N(alpha x), not x; plain gives exactly 0.
     A backend whose `post` returns x fails here."""
     require_placement(subject, placement)
-    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
-    cfg = data.draw(hh.configs(subject, placement, "zero", d_model=shape[-1]), label="cfg")
+    shape, cfg = data.draw(hh.structures(subject, case, placement, "zero"), label="structure")
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)

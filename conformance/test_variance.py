@@ -21,13 +21,12 @@ STAT_SHAPE = (4, 32, 64)  # (B, T, C): n = 8192 elements per state, enough for 6
 
 @pytest.mark.property("VG-1")
 @given(data=st.data())
-def test_stream_is_sum_of_writes(subject, dtype, prop, data):
+def test_stream_is_sum_of_writes(subject, case, dtype, prop, data):
     """x_L == x_0 + sum_l F_l for a pre stack, up to the rounding of L additions: |error| <= bound *
     sum of |terms| elementwise (recursive summation), bound from the tolerance table."""
     require_placement(subject, "pre")
-    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
-    depth = data.draw(st.sampled_from(hh.DEPTHS[:3]), label="depth")
-    cfg = data.draw(hh.configs(subject, "pre", "standard", d_model=shape[-1], depth=depth), label="cfg")
+    shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", depths=hh.DEPTHS[:3]), label="structure")
+    depth = cfg.depth
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)
@@ -117,14 +116,12 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
 
 @pytest.mark.property("VG-4")
 @given(data=st.data())
-def test_post_normalises(subject, dtype, prop, data):
+def test_post_normalises(subject, case, dtype, prop, data):
     """Every state of a post stack (gain 1, bias 0) has per-token mean 0 and variance s2 / (s2 + eps),
     s2 the variance of that token's norm input x_{l-1} + F_l, which the trace holds."""
     require_placement(subject, "post")
-    shape = data.draw(st.sampled_from(hh.SHAPES), label="shape")
-    depth = data.draw(st.sampled_from(hh.DEPTHS[:2]), label="depth")
-    cfg = data.draw(hh.configs(subject, "post", "standard", d_model=shape[-1], depth=depth, norms=("layernorm",)),
-                    label="cfg")
+    shape, cfg = data.draw(hh.structures(subject, case, "post", "standard", depths=hh.DEPTHS[:2], norms=("layernorm",)),
+                           label="structure")
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)
