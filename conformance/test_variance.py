@@ -118,7 +118,9 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
 @given(data=st.data())
 def test_post_normalises(subject, case, dtype, prop, data):
     """Every state of a post stack (gain 1, bias 0) has per-token mean 0 and variance s2 / (s2 + eps),
-    s2 the variance of that token's norm input x_{l-1} + F_l, which the trace holds."""
+    s2 the variance of that token's norm input x_{l-1} + F_l, which the trace holds. A variance is a mean
+    of squares of values each within the forward tolerance, so its error is up to twice that, plus the
+    rounding of the outputs themselves: we allow 4x the forward tolerance."""
     require_placement(subject, "post")
     shape, cfg = data.draw(hh.structures(subject, case, "post", "standard", depths=hh.DEPTHS[:2], norms=("layernorm",)),
                            label="structure")
@@ -131,4 +133,4 @@ def test_post_normalises(subject, case, dtype, prop, data):
     tol = tolerance(dtype).forward
     prop.at_most("max per-token |mean|", float(np.max(np.abs(out.mean(axis=-1)))), tol)
     prop.at_most("max per-token |var - s2/(s2+eps)|", float(np.max(np.abs(out.var(axis=-1) - s2 / (s2 + cfg.eps)))),
-                 2 * tol)
+                 4 * tol)
