@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from backends.base import Backend
 from backends.config import GELUS, BlockConfig
-from backends.dtypes import max_finite, numpy_dtype, round_to
+from backends.dtypes import max_finite, numpy_dtype, round_to, unit_roundoff
 from backends.params import BlockParams, draw_params
 
 SHAPES = ((2, 4, 16), (1, 7, 8), (3, 5, 32))  # (B, T, C)
@@ -82,3 +82,11 @@ def params_for(backend: Backend, cfg: BlockConfig, seed: int, dtype: str, pertur
     except NotImplementedError:
         params = draw_params(cfg, seed, perturb=perturb)
     return tuple(p.map(lambda t: round_to(t, dtype)) for p in params)
+
+
+def resolvable(ref: np.ndarray, dtype: str) -> bool:
+    """Whether the dtype can hold `ref` to its relative precision: its RMS at least the smallest normal
+    number divided by the unit roundoff (below that, subnormals and underflow swamp relative error)."""
+    rms = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
+    tiny = float(np.finfo(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype)).tiny)
+    return rms >= tiny / unit_roundoff(dtype)

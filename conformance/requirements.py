@@ -19,3 +19,13 @@ def require_branch(backend: Backend, branch: str, norm: str) -> None:
     caps = backend.capabilities
     if branch not in caps.branches or norm not in caps.norms:
         pytest.skip(f"{backend.name} does not claim branch {branch} with norm {norm}")
+
+
+def require_cpu(backend: Backend) -> None:
+    if backend.device != "cpu":
+        pytest.skip("determinism is required on the CPU only (GPU reductions may use atomics)")
+
+
+def require_fused(backend: Backend, kind: str) -> None:
+    if kind not in backend.capabilities.fused_kinds:
+        pytest.skip(f"{backend.name} does not claim fused add+{kind}")

@@ -6,6 +6,8 @@ TOML, one [[xfail]] table per entry:
     property = "ID-1"                        # required: the property ID
     test = "test_identity_subnormal"         # optional: the test function (prefix of the test name)
     dtype = "float32"                        # optional: one dtype
+    config = "branch=attention"              # optional: key=value pairs (comma-separated) the case's
+                                             #   parameters must have
     backend = "jax"                          # optional in a backend's own file, required in --xfails files
                                              #   that cover several backends
     reason = "XLA:CPU flushes subnormals"    # required: why this is expected
@@ -33,15 +35,18 @@ class XfailEntry:
     test: str | None = None
     dtype: str | None = None
     backend: str | None = None
+    config: str | None = None
 
     def describe(self) -> str:
-        keys = ("backend", "property", "test", "dtype")
+        keys = ("backend", "property", "test", "dtype", "config")
         return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k) is not None)
 
-    def matches(self, backend: str, prop: str, test_name: str, dtype: str | None) -> bool:
+    def matches(self, backend: str, prop: str, test_name: str, params: dict) -> bool:
+        wanted = dict(pair.split("=", 1) for pair in self.config.split(",")) if self.config else {}
         return (self.property == prop and (self.backend is None or self.backend == backend)
                 and (self.test is None or test_name.startswith(self.test))
-                and (self.dtype is None or self.dtype == dtype))
+                and (self.dtype is None or self.dtype == params.get("dtype"))
+                and all(str(params.get(k.strip())) == v.strip() for k, v in wanted.items()))
 
 
 def parse(path: Path, backend: str | None = None) -> list[XfailEntry]:
@@ -53,12 +58,12 @@ def parse(path: Path, backend: str | None = None) -> list[XfailEntry]:
     entries = []
     for i, raw in enumerate(data.get("xfail", [])):
         missing = [k for k in ("property", "reason") if not str(raw.get(k, "")).strip()]
-        unknown = set(raw) - {"property", "reason", "test", "dtype", "backend"}
+        unknown = set(raw) - {"property", "reason", "test", "dtype", "backend", "config"}
         if missing or unknown:
             raise pytest.UsageError(f"{path}: entry {i + 1} needs property and reason; "
                                     f"missing {missing}, unknown keys {sorted(unknown)}")
         entries.append(XfailEntry(source=str(path), backend=raw.get("backend", backend),
-                                  **{k: raw[k] for k in ("property", "reason", "test", "dtype") if k in raw}))
+                                  **{k: raw[k] for k in ("property", "reason", "test", "dtype", "config") if k in raw}))
     return entries
 
 
@@ -80,7 +85,7 @@ def apply(entries: list[XfailEntry], items: list[pytest.Item], params_of: Callab
     for item in items:
         params = params_of(item)
         for entry in entries:
-            if entry.matches(str(params.get("backend_name")), property_of(item), item.name, params.get("dtype")):
+            if entry.matches(str(params.get("backend_name")), property_of(item), item.name, params):
                 item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=True))
                 used.add(entry)
                 break
