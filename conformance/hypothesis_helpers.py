@@ -31,20 +31,34 @@ scales = st.sampled_from((1e-2, 1.0, 1e2))
 STRUCTURE_PER_EXAMPLE = True
 
 
+def _structure_combos(backend: Backend, placement: str, init: str, shapes, depths, branches, norms):
+    caps = backend.capabilities
+    norms = tuple(n for n in sorted(caps.norms) if norms is None or n in norms)
+    branches = tuple(b for b in sorted(caps.branches) if branches is None or b in branches)
+    return [(shape, BlockConfig(placement=placement, init=init, depth=depth, d_model=shape[-1], norm=norm,
+                                branch=branch, gelu=gelu))
+            for shape in shapes for depth in depths for norm in norms for branch in branches for gelu in GELUS
+            if branch == "mlp" or gelu == GELUS[0]]  # GELU matters only in the mlp
+
+
+def fixed_structure(backend: Backend, case: int, placement: str, init: str, shapes=SHAPES, depths=(1,),
+                    branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None
+                    ) -> tuple[tuple[int, int, int], BlockConfig]:
+    """The (shape, config) this case gets in the fixed-structure profiles, rotating across cases."""
+    combos = _structure_combos(backend, placement, init, shapes, depths, branches, norms)
+    if not combos:
+        raise ValueError(f"{backend.name} claims no norm/branch among norms={norms}, branches={branches}; "
+                         f"the test should have skipped (conformance.requirements)")
+    return combos[case % len(combos)]
+
+
 def structures(backend: Backend, case: int, placement: str, init: str, shapes=SHAPES, depths=(1,),
                branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None
                ) -> st.SearchStrategy[tuple[tuple[int, int, int], BlockConfig]]:
     """(shape, config) pairs the backend claims, placement and init fixed by the test."""
-    caps = backend.capabilities
-    norms = tuple(n for n in sorted(caps.norms) if norms is None or n in norms)
-    branches = tuple(b for b in sorted(caps.branches) if branches is None or b in branches)
-    combos = [(shape, depth, norm, branch, gelu) for shape in shapes for depth in depths for norm in norms
-              for branch in branches for gelu in GELUS if branch == "mlp" or gelu == GELUS[0]]
-    build = lambda c: (c[0], BlockConfig(placement=placement, init=init, depth=c[1], d_model=c[0][-1], norm=c[2],
-                                         branch=c[3], gelu=c[4]))
     if STRUCTURE_PER_EXAMPLE:
-        return st.sampled_from(combos).map(build)
-    return st.just(build(combos[case % len(combos)]))
+        return st.sampled_from(_structure_combos(backend, placement, init, shapes, depths, branches, norms))
+    return st.just(fixed_structure(backend, case, placement, init, shapes, depths, branches, norms))
 
 
 def identity_domain(dtype: str, d_model: int) -> float:

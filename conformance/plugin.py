@@ -170,6 +170,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def _outcome(report: pytest.TestReport) -> str:
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
+    if report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):  # a strict xfail that passed
+        return "xpassed"
     return {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
 
 

@@ -15,10 +15,10 @@ def require_placement(backend: Backend, *placements: str) -> None:
         pytest.skip(f"{backend.name} does not claim placement {', '.join(missing)}")
 
 
-def require_branch(backend: Backend, branch: str, norm: str) -> None:
+def require_branch(backend: Backend, branch: str, norm: str | None = None) -> None:
     caps = backend.capabilities
-    if branch not in caps.branches or norm not in caps.norms:
-        pytest.skip(f"{backend.name} does not claim branch {branch} with norm {norm}")
+    if branch not in caps.branches or (norm is not None and norm not in caps.norms):
+        pytest.skip(f"{backend.name} does not claim branch {branch}" + (f" with norm {norm}" if norm else ""))
 
 
 def require_cpu(backend: Backend) -> None:

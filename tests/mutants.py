@@ -175,6 +175,97 @@ class Gpt2ScaleLinear(BlockMutant):
         return tuple(dataclasses.replace(p, w_out=p.w_out * fix) for p in params)
 
 
+class WrongGelu(BlockMutant):
+    """The mlp uses the other GELU: tanh when exact is asked for and the reverse."""
+
+    def _cfg(self, cfg):
+        return dataclasses.replace(cfg, gelu="exact" if cfg.gelu == "tanh" else "tanh")
+
+    def forward_block(self, cfg, p, x):
+        return ref.block_forward(self._cfg(cfg), p, x)
+
+    def vjp_block(self, cfg, p, x, g):
+        return ref.block_vjp(self._cfg(cfg), p, x, g)
+
+
+class NonDeterministic(BlockMutant):
+    """Each call perturbs its output by about one float64 ulp, differently every time (a racy sum)."""
+
+    def forward_block(self, cfg, p, x):
+        y, f = ref.block_forward(cfg, p, x)
+        return y * (1.0 + np.random.default_rng().choice([-1.0, 0.0, 1.0], size=y.shape) * 2.0**-52), f
+
+
+class LayoutSensitive(BlockMutant):
+    """Reads the input in memory order, as if it were contiguous: views come out scrambled."""
+
+    def stack_forward(self, cfg, params, x, dtype):
+        x = np.asarray(x)
+        return super().stack_forward(cfg, params, x.ravel(order="K").reshape(x.shape), dtype)
+
+
+class NanToZero(BlockMutant):
+    """Quietly replaces NaN and Inf in every block's output by finite numbers."""
+
+    def forward_block(self, cfg, p, x):
+        y, f = ref.block_forward(cfg, p, x)
+        return np.nan_to_num(y), f
+
+
+class EmptyCrashes(BlockMutant):
+    """Refuses empty batches and sequences."""
+
+    def stack_forward(self, cfg, params, x, dtype):
+        if np.size(x) == 0:
+            raise ZeroDivisionError("mean of an empty token")
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class NormStatisticsInFloat16(BlockMutant):
+    """Every norm computes its statistics in float16: they overflow once |x| passes ~256."""
+
+    def forward_block(self, cfg, p, x):
+        def norm16(z):
+            z16 = z.astype(np.float16)
+            if cfg.norm == "layernorm":
+                mean = z16.mean(axis=-1, keepdims=True)
+                var = ((z16 - mean) ** 2).mean(axis=-1, keepdims=True)
+                return (z - mean) / np.sqrt(var.astype(np.float64) + cfg.eps) * p.norm_weight + p.norm_bias
+            ms = (z16**2).mean(axis=-1, keepdims=True)
+            return z / np.sqrt(ms.astype(np.float64) + cfg.eps) * p.norm_weight
+
+        if cfg.placement == "pre":
+            f = ref.branch(cfg, p, norm16(x))
+            return x + f, f
+        if cfg.placement == "post":
+            f = ref.branch(cfg, p, x)
+            return norm16(x + f), f
+        return ref.block_forward(cfg, p, x)
+
+
+class FusedStaleResidual(NumpyReference):
+    """Fused add+norm returns the residual from before the add."""
+
+    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        out, _ = super().fused_add_norm(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
+        return out, residual
+
+
+class FusedSilentBroadcast(NumpyReference):
+    """Fused add+norm lets NumPy broadcast a (1, C) residual or a wrong-length weight."""
+
+    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        s = x + residual
+        return ref.NORM[kind](s, weight[: s.shape[-1]], bias, eps), s
+
+
+class FusedSilentDowncast(NumpyReference):
+    """residual_in_fp32 is ignored: the new residual is rounded to the narrow dtype."""
+
+    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        return super().fused_add_norm(x, residual, weight, bias, eps, kind, dtype, False)
+
+
 # mutant -> property IDs that must flag it (at least these)
 EXPECTED = {
     SkipDropped: {"ID-1", "ID-2", "GR-2", "VG-1"},
@@ -189,4 +280,13 @@ EXPECTED = {
     Float16Variance: {"VG-4"},
     RezeroInitTiny: {"ID-1"},
     Gpt2ScaleLinear: {"VG-3"},
+    WrongGelu: {"XB-1", "XB-2"},
+    NonDeterministic: {"XB-4"},
+    LayoutSensitive: {"XB-5"},
+    NanToZero: {"BI-3"},
+    EmptyCrashes: {"BI-4"},
+    NormStatisticsInFloat16: {"BI-5"},
+    FusedStaleResidual: {"XB-3"},
+    FusedSilentBroadcast: {"BI-1"},
+    FusedSilentDowncast: {"BI-2"},
 }

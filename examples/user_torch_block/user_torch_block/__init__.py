@@ -1,0 +1,1 @@
+"""A third-party resconf backend: the user's own PyTorch Pre-LN block, checked by `resconf check`."""
