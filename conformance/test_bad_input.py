@@ -63,7 +63,8 @@ def test_block_shape_mismatch(subject, case, dtype, placement, prop):
 @pytest.mark.property("BI-1")
 @pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])
 def test_fused_shape_mismatch(subject, dtype, kind, prop):
-    """A (1, C) residual must not broadcast silently; a weight of C + 1 values is an error too."""
+    """A (1, C) residual must not broadcast silently (the error names both shapes); a weight of C + 1
+    values is an error too, naming its shape and x's or the expected (C,)."""
     require_fused(subject, kind)
     x = hh.normal_input(0, (6, 16), 1.0, dtype)
     weight, bias = np.ones(16), np.zeros(16)
@@ -71,7 +72,7 @@ def test_fused_shape_mismatch(subject, dtype, kind, prop):
     _check_rejected(prop, "a (1, C) residual", lambda: subject.fused_add_norm(
         x, x[:1], weight, bias, 1e-5, kind, dtype), (x.shape, (1, 16)))
     _check_rejected(prop, "a weight of C + 1 values", lambda: subject.fused_add_norm(
-        x, x, np.ones(17), bias, 1e-5, kind, dtype), ((17,), x.shape))
+        x, x, np.ones(17), bias, 1e-5, kind, dtype), ((17,), [x.shape, (16,)]))
 
 
 @pytest.mark.property("BI-2")
