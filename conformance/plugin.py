@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
+import threading
 import zlib
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +20,7 @@ from backends.config import DTYPES
 from backends.registry import load_backend
 from conformance import hypothesis_helpers as hh
 from conformance import profiles, xfails
+from conformance.guard import Case, EventWriter
 from conformance.recorder import PropertyRecorder
 from conformance.results import OUTCOMES, ResultRow
 
@@ -38,6 +41,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--results-jsonl", default=None, metavar="FILE",
                     help="append one JSON result row per test to FILE (resconf check merges them into Parquet)")
     group.addoption("--run-id", default=None, help="run id written into every result row")
+    group.addoption("--events-jsonl", default=None, metavar="FILE",
+                    help="append what was collected and which case starts and ends to FILE (for resconf check)")
+    group.addoption("--already-run", default=None, metavar="FILE",
+                    help="node ids (one a line) to leave out: resuming a worker that crashed")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +55,14 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile(profile)
     hh.STRUCTURE_PER_EXAMPLE = profile in ("dev", "nightly")
     config.stash[OUTCOME] = {}
+    events = config.getoption("--events-jsonl")
+    if events:
+        already = config.getoption("--already-run")
+        done = frozenset(Path(already).read_text().splitlines()) if already else frozenset()
+        name = (config.getoption("--backend") or ["numpy"])[0]
+        device = config.getoption("--device")
+        claimed = lambda: tuple(sorted(_LOADED[(name, device)].capabilities.dtypes))  # noqa: E731  loaded later
+        config.pluginmanager.register(EventWriter(Path(events), name, claimed, _case_of, done), "resconf-events")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -135,6 +150,11 @@ def _rerun_of(item: pytest.Item) -> str:
             f"--profile {cfg.getoption('--profile')} -k '{item.name}'")
 
 
+def _case_of(item: pytest.Item) -> Case:
+    return Case(test=item.nodeid, property=_property_of(item), dtype=str(_params_of(item).get("dtype", "-")),
+                config=_fixed_config(item), rerun=_rerun_of(item))
+
+
 def _fixed_config(item: pytest.Item) -> str:
     """The case's configuration: its pytest parameters other than backend and dtype; the rest is drawn."""
     fixed = {k: v for k, v in _params_of(item).items() if k not in ("backend_name", "dtype")}
@@ -147,6 +167,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
     names = config.getoption("--backend") or ["numpy"]
     entries = xfails.load(names, [Path(p) for p in config.getoption("--xfails")])
+    entries = [e for e in entries if e.backend is None or e.backend in names]  # a shared file names others too
     unmatched = xfails.apply(entries, items, _params_of, _property_of)
     collected = {_property_of(item) for item in items}
     unmatched = [e for e in unmatched if e.property in collected]  # a run of one file checks its own entries
@@ -167,10 +188,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+class CaseTimeout(BaseException):
+    """Raised by the per-test timer. Not an Exception (nor pytest's Failed), so hypothesis does not take
+    it for a failing example and replay it to shrink it (pytest-timeout's own signal handler calls
+    pytest.fail, which hypothesis catches; the replay then hangs again, with no timer left)."""
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
+    """pytest-timeout's `--timeout`, its signal method, with an exception hypothesis lets through."""
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's thread method: dumps stacks and ends the worker (resconf check resumes it)
+
+    def expire(signum, frame):
+        raise CaseTimeout(f"timed out after {settings.timeout:g} s (the per-test --timeout)")
+
+    def cancel():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # pytest-timeout's cancel hook calls this
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+STRICT_XPASS = "[XPASS(strict)]"  # pytest's text for a strict xfail that passed (reported as failed)
+
+
 def _outcome(report: pytest.TestReport) -> str:
     if hasattr(report, "wasxfail"):
         return "xfailed" if report.skipped else "xpassed"
-    if report.failed and str(report.longrepr).startswith("[XPASS(strict)]"):  # a strict xfail that passed
+    if report.failed and str(report.longrepr).startswith(STRICT_XPASS):
         return "xpassed"
     return {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
 
@@ -180,6 +229,9 @@ def _first_line(report: pytest.TestReport) -> str:
         return str(report.longrepr[2]).removeprefix("Skipped: ")
     if hasattr(report, "wasxfail"):
         return f"expected failure: {report.wasxfail}"
+    if report.failed and str(report.longrepr).startswith(STRICT_XPASS):
+        reason = str(report.longrepr).removeprefix(STRICT_XPASS).strip()
+        return f"passed, but an expected-failure entry says it fails (stale? remove it): {reason}"
     text = report.longreprtext or ""
     for line in text.splitlines():
         if line.startswith("E ") and line[2:].strip():

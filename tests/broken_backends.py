@@ -1,0 +1,95 @@
+"""Backends that misbehave at the process level: they raise, hang, exit or crash the interpreter.
+
+Unlike tests/mutants.py (wrong maths), these attack the harness: `resconf check` must record each as
+failed for its own rows and still write every other backend's results (tests/test_isolation.py).
+Each misbehaves only in rezero blocks in float64, so one run shows the broken case and healthy cases
+of the same backend side by side, before and after it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+from backends.base import Capabilities
+from backends.numpy_ref import NumpyReference
+
+
+def broken(cfg, dtype: str) -> bool:
+    """The one kind of case where a backend below misbehaves (Raises aside, which fails everywhere)."""
+    return cfg.placement == "rezero" and dtype == "float64"
+
+
+class Raises(NumpyReference):
+    """stack_forward raises: every case that calls it fails, as an ordinary test failure."""
+
+    name = "raises"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        raise RuntimeError("stack_forward exploded")
+
+
+class Hangs(NumpyReference):
+    """Sleeps forever in a broken case: only the per-test timeout ends it."""
+
+    name = "hangs"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        while broken(cfg, dtype):
+            time.sleep(3600)
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class HangsUninterruptibly(NumpyReference):
+    """Hangs in a broken case with SIGALRM blocked, as native code that masks signals would: the
+    per-test timer cannot fire, so only the supervisor's kill ends it."""
+
+    name = "hangs-uninterruptibly"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        if broken(cfg, dtype):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            while True:
+                time.sleep(3600)
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class Exits(NumpyReference):
+    """Calls os._exit(1) in a broken case: the worker process vanishes mid-case."""
+
+    name = "exits"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        if broken(cfg, dtype):
+            os._exit(1)
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class Segfaults(NumpyReference):
+    """Reads address 0 in a broken case: a real SIGSEGV."""
+
+    name = "segfaults"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        if broken(cfg, dtype):
+            ctypes.string_at(0)
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class ClaimsNothing(NumpyReference):
+    """Claims no placement and no fused kind: every case is skipped, so the run tested nothing."""
+
+    name = "claims-nothing"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(placements=frozenset(), dtypes=frozenset({"float64"}), fused_kinds=frozenset())
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Loaded as a plugin (`-- -p tests.broken_backends`), this drops cases after collection, as a buggy
+    plugin or parametrization would: every float16 case (the backend still claims float16, so the guard
+    must notice that nothing ran in it), and, to keep the test short, every case but test_identity_block."""
+    items[:] = [item for item in items if item.name.startswith("test_identity_block[")
+                and item.callspec.params.get("dtype") != "float16"]
