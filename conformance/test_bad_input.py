@@ -77,25 +77,30 @@ def test_fused_shape_mismatch(subject, dtype, kind, prop):
 
 @pytest.mark.property("BI-2")
 def test_dtype_errors_and_no_silent_downcast(subject, dtype, prop):
-    """A dtype the backend does not know is an error naming it. With residual_in_fp32, a float32
-    residual added to a narrower x stays float32: bitwise the float32 sum, not the narrow one."""
+    """A dtype the backend does not know is an error naming it, on every API it offers. With
+    residual_in_fp32, a float32 residual added to a bfloat16/float16 x stays float32: bitwise the
+    float32 sum, not the narrow one."""
     prop.example(dtype=dtype)
+    unknown = "float8_e4m3fn"
+    calls = []
     if subject.capabilities.blocks:
         cfg = hh.fixed_structure(subject, 0, sorted(subject.capabilities.placements)[0], "standard")[1]
-        x = np.zeros((1, 2, cfg.d_model))
         params = hh.params_for(subject, cfg, 0, "float32")
-        exc = _error_of(lambda: subject.stack_forward(cfg, params, x, "float8_e4m3fn"))
-        prop.at_most(f"unknown dtype float8_e4m3fn: an error naming it (got {exc!r:.200})",
-                     0 if exc is not None and "float8_e4m3fn" in str(exc) else 1, 0)
+        calls.append(("stack_forward", lambda: subject.stack_forward(cfg, params, np.zeros((1, 2, cfg.d_model)), unknown)))
     kinds = sorted(subject.capabilities.fused_kinds)
+    if kinds:
+        x = np.zeros((2, 16))
+        calls.append(("fused_add_norm", lambda: subject.fused_add_norm(x, x, np.ones(16), None, 1e-5, kinds[0], unknown)))
+    for api, call in calls:
+        exc = _error_of(call)
+        prop.at_most(f"{api} with dtype {unknown}: an error naming it (got {exc!r:.200})",
+                     0 if exc is not None and unknown in str(exc) else 1, 0)
     if dtype in ("bfloat16", "float16") and kinds:
         x = hh.normal_input(1, (4, 32), 1.0, dtype)
         residual = hh.normal_input(2, (4, 32), 1.0, "float32")
         _, new_residual = subject.fused_add_norm(x, residual, np.ones(32), None, 1e-5, kinds[0], dtype, True)
         prop.bitwise_equal("residual_in_fp32: the returned residual against the float32 sum",
                            new_residual, round_to(x + residual, "float32"))
-    elif not subject.capabilities.blocks:
-        pytest.skip("no blocks, and residual_in_fp32 only matters below float32")
 
 
 @pytest.mark.property("BI-3")

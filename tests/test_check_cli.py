@@ -67,3 +67,17 @@ def test_correct_backend_passes_every_property(name, tmp_path):
     properties = {r["property"] for r in rows if r["outcome"] == "passed"}
     expected = {f"{f}-{i}" for f, n in (("ID", 4), ("GR", 4), ("VG", 4), ("XB", 5), ("BI", 5)) for i in range(1, n + 1)}
     assert expected <= properties, f"no passing rows for {sorted(expected - properties)}"
+
+
+@pytest.mark.parametrize("name", [n for n in ("numba_fused", "triton_fused") if n in installed_builtins()])
+def test_kernel_backend_passes_the_fused_properties(name, tmp_path):
+    """Our own kernels (fused add+norm only; Triton through its CPU interpreter) pass the fused
+    contract, determinism and bad-input properties, and skip the block properties they do not claim."""
+    out = tmp_path / "r.parquet"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "conformance.cli", "check", "--backend", name, "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rows = pq.read_table(out).to_pylist()
+    passed = {r["property"] for r in rows if r["outcome"] == "passed"}
+    assert {"XB-3", "XB-4", "BI-1", "BI-2", "BI-4"} <= passed, f"passing properties: {sorted(passed)}"
