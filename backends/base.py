@@ -8,7 +8,7 @@ framework tensor, so any framework, or none, can be plugged in.
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

@@ -10,17 +10,12 @@ atomically. Guards fail a run that covered less than the backend claims, or test
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.util
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,59 +23,14 @@ from pathlib import Path
 import pytest
 
 from backends.registry import BUILTIN, entry_point_names, known_names
-from conformance import guard, summary, xfails
+from conformance import guard, summary, worker, xfails
 from conformance.guard import Case
+from conformance.junit import JunitPart, merge_junit
+from conformance.options import CheckOptions
 from conformance.plugin import WORKER_LOAD_FAILED
 from conformance.results import ResultRow, rows_from_jsonl, to_table, write_parquet_atomic
 
-SUITE_DIR = Path(__file__).parent
 MAX_RESTARTS = 3  # a backend that kills its worker again and again is given up on, not retried forever
-POLL_S = 0.2  # how often the supervisor looks at a running worker
-PYTEST_STATUS = {2: "pytest was interrupted (errors during collection?)", 3: "pytest hit an internal error",
-                 4: "pytest usage error",
-                 5: "no test ran (pytest exit status 5: nothing collected, or -k/-m deselected everything)"}
-
-
-def worker_defaults() -> dict[str, str]:
-    """Environment defaults for a worker; the user's own settings win.
-
-    The suite's tensors are tiny: one intra-op thread is faster than two fighting over them, and
-    deterministic. JAX compiles every new (configuration, shape, dtype) once, about 0.3-1 s each on this
-    class of machine; the `ci` profile draws the same examples every run, so JAX's persistent compile
-    cache turns a rerun's compiles into loads."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
-    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    backends: tuple[str, ...]
-    device: str = "cpu"
-    profile: str = "ci"
-    output: Path | None = None
-    junitxml: Path | None = None
-    xfails: tuple[Path, ...] = ()
-    skip_xfails: bool = False
-    worker_timeout_s: float = 1800.0
-    test_timeout_s: float = 600.0
-    pytest_args: tuple[str, ...] = ()
-
-    @property
-    def hung_after_s(self) -> float:
-        """When a case with no result is taken as hung beyond the timer's reach (the timer fires at
-        test_timeout_s; the margin lets a slow teardown finish)."""
-        return self.test_timeout_s + max(2.0, 0.5 * self.test_timeout_s)
-
-
-@dataclass(frozen=True)
-class JunitPart:
-    """A worker's JUnit file; where there is none (the worker died first, or these are the supervisor's
-    own rows), its rows stand in for it."""
-
-    xml: Path | None
-    rows: tuple[ResultRow, ...]
 
 
 @dataclass(frozen=True)
@@ -91,13 +41,6 @@ class BackendRun:
     junit: tuple[JunitPart, ...]
     notes: tuple[str, ...]  # crashes, restarts, guard warnings: printed in the summary
     load_error: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkerExit:
-    status: int | None  # exit status; negative: killed by that signal
-    killed_for: str | None  # why the supervisor killed it: "hung" or "worker timeout"
-    tail: str  # the end of its output
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -152,7 +95,7 @@ def run_check(opts: CheckOptions) -> int:
         write_parquet_atomic(to_table(rows), output)
         if opts.junitxml:
             problems_part = JunitPart(None, tuple(r for r in rows if r.backend in problems))
-            _merge_junit([*junit_parts, problems_part], opts.junitxml)
+            merge_junit([*junit_parts, problems_part], opts.junitxml)
     text = _summary_text(rows, notes, output)
     _write_text_atomic(output.with_suffix(".summary.txt"), text)
     print(text)
@@ -177,8 +120,8 @@ def _check_backend(name: str, opts: CheckOptions, run_id: str, workdir: Path) ->
                                              for ext in ("rows.jsonl", "events.jsonl", "xml", "done"))
         if attempt:
             already.write_text("".join(f"{test}\n" for test in sorted(done | dead)))
-        cmd = _worker_cmd(name, opts, run_id, rows_path, events, junit, already if attempt else None)
-        exit = _run_worker(cmd, workdir / f"{attempt}.log", events, deadline, opts.hung_after_s)
+        cmd = worker.worker_command(name, opts, run_id, rows_path, events, junit, already if attempt else None)
+        exit = worker.run_worker(cmd, workdir / f"{attempt}.log", events, deadline, opts.hung_after_s)
         got = rows_from_jsonl(rows_path)
         worker_rows += got
         junits.append(JunitPart(junit, tuple(got)))
@@ -191,7 +134,7 @@ def _check_backend(name: str, opts: CheckOptions, run_id: str, workdir: Path) ->
         if log.finished_status is not None and exit.killed_for is None:  # the session ended in order
             ended_in_order = exit.status in (0, 1)
             if not ended_in_order:
-                own.append(_harness_row(name, opts, run_id, "RUN", _pytest_failure(exit)))
+                own.append(_harness_row(name, opts, run_id, "RUN", worker.pytest_failure(exit)))
             break
         row, note = _death(name, opts, run_id, exit, log, done)
         own.append(row)
@@ -215,11 +158,11 @@ def _check_backend(name: str, opts: CheckOptions, run_id: str, workdir: Path) ->
     return BackendRun(tuple(worker_rows + own), (*junits, JunitPart(None, tuple(own))), tuple(notes))
 
 
-def _death(name: str, opts: CheckOptions, run_id: str, exit: WorkerExit, log: guard.WorkerLog, done: set[str]
+def _death(name: str, opts: CheckOptions, run_id: str, exit: worker.WorkerExit, log: guard.WorkerLog, done: set[str]
            ) -> tuple[ResultRow, str]:
     """The failed row and summary note for a worker that died or was killed: the case it was running
     when it did (started, no result), or a RUN row if it was between cases."""
-    how = _how_it_died(exit, opts)
+    how = worker.how_it_died(exit, opts)
     culprit = next((c for c in reversed(log.started) if c.test not in done and c.test not in log.ended), None)
     if culprit is None:
         row = _harness_row(name, opts, run_id, "RUN", f"{how} between cases: {_last_line(exit.tail)}")
@@ -247,96 +190,6 @@ def _guard(name: str, opts: CheckOptions, run_id: str, manifest: guard.Manifest,
     if nothing:
         out.append(_harness_row(name, opts, run_id, "GUARD", nothing, config="covers=*"))
     return out, notes
-
-
-def _worker_cmd(name: str, opts: CheckOptions, run_id: str, rows: Path, events: Path, junit: Path,
-                already: Path | None) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-p", "no:cacheprovider", "-q", "--no-header",
-           "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
-           "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
-           f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
-    cmd += ["--already-run", str(already)] if already else []
-    cmd += [arg for path in opts.xfails for arg in ("--xfails", str(path))]
-    cmd += ["--skip-xfails"] if opts.skip_xfails else []
-    return cmd + list(opts.pytest_args)
-
-
-def _run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float) -> WorkerExit:
-    """Run a worker to its end, killing it if one case outlives `hung_after_s` or the worker its deadline."""
-    watch = _CaseWatch(events)
-    killed_for = None
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                env={**worker_defaults(), **os.environ, "PYTHONUNBUFFERED": "1"})
-        while True:
-            try:
-                status = proc.wait(timeout=POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            running_since = watch.running_since()
-            now = time.monotonic()
-            if running_since is not None and now - running_since > hung_after_s:
-                killed_for = "hung"
-            elif now > deadline:
-                killed_for = "worker timeout"
-            if killed_for:
-                proc.kill()
-                status = proc.wait()
-                break
-    return WorkerExit(status, killed_for, log.read_bytes()[-4000:].decode(errors="replace"))
-
-
-class _CaseWatch:
-    """Follows a worker's events file as it grows: since when (on our clock) the current case runs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.partial, self.since = path, 0, b"", None
-
-    def running_since(self) -> float | None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return None
-        self.offset += len(chunk)
-        *lines, self.partial = (self.partial + chunk).split(b"\n")
-        for line in lines:
-            event = json.loads(line).get("event")
-            if event == "started":
-                self.since = time.monotonic()
-            elif event == "ended":
-                self.since = None
-        return self.since
-
-
-def _die_with_parent() -> None:
-    """In the worker, before exec (Linux): if `resconf check` is killed, its worker is killed too,
-    instead of running on as an orphan."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _how_it_died(exit: WorkerExit, opts: CheckOptions) -> str:
-    if exit.killed_for == "hung":
-        return (f"timed out: no result {opts.hung_after_s:g} s after it started (the per-test --timeout of "
-                f"{opts.test_timeout_s:g} s could not interrupt it), so the worker was killed")
-    if exit.killed_for == "worker timeout":
-        return f"the worker ran past its {opts.worker_timeout_s:g} s limit and was killed"
-    if exit.status is not None and exit.status < 0:
-        return f"the worker was killed by {signal.Signals(-exit.status).name}"
-    return f"the worker exited with status {exit.status}"
-
-
-def _pytest_failure(exit: WorkerExit) -> str:
-    """A worker's session ended in order but not with results: say why, with pytest's own error text."""
-    what = PYTEST_STATUS.get(exit.status, f"pytest exited with status {exit.status}")
-    lines = exit.tail.strip().splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith(("ERROR", "E  "))), len(lines) - 1)
-    detail = " | ".join(line.strip().removeprefix("ERROR: ") for line in lines[start:] if line.strip())
-    return f"{what}: {detail}"[:1500]
 
 
 def _short(test: str) -> str:
@@ -368,36 +221,6 @@ def _case_row(case: Case, name: str, opts: CheckOptions, run_id: str, message: s
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _merge_junit(parts: list[JunitPart], target: Path) -> None:
-    """One JUnit file: every worker's suites; for a worker that died before writing its file, and for
-    the supervisor's own rows (dead cases, RUN, GUARD), a suite made from the rows."""
-    root = ET.Element("testsuites")
-    for part in parts:
-        if part.xml is not None and part.xml.exists():
-            tree = ET.parse(part.xml).getroot()
-            root.extend(tree.iter("testsuite") if tree.tag == "testsuites" else [tree])
-        elif part.rows:
-            root.append(_junit_suite(part.rows))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, target)
-
-
-def _junit_suite(rows: tuple[ResultRow, ...]) -> ET.Element:
-    failed = [r for r in rows if r.outcome in summary.UNEXPECTED]
-    suite = ET.Element("testsuite", name="resconf", tests=str(len(rows)), failures=str(len(failed)),
-                       skipped=str(sum(r.outcome in ("skipped", "xfailed") for r in rows)))
-    for row in rows:
-        case = ET.SubElement(suite, "testcase", classname=f"{row.backend}.{row.property}",
-                             name=row.test if row.test != "-" else row.config, time=f"{row.duration_s:.3f}")
-        if row.outcome in summary.UNEXPECTED:
-            ET.SubElement(case, "failure", message=row.message).text = row.rerun
-        elif row.outcome in ("skipped", "xfailed"):
-            ET.SubElement(case, "skipped", message=row.message)
-    return suite
 
 
 def _summary_text(rows: list[ResultRow], notes: list[str], output: Path) -> str:

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_main(argv: list[str]) -> int:
-    from conformance.check import CheckOptions, run_check
+    from conformance.check import run_check
+    from conformance.options import CheckOptions
 
     parser = argparse.ArgumentParser(prog="resconf check", description="Run the conformance suite.",
                                      epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")

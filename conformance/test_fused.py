@@ -3,7 +3,6 @@
 and empty inputs (BI-4). The returned residual must be bitwise the unfused add in the residual dtype."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st

@@ -79,7 +79,7 @@ def test_dead_worker_names_the_case_and_resumes(crashed, name, how):
     assert sorted(r["test"].split("[")[1] for r in got if r["outcome"] == "passed") == [
         f"{name}-float32-pre-zero]", f"{name}-float32-rezero-rezero]", f"{name}-float64-pre-zero]"]
     assert f"backend {BROKEN}{name}: the worker" in proc.stdout and "restarted" in proc.stdout
-    assert "Workers:" in proc.stdout and f"config=placement=rezero,init=rezero" in proc.stdout
+    assert "Workers:" in proc.stdout and "config=placement=rezero,init=rezero" in proc.stdout
 
 
 @pytest.fixture(scope="module")

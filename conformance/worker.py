@@ -1,0 +1,134 @@
+"""A `resconf check` worker: one pytest process per backend, watched from outside.
+
+The supervisor follows the worker's events file to know which case is running, kills a case that
+outlives the per-test timeout where no signal reaches it, and kills the whole worker at its deadline.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conformance.options import CheckOptions
+
+SUITE_DIR = Path(__file__).parent
+POLL_S = 0.2  # how often the supervisor looks at a running worker
+PYTEST_STATUS = {2: "pytest was interrupted (errors during collection?)", 3: "pytest hit an internal error",
+                 4: "pytest usage error",
+                 5: "no test ran (pytest exit status 5: nothing collected, or -k/-m deselected everything)"}
+
+
+def worker_defaults() -> dict[str, str]:
+    """Environment defaults for a worker; the user's own settings win.
+
+    The suite's tensors are tiny: one intra-op thread is faster than two fighting over them, and
+    deterministic. JAX compiles every new (configuration, shape, dtype) once, about 0.3-1 s each on this
+    class of machine; the `ci` profile draws the same examples every run, so JAX's persistent compile
+    cache turns a rerun's compiles into loads."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    status: int | None  # exit status; negative: killed by that signal
+    killed_for: str | None  # why the supervisor killed it: "hung" or "worker timeout"
+    tail: str  # the end of its output
+
+
+def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, events: Path, junit: Path,
+                   already: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-p", "no:cacheprovider", "-q", "--no-header",
+           "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
+           "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
+           f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
+    cmd += ["--already-run", str(already)] if already else []
+    cmd += [arg for path in opts.xfails for arg in ("--xfails", str(path))]
+    cmd += ["--skip-xfails"] if opts.skip_xfails else []
+    return cmd + list(opts.pytest_args)
+
+
+def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float) -> WorkerExit:
+    """Run a worker to its end, killing it if one case outlives `hung_after_s` or the worker its deadline."""
+    watch = _CaseWatch(events)
+    killed_for = None
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                env={**worker_defaults(), **os.environ, "PYTHONUNBUFFERED": "1"})
+        while True:
+            try:
+                status = proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            running_since = watch.running_since()
+            now = time.monotonic()
+            if running_since is not None and now - running_since > hung_after_s:
+                killed_for = "hung"
+            elif now > deadline:
+                killed_for = "worker timeout"
+            if killed_for:
+                proc.kill()
+                status = proc.wait()
+                break
+    return WorkerExit(status, killed_for, log.read_bytes()[-4000:].decode(errors="replace"))
+
+
+class _CaseWatch:
+    """Follows a worker's events file as it grows: since when (on our clock) the current case runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial, self.since = path, 0, b"", None
+
+    def running_since(self) -> float | None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return None
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for line in lines:
+            event = json.loads(line).get("event")
+            if event == "started":
+                self.since = time.monotonic()
+            elif event == "ended":
+                self.since = None
+        return self.since
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec (Linux): if `resconf check` is killed, its worker is killed too,
+    instead of running on as an orphan."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def how_it_died(exit: WorkerExit, opts: CheckOptions) -> str:
+    if exit.killed_for == "hung":
+        return (f"timed out: no result {opts.hung_after_s:g} s after it started (the per-test --timeout of "
+                f"{opts.test_timeout_s:g} s could not interrupt it), so the worker was killed")
+    if exit.killed_for == "worker timeout":
+        return f"the worker ran past its {opts.worker_timeout_s:g} s limit and was killed"
+    if exit.status is not None and exit.status < 0:
+        return f"the worker was killed by {signal.Signals(-exit.status).name}"
+    return f"the worker exited with status {exit.status}"
+
+
+def pytest_failure(exit: WorkerExit) -> str:
+    """A worker's session ended in order but not with results: say why, with pytest's own error text."""
+    what = PYTEST_STATUS.get(exit.status, f"pytest exited with status {exit.status}")
+    lines = exit.tail.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(("ERROR", "E  "))), len(lines) - 1)
+    detail = " | ".join(line.strip().removeprefix("ERROR: ") for line in lines[start:] if line.strip())
+    return f"{what}: {detail}"[:1500]
