@@ -1,7 +1,9 @@
 """The memory-bandwidth roofline on each device: copy (1 read + 1 write) and add (2 reads + 1 write).
 
 At the fused benchmarks' shapes, so that the export can divide a fused op's GB/s by the copy's GB/s
-measured on the same machine, commit and shape. CPU: NumPy (np.copyto, np.add with out=), one thread.
+measured on the same machine, commit and shape. CPU: NumPy (np.copyto, np.add with out=), one thread,
+and a copy on every core (numba, prange over rows): one thread cannot saturate memory, so a parallel
+kernel is measured against the all-core copy; the export takes the faster copy as the roofline.
 CUDA: torch, imported in setup only when a GPU is there, synchronised before the clock stops.
 """
 from __future__ import annotations
@@ -76,4 +78,32 @@ class Add(_Roofline):
     op = "add"
 
     def time_add(self, device, dtype, shape):
+        self.sync(self.fn(*self.args))
+
+
+@lru_cache(maxsize=1)
+def all_cores_copy_case(dtype: str, shape: tuple[int, int]) -> cm.Case:
+    """dst = src with rows split over every core (numba's prange), compiled and warmed in setup."""
+    try:
+        from numba import njit, prange
+    except ImportError as exc:
+        raise NotImplementedError(f"the all-core copy needs numba ({exc})")
+
+    @njit(parallel=True, cache=True)
+    def copy_rows(dst, src):
+        for i in prange(src.shape[0]):
+            dst[i] = src[i]
+
+    src = np.ascontiguousarray(cm.random_array(shape, dtype, cm.SEED), numpy_dtype(dtype))
+    return cm.warmed(cm.Case(copy_rows, (np.empty_like(src), src), _no_sync))
+
+
+class CopyAllCores(_Roofline):
+    def setup(self, device, dtype, shape):
+        if device != "cpu":
+            raise NotImplementedError("the all-core copy is a CPU measurement")
+        case = all_cores_copy_case(dtype, shape)
+        self.fn, self.args, self.sync = case.fn, case.args, case.sync
+
+    def time_copy_all_cores(self, device, dtype, shape):
         self.sync(self.fn(*self.args))

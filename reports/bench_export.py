@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from backends.dtypes import numpy_dtype
 from conformance.results import write_parquet_atomic
-from reports.bytes_moved import BYTES_MOVED, ROOFLINE_OP
+from reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
 
 DEFAULT_RESULTS_DIR = Path(".asv/results")
 DEFAULT_OUTPUT = Path("reports/out/benchmarks.parquet")
@@ -161,7 +161,7 @@ def _with_roofline(rows: list[BenchRow]) -> list[BenchRow]:
     """rows with the copy roofline of their device and shape (the best copy GB/s among these rows)."""
     roofline: dict[tuple, float] = {}
     for r in rows:
-        if r.op == ROOFLINE_OP and r.gbps is not None:
+        if r.op in ROOFLINE_OPS and r.gbps is not None:
             key = (r.device, r.tokens, r.hidden)
             roofline[key] = max(r.gbps, roofline.get(key, 0.0))
     out = []

@@ -46,6 +46,7 @@ BYTES_MOVED: dict[str, Callable[[int, int, int], int]] = {
     "add_rmsnorm_forward_backward": partial(fused_add_norm_bytes, with_bias=False, backward=True),
     "add_layernorm_forward_backward": partial(fused_add_norm_bytes, with_bias=True, backward=True),
     "copy": copy_bytes,
+    "copy_all_cores": copy_bytes,
     "add": add_bytes,
 }
-ROOFLINE_OP = "copy"  # the op whose GB/s is the denominator of roofline_fraction
+ROOFLINE_OPS = ("copy", "copy_all_cores")  # the best of these GB/s is the denominator of roofline_fraction

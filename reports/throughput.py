@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
 
 from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
-from .bytes_moved import ROOFLINE_OP
+from .bytes_moved import ROOFLINE_OPS
 from .document import Cell, Figure, Paragraph, Section, Table
 from .load import BenchRow
 from .plotting import colour, draw_png, legend_entries, shared_legend
@@ -38,9 +38,9 @@ def latest_rows(rows: list[BenchRow]) -> list[BenchRow]:
 def rooflines(rows: list[BenchRow]) -> dict[Key, float]:
     """(machine, device, case) -> the roofline GB/s: the export's column, else the copy's own GB/s."""
     found: dict[Key, float] = {}
-    for row in sorted(rows, key=lambda r: (r.op != ROOFLINE_OP, r.dtype, r.backend)):
+    for row in sorted(rows, key=lambda r: (r.op not in ROOFLINE_OPS, r.dtype, r.backend)):
         key = (row.machine, row.device, row.case)
-        value = row.roofline_gbps if row.roofline_gbps is not None else (row.gbps if row.op == ROOFLINE_OP else None)
+        value = row.roofline_gbps if row.roofline_gbps is not None else (row.gbps if row.op in ROOFLINE_OPS else None)
         if value is not None and key not in found:
             found[key] = value
     return found
@@ -53,7 +53,7 @@ def fraction_of(row: BenchRow, roofline: float | None) -> float | None:
 
 
 def sort_key(row: BenchRow) -> tuple:
-    return (row.machine, row.device, row.op != ROOFLINE_OP, row.op, row.dtype, case_order(row.case), row.backend)
+    return (row.machine, row.device, row.op not in ROOFLINE_OPS, row.op, row.dtype, case_order(row.case), row.backend)
 
 
 def throughput_table(machine: str, rows: list[BenchRow], roof: dict[Key, float]) -> Table:
@@ -125,7 +125,7 @@ def throughput_section(rows: list[BenchRow]) -> Section:
     for machine, mine in sorted(by_machine.items()):
         blocks.append(throughput_table(machine, mine, roof))
         for device in sorted({r.device for r in mine}):
-            bars = [r for r in mine if r.device == device and r.gbps is not None and r.op != ROOFLINE_OP]
+            bars = [r for r in mine if r.device == device and r.gbps is not None and r.op not in ROOFLINE_OPS]
             if bars:
                 blocks.append(bar_figure(machine, device, bars, roof, backends))
     if not any(r.gbps is not None for r in rows):
