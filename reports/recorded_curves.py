@@ -26,8 +26,13 @@ class Curve:
         return "theory" in lowered or "oracle" in lowered
 
 
+DEPTH_CURVES = ("GR-3", "VG-2", "VG-3")  # curves against depth; BI-5's magnitude sweep is not one
+
+
 def curves_of(row: ResultRow) -> list[Curve]:
-    """The row's parallel (x, y, label) lists as one Curve per label, points sorted by x."""
+    """The row's parallel (x, y, label) lists as one Curve per label, points sorted by x (depth curves only)."""
+    if row.property not in DEPTH_CURVES:
+        return []
     points: dict[str, list[tuple[float, float]]] = {}
     for x, y, label in zip(row.curve_x, row.curve_y, row.curve_label):
         points.setdefault(label, []).append((x, y))
