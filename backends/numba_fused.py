@@ -19,27 +19,10 @@ import numpy as np
 from backends import numba_kernels as nk
 from backends.base import Backend, Capabilities, FusedGrads, dtype_error
 from backends.config import FUSED_KINDS
+from backends.fused_args import check_fused_args
 from backends.dtypes import numpy_dtype
 
 BENCH_EPS = 1e-5  # the bench callables take no eps argument
-
-
-def _check_fused_args(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                     eps: float, kind: str) -> None:
-    """Reject what the kernel would otherwise broadcast or misread, naming both shapes (SPEC BI-1)."""
-    if kind not in FUSED_KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {FUSED_KINDS}")
-    if not eps > 0:
-        raise ValueError(f"eps={eps} must be > 0")
-    if x.ndim < 1:
-        raise ValueError(f"x must have a hidden axis, got shape {x.shape}")
-    if residual.shape != x.shape:
-        raise ValueError(f"residual shape {residual.shape} != x shape {x.shape}; pass a full residual, "
-                         f"no broadcasting")
-    if weight.shape != x.shape[-1:]:
-        raise ValueError(f"weight shape {weight.shape} != (hidden,) = {x.shape[-1:]}")
-    if bias is not None and bias.shape != x.shape[-1:]:
-        raise ValueError(f"bias shape {bias.shape} != (hidden,) = {x.shape[-1:]}")
 
 
 def _rows(a: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -115,7 +98,7 @@ class NumbaFusedBackend(Backend):
     def _native_args(self, x, residual, weight, bias, eps, kind, dtype):
         if dtype not in self.capabilities.dtypes:
             raise dtype_error(self, dtype)
-        _check_fused_args(x, residual, weight, bias, eps, kind)
+        check_fused_args(x, residual, weight, bias, eps, kind)
         dt = numpy_dtype(dtype)
         return _rows(x, dt), _rows(residual, dt), np.ascontiguousarray(weight, dt), \
             None if bias is None else np.ascontiguousarray(bias, dt)

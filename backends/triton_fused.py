@@ -15,25 +15,11 @@ import triton
 
 from backends.base import Backend, Capabilities, FusedGrads, dtype_error
 from backends.config import FUSED_KINDS
+from backends.fused_args import check_fused_args
 
 BENCH_EPS = 1e-5  # the bench callables take no eps argument
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNELS_MODULE = "backends.triton_kernels"
-
-
-def _check_fused_args(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                      eps: float, kind: str) -> None:
-    """Reject what the kernel would otherwise broadcast or misread, naming both shapes (SPEC BI-1)."""
-    if kind not in FUSED_KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {FUSED_KINDS}")
-    if not eps > 0:
-        raise ValueError(f"eps={eps} must be > 0")
-    if x.ndim < 1 or residual.shape != x.shape:
-        raise ValueError(f"residual shape {residual.shape} != x shape {x.shape}; pass a full residual, "
-                         f"no broadcasting")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.shape != x.shape[-1:]:
-            raise ValueError(f"{name} shape {t.shape} != (hidden,) = {x.shape[-1:]}")
 
 
 def _load_kernels(device: str):
@@ -79,7 +65,7 @@ class TritonFusedBackend(Backend):
     def _forward(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32):
         if dtype not in self.capabilities.dtypes:
             raise dtype_error(self, dtype)
-        _check_fused_args(x, residual, weight, bias, eps, kind)
+        check_fused_args(x, residual, weight, bias, eps, kind)
         w = self._tensor(weight, dtype)
         res_dtype = torch.float32 if residual_in_fp32 else TORCH_DTYPES[dtype]
         res_name = "float32" if residual_in_fp32 else dtype  # the incoming residual is already in that dtype
