@@ -1,10 +1,16 @@
-"""Argument checks shared by the fused add+norm kernels: reject, naming both shapes, what a kernel
-would otherwise broadcast or misread (SPEC BI-1)."""
+"""The fused add+norm contract's shared pieces: the residual dtype, and the argument checks that
+reject, naming both shapes, what a kernel would otherwise broadcast or misread (SPEC BI-1)."""
 from __future__ import annotations
 
 import numpy as np
 
 from backends.config import FUSED_KINDS
+
+
+def residual_dtype(dtype: str, residual_in_fp32: bool) -> str:
+    """The dtype the fused add+norm's new residual is kept in (SPEC XB-3): float32 when residual_in_fp32,
+    else the compute dtype."""
+    return "float32" if residual_in_fp32 else dtype
 
 
 def check_fused_args(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

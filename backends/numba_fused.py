@@ -19,7 +19,7 @@ import numpy as np
 from backends import numba_kernels as nk
 from backends.base import Backend, Capabilities, FusedGrads, dtype_error
 from backends.config import FUSED_KINDS
-from backends.fused_args import check_fused_args
+from backends.fused_args import check_fused_args, residual_dtype
 from backends.dtypes import numpy_dtype
 
 BENCH_EPS = 1e-5  # the bench callables take no eps argument
@@ -28,10 +28,6 @@ BENCH_EPS = 1e-5  # the bench callables take no eps argument
 def _rows(a: np.ndarray, dt: np.dtype) -> np.ndarray:
     """(..., C) -> contiguous (N, C) in dt (N counted, not inferred: C may be 0)."""
     return np.ascontiguousarray(a, dt).reshape(math.prod(a.shape[:-1]), a.shape[-1])
-
-
-def residual_dtype(dtype: str, residual_in_fp32: bool) -> str:
-    return "float32" if residual_in_fp32 else dtype
 
 
 @dataclass(frozen=True)

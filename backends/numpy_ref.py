@@ -18,6 +18,7 @@ from backends import numpy_ops as ops
 from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
 from backends.config import DTYPES, FUSED_KINDS, BlockConfig
 from backends.dtypes import round_to
+from backends.fused_args import residual_dtype
 from backends.params import BlockParams
 
 NORM = {"layernorm": ops.layernorm, "rmsnorm": ops.rmsnorm}
@@ -274,14 +275,14 @@ class NumpyReference(Backend):
 
     def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         self._check_fused(x, residual, weight, bias, kind, dtype)
-        return fused_add_norm(x, residual, weight, bias, eps, kind, _residual_dtype(dtype, residual_in_fp32))
+        return fused_add_norm(x, residual, weight, bias, eps, kind, residual_dtype(dtype, residual_in_fp32))
 
     def fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
                            residual_in_fp32=False) -> FusedGrads:
         self._check_fused(x, residual, weight, bias, kind, dtype)
         _check_same_shape("g_out", g_out, "x", x)
         _check_same_shape("g_residual", g_residual, "x", x)
-        return fused_add_norm_vjp(x, residual, weight, bias, eps, kind, _residual_dtype(dtype, residual_in_fp32),
+        return fused_add_norm_vjp(x, residual, weight, bias, eps, kind, residual_dtype(dtype, residual_in_fp32),
                                   g_out, g_residual)
 
     def _check_dtype(self, dtype: str) -> None:
@@ -297,10 +298,6 @@ class NumpyReference(Backend):
             if t is not None and np.shape(t) != np.shape(x)[-1:]:
                 raise ValueError(f"{name} has shape {np.shape(t)} but x has shape {np.shape(x)}: "
                                  f"it must be ({np.shape(x)[-1]},), one value per feature")
-
-
-def _residual_dtype(dtype: str, residual_in_fp32: bool) -> str:
-    return "float32" if residual_in_fp32 else dtype
 
 
 def _check_same_shape(name: str, a: np.ndarray, other: str, b: np.ndarray) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
 from backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from backends.fused_args import residual_dtype
 from backends.params import BlockParams
 from backends.registry import BackendUnavailable
 from backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params
@@ -236,8 +237,8 @@ def _loud_recompiles(fn: AddNorm, limit: int) -> AddNorm:
 
 
 def _residual_dtype(dtype: str, residual_in_fp32: bool) -> torch.dtype:
-    """The dtype the new residual is rounded to: float32 when residual_in_fp32, else dtype."""
-    return torch.float32 if residual_in_fp32 else TORCH_DTYPES[dtype]
+    """The dtype the new residual is rounded to (backends.fused_args.residual_dtype), as a torch dtype."""
+    return TORCH_DTYPES[residual_dtype(dtype, residual_in_fp32)]
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

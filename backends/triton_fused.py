@@ -15,7 +15,7 @@ import triton
 
 from backends.base import Backend, Capabilities, FusedGrads, dtype_error
 from backends.config import FUSED_KINDS
-from backends.fused_args import check_fused_args
+from backends.fused_args import check_fused_args, residual_dtype
 
 BENCH_EPS = 1e-5  # the bench callables take no eps argument
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,8 +67,8 @@ class TritonFusedBackend(Backend):
             raise dtype_error(self, dtype)
         check_fused_args(x, residual, weight, bias, eps, kind)
         w = self._tensor(weight, dtype)
-        res_dtype = torch.float32 if residual_in_fp32 else TORCH_DTYPES[dtype]
-        res_name = "float32" if residual_in_fp32 else dtype  # the incoming residual is already in that dtype
+        res_name = residual_dtype(dtype, residual_in_fp32)  # the incoming residual is already in that dtype
+        res_dtype = TORCH_DTYPES[res_name]
         fwd = self.kernels.add_norm_forward(self._tensor(x, dtype), self._tensor(residual, res_name), w,
                                             None if bias is None else self._tensor(bias, dtype), eps,
                                             kind == "rmsnorm", res_dtype, self.max_block)
@@ -84,7 +84,7 @@ class TritonFusedBackend(Backend):
             raise ValueError(f"g_out {g_out.shape} and g_residual {g_residual.shape} must have x's shape {x.shape}")
         w, fwd = self._forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
         dx, dres, dw, db = self.kernels.add_norm_backward(
-            self._tensor(g_out, dtype), self._tensor(g_residual, "float32" if residual_in_fp32 else dtype), fwd, w,
+            self._tensor(g_out, dtype), self._tensor(g_residual, residual_dtype(dtype, residual_in_fp32)), fwd, w,
             bias is not None,
             kind == "rmsnorm", TORCH_DTYPES[dtype], self.max_block)
         return FusedGrads(dx=_numpy(dx, x.shape), dresidual=_numpy(dres, x.shape).copy(),

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from backends.fused_args import residual_dtype
 from conformance import hypothesis_helpers as hh
 from conformance.recorder import relative_error
 from conformance.requirements import require_cpu, require_fused
@@ -19,10 +20,6 @@ VARIANTS = [("rmsnorm", False, False), ("rmsnorm", True, False), ("layernorm", T
 VARIANT_IDS = ["rms", "rms+bias", "layer+bias", "layer", "rms-res32", "layer+bias-res32"]
 
 
-def _residual_dtype(dtype: str, residual_in_fp32: bool) -> str:
-    return "float32" if residual_in_fp32 else dtype
-
-
 def _fused_case(data, backend, case, dtype, kind, with_bias, residual_in_fp32, prop):
     if residual_in_fp32 and dtype not in ("bfloat16", "float16"):
         pytest.skip("residual_in_fp32 changes only narrower dtypes than float32")
@@ -32,7 +29,7 @@ def _fused_case(data, backend, case, dtype, kind, with_bias, residual_in_fp32, p
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(kind=kind, bias=with_bias, residual_in_fp32=residual_in_fp32, shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)
-    residual = hh.normal_input(seed + 1, shape, scale, _residual_dtype(dtype, residual_in_fp32))
+    residual = hh.normal_input(seed + 1, shape, scale, residual_dtype(dtype, residual_in_fp32))
     weight = hh.normal_input(seed + 2, shape[-1:], 1.0, dtype)
     bias = hh.normal_input(seed + 3, shape[-1:], 0.1, dtype) if with_bias else None
     return x, residual, weight, bias, seed
@@ -50,7 +47,7 @@ def test_fused_add_norm(subject, oracle, case, dtype, kind, with_bias, residual_
     tol = tolerance(dtype, reduction=x.shape[-1])
     prop.at_most("relative error of the normalised output", relative_error(out, want_out), tol.forward)
     g_out = hh.normal_input(seed + 4, x.shape, 1.0, dtype)
-    g_res = hh.normal_input(seed + 5, x.shape, 1.0, _residual_dtype(dtype, residual_in_fp32))
+    g_res = hh.normal_input(seed + 5, x.shape, 1.0, residual_dtype(dtype, residual_in_fp32))
     got = subject.fused_add_norm_vjp(x, residual, weight, bias, eps, kind, dtype, g_out, g_res, residual_in_fp32)
     want = oracle.fused_add_norm_vjp(x, residual, weight, bias, eps, kind, dtype, g_out, g_res, residual_in_fp32)
     for name in ("dx", "dresidual", "dweight", "dbias"):
