@@ -43,11 +43,6 @@ def tolerance(dtype: str, depth: int = 1, reduction: int = 1) -> Tolerance:
     return Tolerance(forward=FORWARD_ULPS * scale, gradient=GRADIENT_ULPS * scale)
 
 
-def table() -> dict[str, Tolerance]:
-    """The table at depth 1, for documentation and result rows."""
-    return {dtype: tolerance(dtype) for dtype in ("float64", "float32", "bfloat16", "float16")}
-
-
 def summation_bound(dtype: str, n_terms: int) -> float:
     """Recursive summation of n terms: |fl(sum) - sum| <= (n - 1) u sum|terms| (Higham, ch. 4). A backend
     may also report each branch output rounded apart from the value it added (one more u per term),
