@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
-from backends.params import BlockParams
+from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
+from resconf.backends.params import BlockParams
 
 
 @dataclass(frozen=True)

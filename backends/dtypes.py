@@ -4,7 +4,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from backends.config import DTYPES
+from resconf.backends.config import DTYPES
 
 NUMPY_DTYPES = {
     "float64": np.dtype(np.float64),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.config import FUSED_KINDS
+from resconf.backends.config import FUSED_KINDS
 
 
 def residual_dtype(dtype: str, residual_in_fp32: bool) -> str:

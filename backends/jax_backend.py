@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from backends import jax_blocks as jb
-from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
-from backends.config import DTYPES, FUSED_KINDS, BlockConfig
-from backends.dtypes import numpy_dtype
-from backends.params import BlockParams
+from resconf.backends import jax_blocks as jb
+from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.params import BlockParams
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
 BENCH_EPS = 1e-5  # eps of the fused add+norm benchmark callables

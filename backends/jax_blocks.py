@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from backends.config import BlockConfig
-from backends.params import BlockParams
+from resconf.backends.config import BlockConfig
+from resconf.backends.params import BlockParams
 
 # BlockParams as a pytree: stacked parameters go through lax.scan and jax.vjp with their own field
 # names, and absent tensors (None) are empty subtrees. Registered once, here, only when JAX is in use.

@@ -16,11 +16,11 @@ from typing import Iterator
 import numba
 import numpy as np
 
-from backends import numba_kernels as nk
-from backends.base import Backend, Capabilities, FusedGrads, dtype_error
-from backends.config import FUSED_KINDS
-from backends.fused_args import check_fused_args, residual_dtype
-from backends.dtypes import numpy_dtype
+from resconf.backends import numba_kernels as nk
+from resconf.backends.base import Backend, Capabilities, FusedGrads, dtype_error
+from resconf.backends.config import FUSED_KINDS
+from resconf.backends.fused_args import check_fused_args, residual_dtype
+from resconf.backends.dtypes import numpy_dtype
 
 BENCH_EPS = 1e-5  # the bench callables take no eps argument
 

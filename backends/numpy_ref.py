@@ -1,6 +1,6 @@
 """The float64 oracle: `NumpyReference`, the backend every other backend is compared with.
 
-Blocks are composed by hand from backends.numpy_ops: each placement's forward sits next to its VJP, and a
+Blocks are composed by hand from resconf.backends.numpy_ops: each placement's forward sits next to its VJP, and a
 stack's VJP is reverse accumulation over the saved trajectory x_0 .. x_L. Whatever dtype is asked for, it
 computes in float64 (inputs arrive already rounded to that dtype), so it is the exact function of those
 inputs up to float64 rounding. It is never fast; it is meant to be checked by eye, and against central finite
@@ -14,12 +14,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from backends import numpy_ops as ops
-from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
-from backends.config import DTYPES, FUSED_KINDS, BlockConfig
-from backends.dtypes import round_to
-from backends.fused_args import residual_dtype
-from backends.params import BlockParams
+from resconf.backends import numpy_ops as ops
+from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from resconf.backends.dtypes import round_to
+from resconf.backends.fused_args import residual_dtype
+from resconf.backends.params import BlockParams
 
 NORM = {"layernorm": ops.layernorm, "rmsnorm": ops.rmsnorm}
 NORM_VJP = {"layernorm": ops.layernorm_vjp, "rmsnorm": ops.rmsnorm_vjp}

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from backends.config import BlockConfig
+from resconf.backends.config import BlockConfig
 
 BASE_STD = 0.02  # GPT-2 / nanoGPT's std for every weight
 

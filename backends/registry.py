@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from backends.base import Backend
+from resconf.backends.base import Backend
 
 ENTRY_POINT_GROUP = "resconf.backends"
 
@@ -24,12 +24,12 @@ class BuiltinBackend:
 
 
 BUILTIN = {
-    "numpy": BuiltinBackend("backends.numpy_ref:NumpyReference", ("numpy",)),
-    "torch": BuiltinBackend("backends.torch_backend:TorchBackend", ("torch",)),
-    "torch_compile": BuiltinBackend("backends.torch_backend:TorchCompileBackend", ("torch",)),
-    "jax": BuiltinBackend("backends.jax_backend:JaxBackend", ("jax",)),
-    "numba_fused": BuiltinBackend("backends.numba_fused:NumbaFusedBackend", ("numba",)),
-    "triton_fused": BuiltinBackend("backends.triton_fused:TritonFusedBackend", ("triton", "torch")),
+    "numpy": BuiltinBackend("resconf.backends.numpy_ref:NumpyReference", ("numpy",)),
+    "torch": BuiltinBackend("resconf.backends.torch_backend:TorchBackend", ("torch",)),
+    "torch_compile": BuiltinBackend("resconf.backends.torch_backend:TorchCompileBackend", ("torch",)),
+    "jax": BuiltinBackend("resconf.backends.jax_backend:JaxBackend", ("jax",)),
+    "numba_fused": BuiltinBackend("resconf.backends.numba_fused:NumbaFusedBackend", ("numba",)),
+    "triton_fused": BuiltinBackend("resconf.backends.triton_fused:TritonFusedBackend", ("triton", "torch")),
 }
 # What `resconf check` runs when no backend is named: the block backends (kernels are opt-in).
 DEFAULT_BACKENDS = ("numpy", "torch", "jax")

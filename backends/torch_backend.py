@@ -11,12 +11,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
-from backends.config import DTYPES, FUSED_KINDS, BlockConfig
-from backends.fused_args import residual_dtype
-from backends.params import BlockParams
-from backends.registry import BackendUnavailable
-from backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params
+from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from resconf.backends.fused_args import residual_dtype
+from resconf.backends.params import BlockParams
+from resconf.backends.registry import BackendUnavailable
+from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
                 "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends.config import BlockConfig
-from backends.params import BlockParams
+from resconf.backends.config import BlockConfig
+from resconf.backends.params import BlockParams
 
 
 class MLP(nn.Module):

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 import triton
 
-from backends.base import Backend, Capabilities, FusedGrads, dtype_error
-from backends.config import FUSED_KINDS
-from backends.fused_args import check_fused_args, residual_dtype
+from resconf.backends.base import Backend, Capabilities, FusedGrads, dtype_error
+from resconf.backends.config import FUSED_KINDS
+from resconf.backends.fused_args import check_fused_args, residual_dtype
 
 BENCH_EPS = 1e-5  # the bench callables take no eps argument
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KERNELS_MODULE = "backends.triton_kernels"
+KERNELS_MODULE = "resconf.backends.triton_kernels"
 
 
 def _load_kernels(device: str):

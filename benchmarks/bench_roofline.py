@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from backends.dtypes import numpy_dtype
+from resconf.backends.dtypes import numpy_dtype
 
 from . import common as cm
 

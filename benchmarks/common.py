@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backends.base import Backend
-from backends.config import BlockConfig
-from backends.dtypes import numpy_dtype, round_to
-from backends.params import draw_params
-from backends.registry import BackendUnavailable, load_backend
+from resconf.backends.base import Backend
+from resconf.backends.config import BlockConfig
+from resconf.backends.dtypes import numpy_dtype, round_to
+from resconf.backends.params import draw_params
+from resconf.backends.registry import BackendUnavailable, load_backend
 
 from .numpy_baseline import NumpyBaseline
 

@@ -11,9 +11,9 @@ from functools import partial
 
 import numpy as np
 
-from backends.base import Backend, Capabilities, dtype_error
-from backends.config import FUSED_KINDS
-from backends.dtypes import numpy_dtype
+from resconf.backends.base import Backend, Capabilities, dtype_error
+from resconf.backends.config import FUSED_KINDS
+from resconf.backends.dtypes import numpy_dtype
 
 EPS = 1e-5
 

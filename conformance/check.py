@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from backends.registry import BUILTIN, entry_point_names, known_names
-from conformance import guard, summary, worker, xfails
-from conformance.guard import Case
-from conformance.junit import JunitPart, merge_junit
-from conformance.options import CheckOptions
-from conformance.plugin import WORKER_LOAD_FAILED
-from conformance.results import ResultRow, rows_from_jsonl, to_table, write_parquet_atomic
+from resconf.backends.registry import BUILTIN, entry_point_names, known_names
+from resconf.conformance import guard, summary, worker, xfails
+from resconf.conformance.guard import Case
+from resconf.conformance.junit import JunitPart, merge_junit
+from resconf.conformance.options import CheckOptions
+from resconf.conformance.plugin import WORKER_LOAD_FAILED
+from resconf.conformance.results import ResultRow, rows_from_jsonl, to_table, write_parquet_atomic
 
 MAX_RESTARTS = 3  # a backend that kills its worker again and again is given up on, not retried forever
 

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from backends.registry import DEFAULT_BACKENDS, installed_builtins
-from conformance.profiles import PROFILES
+from resconf.backends.registry import DEFAULT_BACKENDS, installed_builtins
+from resconf.conformance.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 
 HELP = """resconf: conformance and benchmarks for residual connections.
   resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
@@ -23,18 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check":
         return check_main(rest)
     if command == "report":
-        from reports.cli import main as report_main
+        from resconf.reports.cli import main as report_main
         return report_main(rest)
     if command == "bench-export":
-        from reports.bench_export import main as export_main
+        from resconf.reports.bench_export import main as export_main
         return export_main(rest)
     print(f"resconf: unknown command {command!r}\n{HELP}", file=sys.stderr)
     return 2
 
 
 def check_main(argv: list[str]) -> int:
-    from conformance.check import run_check
-    from conformance.options import CheckOptions
+    from resconf.conformance.check import run_check
+    from resconf.conformance.options import CheckOptions
 
     parser = argparse.ArgumentParser(prog="resconf check", description="Run the conformance suite.",
                                      epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")
@@ -42,7 +42,7 @@ def check_main(argv: list[str]) -> int:
                         help="built-in name, entry point, or package.module:attr (repeatable; "
                              f"default: the installed ones of {', '.join(DEFAULT_BACKENDS)})")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--profile", default="ci", choices=PROFILES,
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
                         help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; "
                              "dev: 25 examples; smoke: 4 examples, no shrinking")
     parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")

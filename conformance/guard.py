@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from conformance.results import ResultRow
+from resconf.conformance.results import ResultRow
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from backends.base import Backend
-from backends.config import GELUS, BlockConfig
-from backends.dtypes import max_finite, numpy_dtype, round_to, unit_roundoff
-from backends.params import BlockParams, draw_params
+from resconf.backends.base import Backend
+from resconf.backends.config import GELUS, BlockConfig
+from resconf.backends.dtypes import max_finite, numpy_dtype, round_to, unit_roundoff
+from resconf.backends.params import BlockParams, draw_params
 
 SHAPES = ((2, 4, 16), (1, 7, 8), (3, 5, 32))  # (B, T, C)
 JACOBIAN_SHAPES = ((1, 3, 8), (2, 2, 8))  # dense Jacobians: N = B*T*C stays small

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance import summary
-from conformance.results import ResultRow
+from resconf.conformance import summary
+from resconf.conformance.results import ResultRow
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """The pytest plugin: backend selection, profiles, expected failures and the results recorder.
 
-`resconf check` is a thin front over this; `pytest conformance --backend torch` works as well.
+Registered as a `pytest11` entry point, so it loads in every pytest session of an environment that has
+resconf installed; it acts only when the session runs the suite (its folder or `--pyargs
+resconf.conformance` among the arguments, or a `--backend` given). `resconf check` is a thin front over
+this; `pytest --pyargs resconf.conformance --backend torch` works from any folder as well.
 """
 from __future__ import annotations
 
@@ -16,13 +19,13 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from backends.config import DTYPES
-from backends.registry import load_backend
-from conformance import hypothesis_helpers as hh
-from conformance import profiles, xfails
-from conformance.guard import Case, EventWriter
-from conformance.recorder import PropertyRecorder
-from conformance.results import OUTCOMES, ResultRow
+from resconf.backends.config import DTYPES
+from resconf.backends.registry import load_backend
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance import profiles, xfails
+from resconf.conformance.guard import Case, EventWriter
+from resconf.conformance.recorder import PropertyRecorder
+from resconf.conformance.results import OUTCOMES, ResultRow
 
 WORKER_LOAD_FAILED = 6  # exit status of a run whose backend cannot be loaded (conformance.check reads it)
 RECORDER = pytest.StashKey[PropertyRecorder]()
@@ -34,7 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--backend", action="append", default=[], metavar="NAME",
                     help="backend to check: a built-in name, an entry point, or package.module:attr (repeatable)")
     group.addoption("--device", default="cpu", help="device the backends run on (cpu, cuda)")
-    group.addoption("--profile", default="dev", choices=profiles.PROFILES, help="hypothesis profile")
+    group.addoption("--profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
+                    help=f"hypothesis profile (default {profiles.DEFAULT}, as for resconf check)")
     group.addoption("--xfails", action="append", default=[], metavar="FILE",
                     help="expected-failure file (TOML) on top of the backend's built-in one (repeatable)")
     group.addoption("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
@@ -47,10 +51,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="node ids (one a line) to leave out: resuming a worker that crashed")
 
 
+SUITE_DIR = Path(__file__).parent
+ACTIVE = pytest.StashKey[bool]()
+
+
+def _runs_the_suite(config: pytest.Config) -> bool:
+    """Whether this session runs the conformance suite (else every hook below stands aside)."""
+    if config.getoption("--backend"):
+        return True
+    for arg in config.args:
+        target = arg.split("::", 1)[0]
+        if config.getoption("pyargs") and target.split(".")[:2] == ["resconf", "conformance"]:
+            return True
+        path = (config.invocation_params.dir / target).resolve()
+        if path == SUITE_DIR or SUITE_DIR in path.parents:
+            return True
+    return False
+
+
+def _active(config: pytest.Config) -> bool:
+    return config.stash.get(ACTIVE, False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "property(id): the SPEC property ID this test checks")
     config.addinivalue_line("markers", "dtypes(*names): dtypes this property runs in (default: all)")
-    profiles.register(Path(config.rootpath) / ".hypothesis" / "resconf")
+    config.stash[ACTIVE] = _runs_the_suite(config)
+    if not _active(config):
+        return
+    # The nightly example database lives in the folder the user ran from, not beside the install.
+    profiles.register(config.invocation_params.dir / ".hypothesis" / "resconf")
     profile = config.getoption("--profile")
     settings.load_profile(profile)
     hh.STRUCTURE_PER_EXAMPLE = profile in ("dev", "nightly")
@@ -66,6 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not _active(metafunc.config):
+        return
     if "backend_name" in metafunc.fixturenames:
         names = metafunc.config.getoption("--backend") or ["numpy"]
         metafunc.parametrize("backend_name", names, ids=[_short(n) for n in names], scope="session")
@@ -86,6 +118,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Load every backend up front: one that cannot load ends the run with one clear line, not a
     failure per test."""
     config = session.config
+    if not _active(config):
+        return
     device = config.getoption("--device")
     for name in config.getoption("--backend") or ["numpy"]:
         try:
@@ -162,7 +196,7 @@ def _fixed_config(item: pytest.Item) -> str:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--skip-xfails"):
+    if not _active(config) or config.getoption("--skip-xfails"):
         return
     filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
     names = config.getoption("--backend") or ["numpy"]
@@ -197,7 +231,8 @@ class CaseTimeout(BaseException):
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
     """pytest-timeout's `--timeout`, its signal method, with an exception hypothesis lets through."""
-    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+    if (not _active(item.config) or settings.method != "signal"
+            or threading.current_thread() is not threading.main_thread()):
         return None  # pytest-timeout's thread method: dumps stacks and ends the worker (resconf check resumes it)
 
     def expire(signum, frame):

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 PROFILES = ("ci", "nightly", "dev", "smoke")
+DEFAULT = "ci"  # both entry points: `resconf check` and `pytest --pyargs resconf.conformance`
 # The recorder fixture deliberately lives across examples (it keeps the worst case).
 _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.base import Backend
+from resconf.backends.base import Backend
 
 
 def require_placement(backend: Backend, *placements: str) -> None:

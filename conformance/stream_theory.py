@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 
-from backends.config import BlockConfig
+from resconf.backends.config import BlockConfig
 
 Z = 6.0  # |z| bound: a correct backend fails a 6-sigma check with probability ~2e-9 per comparison
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from conformance.results import ResultRow
+from resconf.conformance.results import ResultRow
 
 UNEXPECTED = ("failed", "xpassed")
 

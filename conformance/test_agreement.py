@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.config import PLACEMENTS
-from conformance import hypothesis_helpers as hh
-from conformance.recorder import relative_error
-from conformance.requirements import require_cpu, require_placement
-from conformance.tolerances import tolerance
+from resconf.backends.config import PLACEMENTS
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance.recorder import relative_error
+from resconf.conformance.requirements import require_cpu, require_placement
+from resconf.conformance.tolerances import tolerance
 
 
 # Where the branch sees the raw stream (every placement but pre), large inputs saturate attention's

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.dtypes import max_finite, round_to
-from conformance import hypothesis_helpers as hh
-from conformance.requirements import require_branch, require_fused, require_placement
+from resconf.backends.dtypes import max_finite, round_to
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance.requirements import require_branch, require_fused, require_placement
 
 
 def _error_of(call) -> Exception | None:

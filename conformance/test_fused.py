@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.fused_args import residual_dtype
-from conformance import hypothesis_helpers as hh
-from conformance.recorder import relative_error
-from conformance.requirements import require_cpu, require_fused
-from conformance.tolerances import tolerance
+from resconf.backends.fused_args import residual_dtype
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance.recorder import relative_error
+from resconf.conformance.requirements import require_cpu, require_fused
+from resconf.conformance.tolerances import tolerance
 
 # (rows, C): odd hidden sizes and rows longer than one block for kernels that tile the hidden size
 FUSED_SHAPES = ((4, 16), (3, 33), (5, 100), (2, 1030))

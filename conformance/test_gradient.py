@@ -16,14 +16,14 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from backends import numpy_ref as ref
-from backends.config import BlockConfig
-from backends.dtypes import unit_roundoff
-from conformance import hypothesis_helpers as hh
-from conformance import profiles
-from conformance.recorder import relative_error
-from conformance.requirements import require_placement
-from conformance.tolerances import tolerance
+from resconf.backends import numpy_ref as ref
+from resconf.backends.config import BlockConfig
+from resconf.backends.dtypes import unit_roundoff
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance import profiles
+from resconf.conformance.recorder import relative_error
+from resconf.conformance.requirements import require_placement
+from resconf.conformance.tolerances import tolerance
 
 
 @pytest.mark.property("GR-1")

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends import numpy_ref as ref
-from conformance import hypothesis_helpers as hh
-from conformance.recorder import relative_error
-from conformance.requirements import require_placement
-from conformance.tolerances import tolerance
+from resconf.backends import numpy_ref as ref
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance.recorder import relative_error
+from resconf.conformance.requirements import require_placement
+from resconf.conformance.tolerances import tolerance
 
 # (placement, init) pairs whose branch writes zero: zero output projection, or ReZero's a = 0.
 ZERO_WRITE = [("pre", "zero"), ("rezero", "zero"), ("rezero", "rezero")]

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.config import BlockConfig
-from backends.dtypes import round_to
-from backends.params import BASE_STD, draw_params, expected_std
-from conformance import hypothesis_helpers as hh
-from conformance import stream_theory as theory
-from conformance.requirements import require_branch, require_placement
-from conformance.tolerances import summation_bound, tolerance
+from resconf.backends.config import BlockConfig
+from resconf.backends.dtypes import round_to
+from resconf.backends.params import BASE_STD, draw_params, expected_std
+from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance import stream_theory as theory
+from resconf.conformance.requirements import require_branch, require_placement
+from resconf.conformance.tolerances import summation_bound, tolerance
 
 STAT_SHAPE = (4, 32, 64)  # (B, T, C): n = 8192 elements per state, enough for 6-sigma bands to bite
 

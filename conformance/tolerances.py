@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.dtypes import unit_roundoff
+from resconf.backends.dtypes import unit_roundoff
 
 FORWARD_ULPS = 4.0
 GRADIENT_ULPS = 16.0

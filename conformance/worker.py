@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.options import CheckOptions
+from resconf.conformance.options import CheckOptions
 
 SUITE_DIR = Path(__file__).parent
 POLL_S = 0.2  # how often the supervisor looks at a running worker

@@ -22,9 +22,9 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from backends.dtypes import numpy_dtype
-from conformance.results import write_parquet_atomic
-from reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
+from resconf.backends.dtypes import numpy_dtype
+from resconf.conformance.results import write_parquet_atomic
+from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
 
 DEFAULT_RESULTS_DIR = Path(".asv/results")
 DEFAULT_OUTPUT = Path("reports/out/benchmarks.parquet")

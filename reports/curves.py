@@ -7,7 +7,7 @@ residual stack and the plain one on the same weights, with the float64 oracle's 
 """
 from __future__ import annotations
 
-from conformance.results import ResultRow
+from resconf.conformance.results import ResultRow
 
 from .document import Cell, Paragraph, Section, Table
 from .recorded_curves import Curve, curves_of, property_order

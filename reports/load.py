@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conformance.results import SCHEMA, ResultRow, read_results
+from resconf.conformance.results import SCHEMA, ResultRow, read_results
 
 # Errors that mean "this file is not a table we can use", as opposed to a bug in the report itself.
 READ_ERRORS = (OSError, pa.ArrowException, ValueError, TypeError, KeyError)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conformance.results import OUTCOMES, ResultRow
+from resconf.conformance.results import OUTCOMES, ResultRow
 
 from .document import Cell, Detail, Paragraph, Section, Table
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from conformance.results import ResultRow
+from resconf.conformance.results import ResultRow
 
 from .bench_points import ordered_points
 from .document import Cell, Paragraph, Section, Table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conformance.results import ResultRow
+from resconf.conformance.results import ResultRow
 
 FAMILY_ORDER = ("VG", "GR")  # variance first, then gradient, then any other property with curves
 

@@ -12,8 +12,8 @@ import os
 import signal
 import time
 
-from backends.base import Capabilities
-from backends.numpy_ref import NumpyReference
+from resconf.backends.base import Capabilities
+from resconf.backends.numpy_ref import NumpyReference
 
 
 def broken(cfg, dtype: str) -> bool:

@@ -9,10 +9,10 @@ import dataclasses
 
 import numpy as np
 
-from backends import numpy_ref as ref
-from backends.base import StackGrads, StackTrace
-from backends.numpy_ref import NumpyReference
-from backends.params import draw_params
+from resconf.backends import numpy_ref as ref
+from resconf.backends.base import StackGrads, StackTrace
+from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.params import draw_params
 
 TINY = 2.0**-10
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from reports import bench_export
-from reports.bytes_moved import BYTES_MOVED
+from resconf.reports import bench_export
+from resconf.reports.bytes_moved import BYTES_MOVED
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "asv_results"
 RESULT_FILE = FIXTURE / "vm" / "2d1e2876-existing-py_work_venv_bin_python3.json"
 RMS_FORWARD = "bench_fused.AddRMSNormForward.time_add_rmsnorm_forward"
 BENCHMARK_MODULES = ("benchmarks.common", "benchmarks.numpy_baseline", "benchmarks.bench_fused",
-                     "benchmarks.bench_stack", "benchmarks.bench_roofline", "reports.bench_export")
+                     "benchmarks.bench_stack", "benchmarks.bench_roofline", "resconf.reports.bench_export")
 FRAMEWORKS = ("torch", "jax", "numba", "triton")
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from backends.registry import DEFAULT_BACKENDS, installed_builtins
-from conformance.results import SCHEMA, read_results
+from resconf.backends.registry import DEFAULT_BACKENDS, installed_builtins
+from resconf.conformance.results import SCHEMA, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def resconf(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conformance.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "resconf.conformance.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -75,7 +75,7 @@ def test_kernel_backend_passes_the_fused_properties(name, tmp_path):
     contract, determinism and bad-input properties, and skip the block properties they do not claim."""
     out = tmp_path / "r.parquet"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "conformance.cli", "check", "--backend", name, "--output", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", name, "--output", str(out)],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     rows = pq.read_table(out).to_pylist()

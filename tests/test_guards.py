@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conformance.results import read_results
+from resconf.conformance.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_F64 = "test_identity_block and float64"  # 3 quick cases: pre/zero, rezero/zero, rezero/rezero
 
 
 def resconf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conformance.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "resconf.conformance.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from conformance.results import SCHEMA, read_results
+from resconf.conformance.results import SCHEMA, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = "tests.broken_backends:"
@@ -27,7 +27,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def resconf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conformance.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "resconf.conformance.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, env=ENV)
 
 
@@ -119,7 +119,7 @@ def test_killed_check_leaves_the_old_results_or_the_new_ones(tmp_path):
     previous run's or the new one's), no reader globbing *.parquet sees a partial one, and the worker
     dies with its parent instead of running on."""
     out = tmp_path / "date=2026-01-01" / "r.parquet"
-    cmd = [sys.executable, "-m", "conformance.cli", "check", "--backend", "numpy", "--output", str(out),
+    cmd = [sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", "numpy", "--output", str(out),
            "-k", "test_identity_block and float64"]
     env = {**ENV, "TMPDIR": str(tmp_path)}  # a killed run leaves its work folder: keep it in tmp_path
     started = time.monotonic()

@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("jax")
 
-from backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig  # noqa: E402
-from backends.dtypes import round_to  # noqa: E402
-from backends.jax_backend import TRACES, JaxBackend  # noqa: E402
-from backends.numpy_ref import NumpyReference  # noqa: E402
-from backends.params import draw_params  # noqa: E402
+from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig  # noqa: E402
+from resconf.backends.dtypes import round_to  # noqa: E402
+from resconf.backends.jax_backend import TRACES, JaxBackend  # noqa: E402
+from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
+from resconf.backends.params import draw_params  # noqa: E402
 
 RTOL_FLOAT64 = 1e-10  # the same function in float64: only summation order differs
 SHAPE = (2, 3, 8)  # (B, T, C): d_model 8, two heads of 4

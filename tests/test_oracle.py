@@ -12,12 +12,12 @@ import itertools
 import numpy as np
 import pytest
 
-from backends import numpy_ops as ops
-from backends import numpy_ref as ref
-from backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
-from backends.dtypes import numpy_dtype, round_to
-from backends.params import draw_params
-from backends.registry import load_backend
+from resconf.backends import numpy_ops as ops
+from resconf.backends import numpy_ref as ref
+from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
+from resconf.backends.dtypes import numpy_dtype, round_to
+from resconf.backends.params import draw_params
+from resconf.backends.registry import load_backend
 
 B, T, C, DEPTH = 2, 3, 8, 2
 EPS = 1e-5

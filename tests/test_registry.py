@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from backends.registry import BackendUnavailable, load_backend
+from resconf.backends.registry import BackendUnavailable, load_backend
 
 
 def test_importing_backends_imports_no_framework():
-    code = ("import sys, backends, backends.registry, conformance.check; "
+    code = ("import sys, resconf.backends, resconf.backends.registry, resconf.conformance.check; "
             "print(sorted(m for m in ('torch', 'jax', 'triton', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"importing backends pulled in {out.strip()}"
@@ -25,7 +25,7 @@ def test_bad_module_path_says_what_failed():
     with pytest.raises(BackendUnavailable, match="cannot import 'no_such_module'"):
         load_backend("no_such_module:Backend")
     with pytest.raises(BackendUnavailable, match="has no attribute 'Nope'"):
-        load_backend("backends.numpy_ref:Nope")
+        load_backend("resconf.backends.numpy_ref:Nope")
 
 
 def test_device_not_offered_is_a_clear_error():

@@ -23,12 +23,12 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the report's plots need matplotlib: pip install 'resconf[report]'")
 
-from conformance.results import SCHEMA, read_results  # noqa: E402
-from reports.build import build_document  # noqa: E402
-from reports.cli import main  # noqa: E402
-from reports.history import REGRESSION_FACTOR  # noqa: E402
-from reports.load import load_inputs  # noqa: E402
-from reports.matrix import FAMILIES  # noqa: E402
+from resconf.conformance.results import SCHEMA, read_results  # noqa: E402
+from resconf.reports.build import build_document  # noqa: E402
+from resconf.reports.cli import main  # noqa: E402
+from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
+from resconf.reports.load import load_inputs  # noqa: E402
+from resconf.reports.matrix import FAMILIES  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 RESULTS = [FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
@@ -144,7 +144,7 @@ def test_run_metadata_lists_runs_versions_and_inputs(document):
 def test_two_builds_are_byte_identical(built, tmp_path):
     """The second build runs in a fresh interpreter with another string-hash seed: no set order leaks out."""
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    done = subprocess.run([sys.executable, "-m", "reports.cli", *report_args(tmp_path)], env=env,
+    done = subprocess.run([sys.executable, "-m", "resconf.reports.cli", *report_args(tmp_path)], env=env,
                           cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     for name in ("index.html", "report.md"):

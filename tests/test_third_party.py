@@ -50,7 +50,7 @@ def site(tmp_path_factory) -> Path:
 def resconf_check(*args: str, path: list[Path]) -> subprocess.CompletedProcess:
     """`resconf check ARGS` run from path[0] with PYTHONPATH = path (resconf itself comes from the venv)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, path))}
-    return subprocess.run([sys.executable, "-m", "conformance.cli", "check", *args], cwd=path[0], env=env,
+    return subprocess.run([sys.executable, "-m", "resconf.conformance.cli", "check", *args], cwd=path[0], env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends.config import DTYPES, BlockConfig
-from backends.dtypes import round_to, unit_roundoff
-from backends.params import draw_params
-from backends.registry import installed_builtins, load_backend
-from conformance.recorder import relative_error
-from conformance.tolerances import tolerance
+from resconf.backends.config import DTYPES, BlockConfig
+from resconf.backends.dtypes import round_to, unit_roundoff
+from resconf.backends.params import draw_params
+from resconf.backends.registry import installed_builtins, load_backend
+from resconf.conformance.recorder import relative_error
+from resconf.conformance.tolerances import tolerance
 
 MARGIN = 2.0  # a correct backend's worst error must stay below tolerance / MARGIN
 SEEDS = range(12)

@@ -16,11 +16,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backends.config import BlockConfig  # noqa: E402
-from backends.dtypes import round_to  # noqa: E402
-from backends.numpy_ref import NumpyReference  # noqa: E402
-from backends.params import draw_params  # noqa: E402
-from backends.torch_backend import TorchBackend, TorchCompileBackend  # noqa: E402
+from resconf.backends.config import BlockConfig  # noqa: E402
+from resconf.backends.dtypes import round_to  # noqa: E402
+from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
+from resconf.backends.params import draw_params  # noqa: E402
+from resconf.backends.torch_backend import TorchBackend, TorchCompileBackend  # noqa: E402
 
 FLOAT64_RTOL = 1e-10
 B, T = 2, 5

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from backends import Backend, BlockConfig, BlockParams, Capabilities, StackGrads, StackTrace
+from resconf.backends import Backend, BlockConfig, BlockParams, Capabilities, StackGrads, StackTrace
 from user_torch_block.model import MyPreLNBlock
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
