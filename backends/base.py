@@ -16,6 +16,17 @@ import numpy as np
 from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
 from resconf.backends.params import BlockParams
 
+DEVICES = ("cpu", "cuda")  # what --device accepts
+
+
+class BackendUnavailable(LookupError):
+    """The named backend does not exist or its framework is not installed."""
+
+
+class DeviceUnavailable(BackendUnavailable):
+    """The backend cannot run on the device asked for: it does not offer it, or the machine has none.
+    `resconf check` records the backend as skipped with this message, not as failed."""
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -64,8 +75,10 @@ class Backend(ABC):
     devices: tuple[str, ...] = ("cpu",)
 
     def __init__(self, device: str = "cpu") -> None:
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
         if device not in self.devices:
-            raise ValueError(f"backend {self.name!r} runs on {self.devices}, not on device {device!r}")
+            raise DeviceUnavailable(f"backend {self.name!r} runs on {', '.join(self.devices)}, not on {device}")
         self.device = device
 
     @property

@@ -21,7 +21,8 @@ import jaxlib
 import numpy as np
 
 from resconf.backends import jax_blocks as jb
-from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads, StackTrace,
+                                   dtype_error)
 from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import numpy_dtype
 from resconf.backends.params import BlockParams
@@ -97,7 +98,7 @@ class JaxBackend(Backend):
         try:
             self._device = jax.devices(platform)[0]
         except RuntimeError as exc:
-            raise ValueError(f"backend 'jax' on {device!r}: JAX sees no {platform} device ({exc}); "
+            raise DeviceUnavailable(f"backend 'jax' on {device!r}: JAX sees no {platform} device ({exc}); "
                              f"install jax[cuda12] on a machine with a GPU, or use device='cpu'") from None
 
     @property

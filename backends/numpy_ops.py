@@ -4,6 +4,10 @@ A flat module of short functions (in the style of jax/_src/lax_reference.py), me
 A VJP takes the forward's inputs and the cotangent g of the output and returns the cotangents of the inputs,
 in argument order. It recomputes what it needs instead of saving it, so each function reads on its own.
 Shapes: (..., C) is any leading axes (batch, tokens) and a feature axis last.
+
+@op marks what a framework runs as one operation (one kernel, one rounding of its output). It changes
+nothing here; it lets the positive controls and the error budgets' baseline run this same code in a
+narrower arithmetic (backends/emulated.py).
 """
 from __future__ import annotations
 
@@ -11,18 +15,25 @@ import math
 
 import numpy as np
 
+from resconf.backends.emulated import op
 
+
+@op
 def sum_leading(a: np.ndarray) -> np.ndarray:
-    """Sum over every axis but the last: how a parameter shared by all tokens collects its gradient."""
-    return a.reshape(-1, a.shape[-1]).sum(axis=0)  # (C,)
+    """Sum over every axis but the last: how a parameter shared by all tokens collects its gradient.
+    Pairwise: NumPy sums an axis pairwise only when it is contiguous; down axis 0 it adds one token after
+    another, whose error grows as sqrt(n) (48 u over 8192 tokens, against 2 u pairwise)."""
+    return a.reshape(-1, a.shape[-1]).T.copy().sum(axis=-1)  # (C,); copy() lays the token axis out contiguously
 
 
 # --- linear: y = x @ w + b, w of shape (in, out) ---
 
+@op
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x @ w + b  # (..., out)
 
 
+@op
 def linear_vjp(x: np.ndarray, w: np.ndarray, b: np.ndarray, g: np.ndarray):
     dx = g @ w.T  # (..., in)
     dw = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])  # (in, out): sum over tokens of x^T g
@@ -35,10 +46,12 @@ _C = math.sqrt(2.0 / math.pi)
 _K = 0.044715
 
 
+@op
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(_C * (x + _K * x**3)))
 
 
+@op
 def gelu_tanh_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     t = np.tanh(_C * (x + _K * x**3))
     dt_dx = (1.0 - t**2) * _C * (1.0 + 3.0 * _K * x**2)  # tanh' = 1 - tanh^2, chain rule on the cubic
@@ -58,10 +71,12 @@ def normal_pdf(x: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
 
 
+@op
 def gelu_exact(x: np.ndarray) -> np.ndarray:
     return x * normal_cdf(x)
 
 
+@op
 def gelu_exact_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g * (normal_cdf(x) + x * normal_pdf(x))  # (x Phi)' = Phi + x phi
 
@@ -84,11 +99,13 @@ def _layernorm_stats(x: np.ndarray, eps: float):
     return xc * rstd, rstd
 
 
+@op
 def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float) -> np.ndarray:
     xhat, _ = _layernorm_stats(x, eps)
     return _affine(xhat, w, b)
 
 
+@op
 def layernorm_vjp(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float, g: np.ndarray):
     """(dx, dw, db). With dxhat = g w: dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)); the two
     means are the gradients through the mean and through the variance."""
@@ -104,11 +121,13 @@ def _rmsnorm_stats(x: np.ndarray, eps: float):
     return x * rinv, rinv
 
 
+@op
 def rmsnorm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float) -> np.ndarray:
     xhat, _ = _rmsnorm_stats(x, eps)
     return _affine(xhat, w, b)
 
 
+@op
 def rmsnorm_vjp(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float, g: np.ndarray):
     """(dx, dw, db). With dxhat = g w: dx = rinv (dxhat - xhat mean(dxhat xhat)) (the layernorm formula
     without the centering term)."""
@@ -120,11 +139,13 @@ def rmsnorm_vjp(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, eps: float, 
 
 # --- softmax over the last axis, max subtracted so exp never overflows ---
 
+@op
 def softmax(s: np.ndarray) -> np.ndarray:
     e = np.exp(s - np.max(s, axis=-1, keepdims=True, initial=-np.inf))  # initial: an empty axis is no error
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+@op
 def softmax_vjp(p: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Written with the output p = softmax(s): ds = p (g - <g, p>)."""
     return p * (g - np.sum(g * p, axis=-1, keepdims=True))
@@ -163,11 +184,13 @@ def causal_weighted_sum(p: np.ndarray, v: np.ndarray) -> np.ndarray:
     return o
 
 
+@op
 def causal_attention(qkv: np.ndarray, n_heads: int) -> np.ndarray:
     q, k, v = _split_qkv(qkv, n_heads)  # (B, nh, T, hd)
     return merge_heads(causal_weighted_sum(causal_probs(q, k), v))  # (B, T, C)
 
 
+@op
 def causal_attention_vjp(qkv: np.ndarray, n_heads: int, g: np.ndarray) -> np.ndarray:
     """dqkv (B, T, 3C). With o = p v, p = softmax(s), s = scale q k^T (masked entries have p = 0,
     so they get no gradient): dv = p^T do, dp = do v^T, ds = softmax_vjp, dq = scale ds k, dk = scale ds^T q."""

@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from resconf.backends.base import Backend
+from resconf.backends.base import Backend, BackendUnavailable
 
 ENTRY_POINT_GROUP = "resconf.backends"
 
@@ -30,13 +30,21 @@ BUILTIN = {
     "jax": BuiltinBackend("resconf.backends.jax_backend:JaxBackend", ("jax",)),
     "numba_fused": BuiltinBackend("resconf.backends.numba_fused:NumbaFusedBackend", ("numba",)),
     "triton_fused": BuiltinBackend("resconf.backends.triton_fused:TritonFusedBackend", ("triton", "torch")),
+    # positive controls: the oracle's maths rounded differently on purpose (backends/controls.py)
+    **{f"control_{order}": BuiltinBackend(f"resconf.backends.controls:{cls}", ("numpy",))
+       for order, cls in (("reversed", "ReversedControl"), ("fma", "FmaControl"),
+                          ("pairwise", "PairwiseControl"), ("blocked", "BlockedControl"), ("wide", "WideControl"))},
 }
-# What `resconf check` runs when no backend is named: the block backends (kernels are opt-in).
+# What `resconf check` runs when no backend is named: the block backends (kernels are opt-in on the CPU;
+# on a GPU our Triton kernel joins them, and the oracle, a CPU reference, stands aside).
 DEFAULT_BACKENDS = ("numpy", "torch", "jax")
+DEFAULT_GPU_BACKENDS = ("torch", "jax", "triton_fused")
 
 
-class BackendUnavailable(LookupError):
-    """The named backend does not exist or its framework is not installed."""
+def default_backends(device: str = "cpu") -> tuple[str, ...]:
+    """The installed ones of the default backends for `device`."""
+    names = DEFAULT_BACKENDS if device == "cpu" else DEFAULT_GPU_BACKENDS
+    return tuple(n for n in names if n in installed_builtins())
 
 
 def installed_builtins() -> list[str]:

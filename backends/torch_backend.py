@@ -11,11 +11,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
+from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads, StackTrace,
+                                   dtype_error)
 from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.params import BlockParams
-from resconf.backends.registry import BackendUnavailable
 from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
@@ -35,7 +35,7 @@ class TorchBackend(Backend):
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
         if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"backend {self.name!r}: device 'cuda' asked for, but torch "
+            raise DeviceUnavailable(f"backend {self.name!r}: device 'cuda' asked for, but torch "
                                      f"{torch.__version__} sees no CUDA device; use device='cpu'")
 
     @property

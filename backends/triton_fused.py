@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import triton
 
-from resconf.backends.base import Backend, Capabilities, FusedGrads, dtype_error
+from resconf.backends.base import Backend, Capabilities, DeviceUnavailable, FusedGrads, dtype_error
 from resconf.backends.config import FUSED_KINDS
 from resconf.backends.fused_args import check_fused_args, residual_dtype
 
@@ -29,7 +29,7 @@ def _load_kernels(device: str):
         raise ValueError("triton_fused on device 'cpu' runs Triton's interpreter: set TRITON_INTERPRET=1 in the "
                          "environment (before backends.triton_kernels is imported), or use device 'cuda'")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("triton_fused on device 'cuda' needs a CUDA GPU and a CUDA build of torch; none found "
+        raise DeviceUnavailable("triton_fused on device 'cuda' needs a CUDA GPU and a CUDA build of torch; none found "
                          "(for a CPU check, set TRITON_INTERPRET=1 and use device 'cpu')")
     kernels = importlib.import_module(KERNELS_MODULE)
     if kernels.INTERPRETED != (device == "cpu"):

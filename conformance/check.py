@@ -10,6 +10,7 @@ atomically. Guards fail a run that covered less than the backend claims, or test
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -27,7 +28,7 @@ from resconf.conformance import guard, summary, worker, xfails
 from resconf.conformance.guard import Case
 from resconf.conformance.junit import JunitPart, merge_junit
 from resconf.conformance.options import CheckOptions
-from resconf.conformance.plugin import WORKER_LOAD_FAILED
+from resconf.conformance.plugin import WORKER_LOAD_FAILED, WORKER_NO_DEVICE
 from resconf.conformance.results import ResultRow, rows_from_jsonl, to_table, write_parquet_atomic
 
 MAX_RESTARTS = 3  # a backend that kills its worker again and again is given up on, not retried forever
@@ -129,8 +130,11 @@ def _check_backend(name: str, opts: CheckOptions, run_id: str, workdir: Path) ->
         log = guard.read_events(events)
         manifest = manifest or log.manifest
         if attempt == 0 and exit.status == WORKER_LOAD_FAILED and log.manifest is None:
-            lines = exit.tail.strip().splitlines()
-            return BackendRun((), (), (), load_error=lines[-1] if lines else f"backend {name!r} failed to load")
+            return BackendRun((), (), (), load_error=_exit_message(exit.tail) or f"backend {name!r} failed to load")
+        if attempt == 0 and exit.status == WORKER_NO_DEVICE and log.manifest is None:
+            reason = _exit_message(exit.tail).removeprefix("resconf: ")
+            row = dataclasses.replace(_harness_row(name, opts, run_id, "RUN", reason), outcome="skipped")
+            return BackendRun((row,), (JunitPart(None, (row,)),), (f"backend {name} {reason}",))
         if log.finished_status is not None and exit.killed_for is None:  # the session ended in order
             ended_in_order = exit.status in (0, 1)
             if not ended_in_order:
@@ -194,6 +198,12 @@ def _guard(name: str, opts: CheckOptions, run_id: str, manifest: guard.Manifest,
 
 def _short(test: str) -> str:
     return test.rsplit("::", 1)[-1]
+
+
+def _exit_message(tail: str) -> str:
+    """The message a worker ended with through pytest.exit (pytest frames it as '! ..Exit: MESSAGE !')."""
+    line = _last_line(tail) if tail.strip() else ""
+    return line.removeprefix("! _pytest.outcomes.Exit: ").removesuffix(" !")
 
 
 def _last_line(text: str) -> str:

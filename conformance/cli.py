@@ -5,11 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from resconf.backends.registry import DEFAULT_BACKENDS, installed_builtins
+from resconf.backends.base import DEVICES
+from resconf.backends.registry import DEFAULT_BACKENDS, DEFAULT_GPU_BACKENDS, default_backends
 from resconf.conformance.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 
 HELP = """resconf: conformance and benchmarks for residual connections.
   resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
+  resconf calibrate [--seeds N]        run correct backends over fresh random seeds: false failures, worst ratios
   resconf report RESULTS... --out DIR  turn results (and a benchmark export) into HTML + Markdown
   resconf bench-export                 asv results -> Parquet with GB/s and roofline fractions"""
 
@@ -22,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "check":
         return check_main(rest)
+    if command == "calibrate":
+        from resconf.conformance.calibrate import main as calibrate_main
+        return calibrate_main(rest)
     if command == "report":
         from resconf.reports.cli import main as report_main
         return report_main(rest)
@@ -40,11 +45,14 @@ def check_main(argv: list[str]) -> int:
                                      epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",
                         help="built-in name, entry point, or package.module:attr (repeatable; "
-                             f"default: the installed ones of {', '.join(DEFAULT_BACKENDS)})")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+                             f"default: the installed ones of {', '.join(DEFAULT_BACKENDS)} on cpu, "
+                             f"{', '.join(DEFAULT_GPU_BACKENDS)} on cuda)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu (default) or cuda; a backend that does not run there is skipped, with the reason")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
                         help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; "
                              "dev: 25 examples; smoke: 4 examples, no shrinking")
+    parser.add_argument("--max-examples", type=int, metavar="N", help="examples per property, overriding the profile's")
     parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")
     parser.add_argument("--junitxml", type=Path, help="also write JUnit XML here")
     parser.add_argument("--xfails", action="append", default=[], type=Path, metavar="FILE",
@@ -54,9 +62,12 @@ def check_main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per test (default 600)")
     own, _, passthrough = _split_dashdash(argv)
     args = parser.parse_args(own)
-    backends = tuple(args.backend) or tuple(n for n in DEFAULT_BACKENDS if n in installed_builtins())
+    if args.max_examples is not None and args.max_examples < 1:
+        parser.error(f"--max-examples must be at least 1, got {args.max_examples}")
+    backends = tuple(args.backend) or default_backends(args.device)
     pytest_args = (("-k", args.keyword) if args.keyword else ()) + tuple(passthrough)
-    return run_check(CheckOptions(backends=backends, device=args.device, profile=args.profile, output=args.output,
+    return run_check(CheckOptions(backends=backends, device=args.device, profile=args.profile,
+                                  max_examples=args.max_examples, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
                                   test_timeout_s=args.timeout, pytest_args=pytest_args))
 

@@ -10,6 +10,7 @@ class CheckOptions:
     backends: tuple[str, ...]
     device: str = "cpu"
     profile: str = "ci"
+    max_examples: int | None = None  # overrides the profile's
     output: Path | None = None
     junitxml: Path | None = None
     xfails: tuple[Path, ...] = ()

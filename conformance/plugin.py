@@ -19,15 +19,19 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from resconf.backends.base import DEVICES, DeviceUnavailable
 from resconf.backends.config import DTYPES
 from resconf.backends.registry import load_backend
 from resconf.conformance import hypothesis_helpers as hh
+from resconf.conformance.baseline import Baselines
 from resconf.conformance import profiles, xfails
+from resconf.conformance import recorder as recording
 from resconf.conformance.guard import Case, EventWriter
 from resconf.conformance.recorder import PropertyRecorder
 from resconf.conformance.results import OUTCOMES, ResultRow
 
 WORKER_LOAD_FAILED = 6  # exit status of a run whose backend cannot be loaded (conformance.check reads it)
+WORKER_NO_DEVICE = 7  # ... and of one whose backend does not run on the device asked for (a skip, not a failure)
 RECORDER = pytest.StashKey[PropertyRecorder]()
 OUTCOME = pytest.StashKey[dict]()
 
@@ -36,7 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("resconf", "resconf conformance")
     group.addoption("--backend", action="append", default=[], metavar="NAME",
                     help="backend to check: a built-in name, an entry point, or package.module:attr (repeatable)")
-    group.addoption("--device", default="cpu", help="device the backends run on (cpu, cuda)")
+    group.addoption("--device", default="cpu", choices=DEVICES, help="device the backends run on (default cpu)")
+    group.addoption("--max-examples", type=int, default=None, metavar="N",
+                    help="examples per property, overriding the profile's (heavy properties run a fraction)")
     group.addoption("--profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
                     help=f"hypothesis profile (default {profiles.DEFAULT}, as for resconf check)")
     group.addoption("--xfails", action="append", default=[], metavar="FILE",
@@ -83,7 +89,14 @@ def pytest_configure(config: pytest.Config) -> None:
     profiles.register(config.invocation_params.dir / ".hypothesis" / "resconf")
     profile = config.getoption("--profile")
     settings.load_profile(profile)
-    hh.STRUCTURE_PER_EXAMPLE = profile in ("dev", "nightly")
+    max_examples = config.getoption("--max-examples")
+    if max_examples is not None:
+        if max_examples < 1:
+            raise pytest.UsageError(f"--max-examples must be at least 1, got {max_examples}")
+        settings.register_profile("resconf-override", settings(settings.default, max_examples=max_examples))
+        settings.load_profile("resconf-override")
+    hh.STRUCTURE_PER_EXAMPLE = profile in profiles.STRUCTURE_DRAWN
+    recording.LAZY_BASELINE = profile != "calibrate"
     config.stash[OUTCOME] = {}
     events = config.getoption("--events-jsonl")
     if events:
@@ -124,6 +137,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for name in config.getoption("--backend") or ["numpy"]:
         try:
             _LOADED[(name, device)] = load_backend(name, device=device)
+        except DeviceUnavailable as exc:
+            pytest.exit(f"resconf: skipped: {exc}", returncode=WORKER_NO_DEVICE)
         except Exception as exc:  # noqa: BLE001  any import or constructor error ends the run the same way
             pytest.exit(f"resconf: backend {name!r} could not be loaded on {device}: {exc}",
                         returncode=WORKER_LOAD_FAILED)
@@ -145,7 +160,14 @@ def subject(backend, dtype: str):
 
 @pytest.fixture(scope="session")
 def oracle():
-    return load_backend("numpy")
+    return load_backend("numpy")  # on the CPU whatever --device says: the reference, not a subject
+
+
+@pytest.fixture(scope="session")
+def baseline():
+    """The oracle's maths in the working dtype, another order (backends/controls.py), in a few lazily run
+    draws (conformance/baseline.py): it measures each comparison's error budget (conformance/budgets.py)."""
+    return Baselines()
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-PROFILES = ("ci", "nightly", "dev", "smoke")
+PROFILES = ("ci", "nightly", "dev", "smoke", "calibrate")
+STRUCTURE_DRAWN = ("dev", "nightly", "calibrate")  # shapes and depths drawn per example; else fixed per case
 DEFAULT = "ci"  # both entry points: `resconf check` and `pytest --pyargs resconf.conformance`
 # The recorder fixture deliberately lives across examples (it keeps the worst case).
 _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -20,11 +21,17 @@ def register(database_dir: Path) -> None:
     # smoke: proves a mutant fails without paying for shrinking its counterexample (tests/test_mutants.py)
     settings.register_profile("smoke", max_examples=4, derandomize=True, database=None,
                               phases=[Phase.explicit, Phase.generate], **common)
+    # calibrate: fresh random seeds every run, no shrinking (a false failure's first example is the finding)
+    settings.register_profile("calibrate", max_examples=100, database=None, phases=[Phase.explicit, Phase.generate],
+                              **common)
     settings.register_profile("nightly", max_examples=1000,
                               database=DirectoryBasedExampleDatabase(str(database_dir)), **common)
 
 
 def heavy(fraction: float = 0.2) -> settings:
-    """Settings for an expensive property: a fraction of the profile's examples, at least 2."""
+    """Settings for an expensive property: a fraction of the profile's examples, at least 2, and no
+    shrinking: its structure is fixed, so shrinking only replays costly examples with other seeds (a
+    failing long-sequence case shrank for 170 s) and the first failing example is as informative."""
     current = settings.default
-    return settings(current, max_examples=max(2, int(current.max_examples * fraction)))
+    phases = [p for p in current.phases if p is not Phase.shrink]
+    return settings(current, max_examples=max(2, int(current.max_examples * fraction)), phases=phases)

@@ -15,7 +15,8 @@ Sampling distribution of the measured quantities (n = B*T*C elements, C features
 These add in quadrature over layers (independent weight draws). The model ignores that every layer
 sees the same sampled tokens; checked against 30-seed Monte Carlo runs of the oracle (pre, layernorm,
 L = 12 and 96, linear and mlp, gpt2 and standard), the true sd of the growth is 0.8x to 1.4x the model's
-and the largest |z| was 3.1, so a bound of Z = 6 model sds still sits above 4 true sds.
+and the largest |z| was 3.1, so a bound of Z = 6 model sds (conformance/budgets.Z) still sits above 4
+true sds.
 """
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 
 from resconf.backends.config import BlockConfig
-
-Z = 6.0  # |z| bound: a correct backend fails a 6-sigma check with probability ~2e-9 per comparison
 
 
 def gelu(z: np.ndarray, approximate: str) -> np.ndarray:

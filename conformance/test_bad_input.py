@@ -126,6 +126,33 @@ def test_nan_and_inf_locality(subject, case, dtype, branch, special, prop, data)
                  int(bad[:, reach].sum()), 0)
 
 
+@pytest.mark.property("BI-3")
+@pytest.mark.parametrize("branch", ["mlp", "linear", "attention"])
+@pytest.mark.parametrize("placement", ["pre", "post"])
+@pytest.mark.parametrize("where", ["norm_weight", "w_in", "w_out"])
+@given(data=st.data())
+def test_nan_in_a_weight_surfaces(subject, oracle, case, dtype, placement, where, branch, prop, data):
+    """A NaN in a norm gain (after the norm's statistics) or in a branch weight reaches every output the
+    maths sends it to (the oracle's non-finite outputs): a block that replaces a non-finite value by a
+    finite one anywhere inside (after the norm, in the hidden layer, on the branch output) fails."""
+    require_placement(subject, placement)
+    require_branch(subject, branch)
+    if where == "w_in" and branch == "linear":
+        pytest.skip("the linear branch has no input projection")
+    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", branches=(branch,)), label="structure")
+    (p,) = hh.params_for(subject, cfg, 0, dtype, perturb=True)
+    weight = getattr(p, where).copy()
+    element = data.draw(st.integers(0, weight.size - 1), label="element")
+    prop.example(cfg=cfg.describe(), shape=shape, where=where, element=element)
+    weight.flat[element] = math.nan
+    p = dataclasses.replace(p, **{where: weight})
+    x = hh.normal_input(element, shape, 1.0, dtype)
+    y, want = (b.stack_forward(cfg, (p,), x, dtype).states[-1] for b in (subject, oracle))
+    reached = ~np.isfinite(want)
+    prop.at_most(f"outputs the NaN in {where}[{np.unravel_index(element, weight.shape)}] reaches in the maths "
+                 f"({int(reached.sum())} of {y.size}) that came out finite", int((reached & np.isfinite(y)).sum()), 0)
+
+
 @pytest.mark.property("BI-4")
 @pytest.mark.parametrize("empty", ["batch", "sequence"])
 def test_empty_input(subject, case, dtype, empty, prop):

@@ -14,9 +14,7 @@ from hypothesis import strategies as st
 
 from resconf.backends import numpy_ref as ref
 from resconf.conformance import hypothesis_helpers as hh
-from resconf.conformance.recorder import relative_error
 from resconf.conformance.requirements import require_placement
-from resconf.conformance.tolerances import tolerance
 
 # (placement, init) pairs whose branch writes zero: zero output projection, or ReZero's a = 0.
 ZERO_WRITE = [("pre", "zero"), ("rezero", "zero"), ("rezero", "rezero")]
@@ -65,29 +63,28 @@ def test_identity_stack(subject, case, dtype, placement, init, prop, data):
 @pytest.mark.property("ID-3")
 @pytest.mark.parametrize("placement,init", ZERO_WRITE)
 @given(data=st.data())
-def test_identity_gradient(subject, case, dtype, placement, init, prop, data, oracle):
+def test_identity_gradient(subject, case, dtype, placement, init, prop, data, oracle, baseline):
     """The input VJP is bitwise g; for ReZero, dL/da_l = <g, F_l(x)> (every later block is the identity,
-    so block l sees the cotangent g unchanged). That dot product is compared with the error bound of a
-    sum of products, tolerance * sum |g F|, since cancellation makes a normwise bound on it meaningless."""
+    so block l sees the cotangent g unchanged). That dot product's error is measured against
+    sum |g F| (budgets.py, 2.), since cancellation makes a relative error of <g, F> meaningless."""
     require_placement(subject, placement)
     cfg, x, params = _zero_write_case(data, subject, case, dtype, placement, init, (1, 3), prop)
-    depth = cfg.depth
     g = hh.normal_input(data.draw(hh.seeds, label="g_seed"), x.shape, 1.0, dtype)
     grads = subject.stack_vjp(cfg, params, x, g, dtype)
     prop.bitwise_equal("input VJP with zero branches", grads.dx, g)
     if init == "rezero":
         branches = oracle.stack_forward(cfg, params, x, dtype).branches
-        tol = tolerance(dtype, depth).gradient
+        base = baseline.stack_vjp(cfg, params, x, g, dtype)
         for layer, (dp, f) in enumerate(zip(grads.dparams, branches)):
-            expected = float(np.sum(g * f))
-            scale = float(np.sum(np.abs(g * f))) or 1.0
-            prop.at_most(f"|dL/da - <g, F>| / sum|g F| in block {layer}", abs(float(dp.gate) - expected) / scale, tol)
+            prop.within_budget(f"dL/da against <g, F> in block {layer}", dp.gate, np.sum(g * f),
+                               base.pick(lambda gr, layer=layer: gr.dparams[layer].gate), "gradient", dtype, cfg.depth,
+                               scale=float(np.sum(np.abs(g * f))) or 1.0)
 
 
 @pytest.mark.property("ID-4")
 @pytest.mark.parametrize("placement", ["post", "deepnorm", "plain"])
 @given(data=st.data())
-def test_negative_control(subject, case, dtype, placement, prop, data):
+def test_negative_control(subject, baseline, case, dtype, placement, prop, data):
     """With a zero branch, post gives N(x) and deepnorm N(alpha x), not x; plain gives exactly 0.
     A backend whose `post` returns x fails here."""
     require_placement(subject, placement)
@@ -102,5 +99,6 @@ def test_negative_control(subject, case, dtype, placement, prop, data):
         return
     alpha = cfg.deepnorm_alpha if placement == "deepnorm" else 1.0
     expected = ref.norm(cfg, params[0], alpha * x)
-    prop.at_most(f"relative error against N({'alpha ' if placement == 'deepnorm' else ''}x)",
-                 relative_error(y, expected), tolerance(dtype).forward)
+    prop.within_budget(f"the output against N({'alpha ' if placement == 'deepnorm' else ''}x)", y, expected,
+                       baseline.stack_forward(cfg, params, x, dtype).pick(lambda t: t.states[-1]), "forward", dtype,
+                       reduction=cfg.d_model)

@@ -51,6 +51,7 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
            "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
     cmd += ["--already-run", str(already)] if already else []
+    cmd += ["--max-examples", str(opts.max_examples)] if opts.max_examples else []
     cmd += [arg for path in opts.xfails for arg in ("--xfails", str(path))]
     cmd += ["--skip-xfails"] if opts.skip_xfails else []
     return cmd + list(opts.pytest_args)

@@ -9,7 +9,9 @@ import dataclasses
 
 import numpy as np
 
+from resconf.backends import numpy_ops as ops
 from resconf.backends import numpy_ref as ref
+from resconf.backends.dtypes import numpy_dtype
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.numpy_ref import NumpyReference
 from resconf.backends.params import draw_params
@@ -243,6 +245,86 @@ class NormStatisticsInFloat16(BlockMutant):
         return ref.block_forward(cfg, p, x)
 
 
+class NanReplacedAfterNorm(BlockMutant):
+    """pre replaces NaN and Inf in the norm's output by finite numbers before the branch sees it."""
+
+    def forward_block(self, cfg, p, x):
+        if cfg.placement != "pre":
+            return ref.block_forward(cfg, p, x)
+        f = ref.branch(cfg, p, np.nan_to_num(ref.norm(cfg, p, x)))
+        return x + f, f
+
+
+def _output_projection_terms(cfg, p, x, g):
+    """(a, g) as (tokens, H) and (tokens, C) for a pre block: the input of the branch's output projection
+    and the cotangent of its output, so that d w_out = sum over tokens of a_t^T g_t."""
+    h = ref.norm(cfg, p, x)
+    a = h if cfg.branch == "linear" else ref._inner(cfg, ops.linear(h, p.w_in, p.b_in))
+    return a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+
+
+class RacyWeightGradient(BlockMutant):
+    """pre's output-projection weight gradient sums its tokens in a different order on every call, as
+    a reduction whose threads race for the accumulator does."""
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        if cfg.placement != "pre":
+            return dx, dp
+        a, gf = _output_projection_terms(cfg, p, x, g)
+        order = np.random.default_rng().permutation(len(a))
+        return dx, dataclasses.replace(dp, w_out=np.add.reduce(a[order, :, None] * gf[order, None, :], axis=0))
+
+
+class Bfloat16WeightGradient(BlockMutant):
+    """In bfloat16, pre's output-projection weight gradient is accumulated in bfloat16, token after token
+    (frameworks accumulate in float32 and round once)."""
+
+    def stack_vjp(self, cfg, params, x, g, dtype):
+        self.dtype = dtype
+        return super().stack_vjp(cfg, params, x, g, dtype)
+
+    def vjp_block(self, cfg, p, x, g):
+        dx, dp = ref.block_vjp(cfg, p, x, g)
+        if cfg.placement != "pre" or self.dtype != "bfloat16":
+            return dx, dp
+        a, gf = _output_projection_terms(cfg, p, x, g)
+        bf16 = numpy_dtype("bfloat16")
+        total = np.zeros((a.shape[1], gf.shape[1]), dtype=bf16)
+        for a_t, g_t in zip(a, gf):
+            total = total + np.outer(a_t, g_t).astype(bf16)  # rounded to bfloat16 at every step
+        return dx, dataclasses.replace(dp, w_out=total.astype(np.float64))
+
+
+def _blockwise_attention_without_rescale(qkv, n_heads, block=64):
+    """Causal attention as a flash kernel computes it, over blocks of `block` keys with a running max,
+    except that the earlier blocks' sums are never rescaled when the max grows."""
+    q, k, v = (ops.split_heads(t, n_heads) for t in np.split(qkv, 3, axis=-1))  # (B, nh, T, hd)
+    T = q.shape[-2]
+    m = np.full(q.shape[:-1] + (1,), -np.inf)
+    total, weight = np.zeros_like(q), np.zeros(m.shape)
+    for k0 in range(0, T, block):
+        s = q @ k[..., k0:k0 + block, :].swapaxes(-1, -2) / np.sqrt(q.shape[-1])  # (B, nh, T, block)
+        future = np.arange(k0, k0 + s.shape[-1])[None, :] > np.arange(T)[:, None]
+        s = np.where(future, -np.inf, s)
+        m = np.maximum(m, s.max(axis=-1, keepdims=True))
+        e = np.exp(s - m)
+        total, weight = total + e @ v[..., k0:k0 + block, :], weight + e.sum(axis=-1, keepdims=True)  # no rescale
+    return ops.merge_heads(total / weight)
+
+
+class BlockwiseSoftmaxNoRescale(BlockMutant):
+    """pre attention's softmax runs blockwise over 64 keys and forgets to rescale earlier blocks: exact
+    for T <= 64, wrong beyond."""
+
+    def forward_block(self, cfg, p, x):
+        if cfg.placement != "pre" or cfg.branch != "attention":
+            return ref.block_forward(cfg, p, x)
+        qkv = ops.linear(ref.norm(cfg, p, x), p.w_in, p.b_in)
+        f = ops.linear(_blockwise_attention_without_rescale(qkv, cfg.n_heads), p.w_out, p.b_out)
+        return x + f, f
+
+
 class FusedStaleResidual(NumpyReference):
     """Fused add+norm returns the residual from before the add."""
 
@@ -286,7 +368,16 @@ EXPECTED = {
     NanToZero: {"BI-3"},
     EmptyCrashes: {"BI-4"},
     NormStatisticsInFloat16: {"BI-5"},
+    NanReplacedAfterNorm: {"BI-3"},
+    RacyWeightGradient: {"XB-4"},
+    Bfloat16WeightGradient: {"XB-2"},
+    BlockwiseSoftmaxNoRescale: {"XB-1"},
     FusedStaleResidual: {"XB-3"},
     FusedSilentBroadcast: {"BI-1"},
     FusedSilentDowncast: {"BI-2"},
 }
+
+# mutants that show only on the long-sequence cases or in another dtype than float64: the cases (a pytest
+# -k expression) they run on
+SELECTION = {Bfloat16WeightGradient: "long_sequence_vjp and bfloat16",
+             BlockwiseSoftmaxNoRescale: "long_sequence_forward and float64"}

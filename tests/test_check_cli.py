@@ -81,3 +81,27 @@ def test_kernel_backend_passes_the_fused_properties(name, tmp_path):
     rows = pq.read_table(out).to_pylist()
     passed = {r["property"] for r in rows if r["outcome"] == "passed"}
     assert {"XB-3", "XB-4", "BI-1", "BI-2", "BI-4"} <= passed, f"passing properties: {sorted(passed)}"
+
+
+def test_a_device_the_machine_lacks_skips_each_backend_with_the_reason(tmp_path):
+    """--device cuda on a machine without a GPU: every backend skipped and why, the oracle (a CPU
+    reference) included, and the run exits 0: nothing was found wrong."""
+    pytest.importorskip("torch")
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the cuda run is a real one")
+    out = tmp_path / "r.parquet"
+    proc = resconf("check", "--backend", "numpy", "--backend", "torch", "--device", "cuda", "--output", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backend numpy skipped: backend 'numpy' runs on cpu, not on cuda" in proc.stdout
+    assert "backend torch skipped: backend 'torch': device 'cuda' asked for, but torch" in proc.stdout
+    rows = pq.read_table(out).to_pylist()
+    assert sorted((r["backend"], r["outcome"], r["device"]) for r in rows) == [("numpy", "skipped", "cuda"),
+                                                                               ("torch", "skipped", "cuda")]
+
+
+def test_an_unknown_device_is_one_line_naming_the_valid_ones(tmp_path):
+    proc = resconf("check", "--device", "tpu", "--output", str(tmp_path / "r.parquet"))
+    assert proc.returncode == 2
+    assert "argument --device: invalid choice: 'tpu' (choose from 'cpu', 'cuda')" in proc.stderr
+    assert not (tmp_path / "r.parquet").exists()

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from resconf.backends.base import DeviceUnavailable
 from resconf.backends.registry import BackendUnavailable, load_backend
 
 
@@ -29,5 +30,7 @@ def test_bad_module_path_says_what_failed():
 
 
 def test_device_not_offered_is_a_clear_error():
-    with pytest.raises(ValueError, match="runs on \\('cpu',\\), not on device 'tpu'"):
+    with pytest.raises(DeviceUnavailable, match="backend 'numpy' runs on cpu, not on cuda"):
+        load_backend("numpy", device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; expected one of cpu, cuda"):
         load_backend("numpy", device="tpu")

@@ -1,0 +1,41 @@
+"""The baseline of every error budget (conformance/budgets.py): a few draws of the oracle's maths in the
+working dtype (backends/controls.Baseline, each draw with other faithful perturbations), computed only
+when a comparison needs them. A backend whose error is already within the floor never pays for them.
+
+    base = baseline.stack_forward(cfg, params, x, dtype)            # nothing runs yet
+    prop.within_budget("x_L", got, want, base.pick(lambda t: t.states[-1]), "forward", dtype)
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from resconf.backends.controls import Baseline
+
+DRAWS = 3  # the error of one draw varies by up to ~3x between draws; the RMS of three is steadier
+
+
+class Draws:
+    """The results of one baseline call, one per draw, computed on first use and then kept."""
+
+    def __init__(self, compute: Callable[[], list[Any]]) -> None:
+        self._compute = functools.cache(compute)
+
+    def pick(self, part: Callable[[Any], np.ndarray]) -> Callable[[], list[np.ndarray]]:
+        """A thunk giving `part` of each draw's result (e.g. lambda trace: trace.states[-1])."""
+        return lambda: [np.asarray(part(result)) for result in self._compute()]
+
+
+class Baselines:
+    """The Backend API's methods, each returning Draws instead of a result."""
+
+    def __init__(self, draws: int = DRAWS) -> None:
+        self.backends = tuple(Baseline(seed=seed) for seed in range(draws))
+
+    def __getattr__(self, method: str) -> Callable[..., Draws]:
+        def call(*args, **kwargs) -> Draws:
+            return Draws(lambda: [getattr(b, method)(*args, **kwargs) for b in self.backends])
+        return call
+

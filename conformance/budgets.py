@@ -1,0 +1,83 @@
+"""Every allowance the suite holds a backend to, with its reasoning: the one place that owns them.
+
+1. Agreement with the float64 oracle (XB-1/2/3/5, ID-3/4, GR-1/2/3, VG-4): a per-case error budget.
+   A comparison's error is normwise, err = ||got - ref|| / ||ref||, where ref is the oracle's value on
+   inputs and parameters already rounded to the dtype, so only the backend's own roundings count. What a
+   correct backend may show depends on the case (how many roundings, how long the sums, how much they
+   cancel), so the budget is measured on the case itself. The baseline (backends/controls.Baseline) runs
+   the oracle's own code the way a framework does: each operation computed in float32 (bfloat16, float16)
+   or in its own dtype and rounded once to the dtype, the glue between operations in the dtype, every sum
+   in another order than the oracle's, and operations in float32/float64 faithful (within 1 ulp) rather
+   than correctly rounded. Its error on the same comparison, e_base, is one draw of the error a legitimate
+   implementation makes on this case. The backend is allowed
+
+       budget = max(FLOOR_ULPS[kind] * u * sqrt(L) * r,  RATIO * e_base)
+
+   RATIO: two legitimate implementations' normwise errors over the same many elements are each a sum of
+   many independent roundings, so they concentrate near the same value; a backend may still round at a
+   few more places than the baseline (a separate bias add, a rounded softmax) or sum over longer chains.
+   Calibrated over thousands of cases per dtype (docs/spec.md, tests/test_budgets.py): the worst ratio
+   of torch's or JAX's error to e_base stayed below RATIO / 2 wherever e_base was above the floor.
+   FLOOR: where the compared value is dominated by an exact term (x_L = x_0 + small writes, dx = g + a
+   small branch gradient) e_base can round away to 0 while a backend keeps a fraction of an ulp; the
+   floor is a handful of roundings, independent across the L blocks of a stack (so sqrt(L)), and
+   r = sqrt(1 + log2 C) for a bare norm output, whose mean and variance reductions a tree of depth
+   log2 C computes (in a block the skip hides them).
+   A mutant sits far above both terms: a skip scaled by 1 + 2^-10 errs by ~1e-3, against budgets of
+   ~1e-15 (float64) and ~1e-6 (float32); a bfloat16 weight gradient summed in bfloat16 over n tokens errs
+   by ~sqrt(n / 2) u against e_base ~ 2 u, which the long-sequence cases (n >= 1024) separate.
+
+2. A dot product to a scalar (ReZero's gate gradient <g, F>): its error is measured against
+   sum |g_i F_i| rather than |<g, F>|, which cancellation can make arbitrarily small (Higham, ch. 3: the
+   error of a computed dot product is bounded by a multiple of u sum |x_i y_i|); the budget is as in 1.
+
+3. A summation identity (VG-1: x_L == x_0 + sum_l F_l): recursive summation of n terms errs by at most
+   (n - 1) u sum |terms| (Higham, ch. 4), a deterministic bound that holds on any machine; a backend may
+   report each write rounded apart from the value it added (one more u per term), so 2 n u.
+
+4. Statistical properties (VG-2, VG-3): Z standard deviations of the sampling distribution derived in
+   conformance/stream_theory.py.
+
+5. Finite differences (GR-4) keep the method's own allowance, next to the method
+   (backends/numpy_ref.FD_REL_TOL plus the stencil's rounding noise): it is a property of the check,
+   not of a dtype.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from resconf.backends.dtypes import unit_roundoff
+
+RATIO = 8.0
+FLOOR_ULPS = {"forward": 2.0, "gradient": 4.0}
+Z = 6.0  # |z| bound: a correct backend fails a 6-sigma check with probability ~2e-9 per comparison
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one comparison is allowed, and where the number came from (shown in failure messages)."""
+
+    floor: float
+    baseline_error: float
+
+    @property
+    def allowed(self) -> float:
+        return max(self.floor, RATIO * self.baseline_error)
+
+    def __str__(self) -> str:
+        return f"max(floor {self.floor:.2g}, {RATIO:g} x baseline error {self.baseline_error:.2g})"
+
+
+def budget(kind: str, dtype: str, baseline_error: float, depth: int = 1, reduction: int = 1) -> Budget:
+    """The budget of a comparison of `kind` ("forward" values or "gradient"s) in `dtype`, for a stack of
+    `depth` blocks; `reduction`: the length C of the reductions behind a bare norm output, else 1."""
+    if kind not in FLOOR_ULPS:
+        raise ValueError(f"kind={kind!r} is not one of {sorted(FLOOR_ULPS)}")
+    floor = FLOOR_ULPS[kind] * unit_roundoff(dtype) * math.sqrt(depth) * math.sqrt(1.0 + math.log2(reduction))
+    return Budget(floor=floor, baseline_error=baseline_error)
+
+
+def summation_bound(dtype: str, n_terms: int) -> float:
+    """VG-1 (see 3. above): 2 n u, a bound on |fl(sum) - sum| / sum |terms|."""
+    return 2.0 * n_terms * unit_roundoff(dtype)

@@ -1,0 +1,99 @@
+"""`resconf calibrate`: do correct backends pass everywhere? The suite runs with hypothesis randomised
+(fresh seeds every run, structure drawn per example) over many examples, and the rows are read back as
+a calibration table: per (backend, property, dtype), the cases and examples run, the false failures and
+the worst measured/allowed ratio. Any false failure exits non-zero; a budget is then too tight (or the
+backend is not correct), which the table says where.
+
+    resconf calibrate --backend numpy --backend torch --seeds 200 -k "XB or GR"
+    OMP_NUM_THREADS=2 resconf calibrate --backend torch --seeds 50     # another BLAS blocking
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from resconf.conformance.summary import property_sort_key
+
+
+@dataclass
+class Cell:
+    """One (backend, property, dtype): what ran, what failed, and the closest call."""
+
+    cases: int = 0
+    examples: int = 0
+    false_failures: int = 0
+    expected_failures: int = 0
+    worst: float = -math.inf  # measured / allowed (>= properties: allowed / measured); > 1 is a failure
+    worst_case: str = ""
+
+
+def ratio(row: dict) -> float | None:
+    """How much of its allowance a case used: 1 is the edge. None for exact (bitwise) comparisons."""
+    measured, bound, how = row["measured"], row["bound"], row["comparison"]
+    if measured is None or bound is None or how not in ("<=", ">="):
+        return None
+    if how == ">=":
+        measured, bound = bound, measured
+    if bound == 0:
+        return 0.0 if measured <= 0 else math.inf
+    return measured / bound
+
+
+def table(rows: list[dict]) -> dict[tuple[str, str, str], Cell]:
+    cells: dict[tuple[str, str, str], Cell] = defaultdict(Cell)
+    for row in rows:
+        if row["outcome"] == "skipped":
+            continue
+        cell = cells[(row["backend"], row["property"], row["dtype"])]
+        cell.cases += 1
+        cell.examples += row["examples"]
+        cell.false_failures += row["outcome"] in ("failed", "xpassed")
+        cell.expected_failures += row["outcome"] == "xfailed"
+        r = ratio(row)
+        if r is not None and r > cell.worst and row["outcome"] != "xfailed":
+            cell.worst, cell.worst_case = r, f"{row['test'].rsplit('::', 1)[-1]} {row['worst_config']}"
+    return cells
+
+
+def render(cells: dict[tuple[str, str, str], Cell]) -> str:
+    lines = [f"{'backend':<16} {'property':<8} {'dtype':<9} {'cases':>5} {'examples':>8} {'false':>5} "
+             f"{'xfail':>5} {'worst':>6}  worst case"]
+    for (backend, prop, dtype), c in sorted(cells.items(), key=lambda kv: (kv[0][0], property_sort_key(kv[0][1]),
+                                                                          kv[0][2])):
+        worst = "exact" if c.worst == -math.inf else f"{c.worst:.3g}"
+        lines.append(f"{backend:<16} {prop:<8} {dtype:<9} {c.cases:>5} {c.examples:>8} {c.false_failures:>5} "
+                     f"{c.expected_failures:>5} {worst:>6}  {c.worst_case[:60]}")
+    lines.append("worst: the largest measured/allowed over all examples (1 = at the edge of the allowance; "
+                 "'exact': bitwise properties)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    from resconf.backends.registry import DEFAULT_BACKENDS, default_backends
+    from resconf.conformance.check import run_check
+    from resconf.conformance.options import CheckOptions
+
+    parser = argparse.ArgumentParser(prog="resconf calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", action="append", default=[], metavar="NAME",
+                        help="a correct backend to calibrate against (repeatable; default: the installed ones "
+                             f"of {', '.join(DEFAULT_BACKENDS)})")
+    parser.add_argument("--seeds", type=int, default=100, help="examples per case (default 100)")
+    parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
+    parser.add_argument("--output", type=Path, help="results Parquet (default: reports/calibration/latest.parquet)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    backends = tuple(args.backend) or default_backends()
+    output = args.output or Path("reports") / "calibration" / "latest.parquet"
+    status = run_check(CheckOptions(backends=backends, profile="calibrate", max_examples=args.seeds, output=output,
+                                    pytest_args=("-k", args.keyword) if args.keyword else ()))
+    cells = table(pq.read_table(output).to_pylist())
+    print("\nCalibration (hypothesis randomised, fresh seeds):\n" + render(cells))
+    false = sum(c.false_failures for c in cells.values())
+    print(f"false failures: {false}" + ("" if false else " (every correct backend passed every case)"))
+    return 1 if false or status else 0

@@ -1,0 +1,100 @@
+"""The error budgets (conformance/budgets.py) separate correct backends from broken ones: correct
+backends sit well inside them across seeds (the positive controls run the whole suite in
+tests/test_controls.py), a skip scaled by (1 + 2^-10) and a weight gradient summed in
+bfloat16 fall far outside, and the baseline that measures each case rounds independently of the oracle.
+The nightly-sized calibration is `resconf calibrate` (docs/spec.md); this is its quick form."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from resconf.backends.config import DTYPES, BlockConfig
+from resconf.backends.dtypes import round_to, unit_roundoff
+from resconf.backends.params import draw_params
+from resconf.backends.registry import installed_builtins, load_backend
+from resconf.conformance import budgets
+from resconf.conformance.baseline import Baselines
+from resconf.conformance.recorder import baseline_error, relative_error
+from tests.mutants import Bfloat16WeightGradient
+
+MARGIN = 1.5  # a correct backend's worst error must stay below budget / MARGIN
+SEEDS = range(6)
+STRUCTURES = [BlockConfig(placement="pre", norm="layernorm", branch="mlp", depth=4, d_model=32),
+              BlockConfig(placement="post", norm="rmsnorm", branch="attention", depth=4, d_model=32)]
+ORACLE, BASELINE = load_backend("numpy"), Baselines()
+
+
+def _case(cfg: BlockConfig, seed: int, dtype: str, shape=(2, 8, 32)):
+    rng = np.random.default_rng(seed)
+    x, g = (round_to(rng.standard_normal(shape), dtype) for _ in range(2))
+    params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, seed, perturb=True))
+    return x, g, params
+
+
+def _slacks(backend, cfg: BlockConfig, seed: int, dtype: str):
+    """measured / allowed for x_L and every gradient of one case."""
+    x, g, params = _case(cfg, seed, dtype)
+    got, want = (b.stack_forward(cfg, params, x, dtype).states[-1] for b in (backend, ORACLE))
+    base = BASELINE.stack_forward(cfg, params, x, dtype).pick(lambda t: t.states[-1])()
+    yield "x_L", relative_error(got, want) / budgets.budget("forward", dtype, baseline_error(base, want), 4).allowed
+    got, want = (b.stack_vjp(cfg, params, x, g, dtype) for b in (backend, ORACLE))
+    draws = BASELINE.stack_vjp(cfg, params, x, g, dtype)
+    pairs = [("dx", got.dx, want.dx, draws.pick(lambda gr: gr.dx))]
+    pairs += [(f"d{name}[{layer}]", a, getattr(want.dparams[layer], name),
+               draws.pick(lambda gr, layer=layer, name=name: getattr(gr.dparams[layer], name)))
+              for layer, p in enumerate(got.dparams) for name, a in p.items()]
+    for what, a, b, base in pairs:
+        yield what, relative_error(a, b) / budgets.budget("gradient", dtype, baseline_error(base(), b), 4).allowed
+
+
+@pytest.mark.parametrize("name", [n for n in ("torch", "jax") if n in installed_builtins()])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_correct_backends_sit_well_inside_their_budgets(name, dtype):
+    backend = load_backend(name)
+    worst = max((slack, what, cfg.placement, seed) for cfg in STRUCTURES for seed in SEEDS
+                for what, slack in _slacks(backend, cfg, seed, dtype))
+    assert worst[0] <= 1 / MARGIN, f"{name} {dtype}: {worst[1]} used {worst[0]:.2f} of its budget ({worst[2]}, seed {worst[3]})"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_skip_scaled_by_one_plus_2_to_the_minus_10_is_far_outside(dtype):
+    """y = (1 + 2^-10) x + F instead of x + F: relative error ~ 2^-10 ||x|| / ||y|| ~ 1e-3 per block."""
+    cfg = STRUCTURES[0]
+    x, _, params = _case(cfg, 0, dtype)
+    y = ORACLE.stack_forward(cfg, params[:1], x, dtype).states[-1]
+    base = BASELINE.stack_forward(cfg, params[:1], x, dtype).pick(lambda t: t.states[-1])()
+    allowed = budgets.budget("forward", dtype, baseline_error(base, y)).allowed
+    assert relative_error(y + 2.0**-10 * x, y) > 100 * allowed
+
+
+def test_a_weight_gradient_summed_in_bfloat16_is_outside_over_many_tokens():
+    """Summed token after token in bfloat16, d w_out over 8192 tokens errs by ~sqrt(8192 / 6) u; its budget
+    is set by float32 accumulation (the baseline), so the mutant lands several budgets out."""
+    cfg = BlockConfig(placement="pre", norm="rmsnorm", branch="mlp", d_model=16)
+    x, g, params = _case(cfg, 1, "bfloat16", shape=(32, 256, 16))
+    got, want = (b.stack_vjp(cfg, params, x, g, "bfloat16").dparams[0].w_out
+                 for b in (Bfloat16WeightGradient(), ORACLE))
+    base = BASELINE.stack_vjp(cfg, params, x, g, "bfloat16").pick(lambda gr: gr.dparams[0].w_out)()
+    allowed = budgets.budget("gradient", "bfloat16", baseline_error(base, want)).allowed
+    assert relative_error(got, want) > 2 * allowed, f"{relative_error(got, want):.3g} vs budget {allowed:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_baseline_rounds_apart_from_the_oracle(dtype):
+    """Its error is a few u on a generic case (not 0, as reproducing the oracle's rounding would give,
+    nor far more, as a wrong computation would)."""
+    cfg = STRUCTURES[0]
+    x, _, params = _case(cfg, 2, dtype)
+    want = ORACLE.stack_forward(cfg, params, x, dtype).branches
+    e = baseline_error(BASELINE.stack_forward(cfg, params, x, dtype).pick(lambda t: t.branches)(), want)
+    assert 0.1 * unit_roundoff(dtype) < e < 20 * unit_roundoff(dtype)
+
+
+def test_a_budget_is_its_floor_or_ratio_times_the_baseline():
+    u = unit_roundoff("float32")
+    small, large = budgets.budget("forward", "float32", 0.01 * u, depth=4), budgets.budget("gradient", "float32", 3 * u)
+    assert small.allowed == budgets.FLOOR_ULPS["forward"] * u * 2
+    assert large.allowed == budgets.RATIO * 3 * u
+    assert "floor" in str(small) and "baseline" in str(large)
+    with pytest.raises(ValueError, match="kind='backward' is not one of"):
+        budgets.budget("backward", "float32", 0.0)

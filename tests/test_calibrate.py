@@ -1,0 +1,48 @@
+"""`resconf calibrate`: a short randomised run of correct backends reports 0 false failures and the worst
+measured/allowed ratio per (property, dtype); a broken backend's failures are counted and exit 1. The
+nightly-sized run is benchmarks/calibrate.sh, not a test."""
+from __future__ import annotations
+
+import math
+
+from resconf.conformance.calibrate import ratio, render, table
+from tests.test_check_cli import resconf
+
+
+def test_correct_backends_calibrate_clean(tmp_path):
+    proc = resconf("calibrate", "--backend", "numpy", "--backend", "control_pairwise", "--seeds", "3",
+                   "-k", "test_forward_matches_oracle and float32", "--output", str(tmp_path / "c.parquet"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    lines = [line.split() for line in proc.stdout.splitlines() if line.startswith(("numpy ", "control_pairwise "))
+             and " XB-1 " in line]
+    assert {(cols[0], cols[3], cols[4], cols[5]) for cols in lines} == {
+        ("numpy", "5", "15", "0"), ("control_pairwise", "5", "15", "0")}, proc.stdout  # 5 placements x 3 seeds
+    worst = {cols[0]: float(cols[7]) for cols in lines}
+    assert worst["numpy"] == 0.0 and 0.0 < worst["control_pairwise"] < 1.0, "the oracle is exact; a control rounds"
+    assert "false failures: 0" in proc.stdout
+
+
+def test_a_broken_backend_calibrates_with_false_failures(tmp_path):
+    proc = resconf("calibrate", "--backend", "tests.mutants:ResidualScaled", "--seeds", "2",
+                   "-k", "test_forward_matches_oracle and float64 and pre", "--output", str(tmp_path / "c.parquet"))
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("tests.mutants:ResidualScaled")
+               and " XB-1 " in line)
+    assert row[1:3] == ["XB-1", "float64"] and int(row[5]) == 1 and float(row[7]) > 1.0, proc.stdout
+
+
+def _row(**kw) -> dict:
+    base = dict(backend="b", property="XB-1", dtype="float32", outcome="passed", examples=3, measured=1.0,
+                bound=4.0, comparison="<=", test="t::x", worst_config="")
+    return {**base, **kw}
+
+
+def test_the_table_counts_cases_and_keeps_the_worst_ratio():
+    cells = table([_row(), _row(measured=3.0), _row(comparison=">=", measured=8.0, bound=2.0),
+                   _row(outcome="skipped", measured=99.0), _row(outcome="xfailed", measured=99.0),
+                   _row(comparison="==", measured=0.0, bound=0.0, property="XB-4")])
+    cell = cells[("b", "XB-1", "float32")]
+    assert (cell.cases, cell.examples, cell.false_failures, cell.expected_failures) == (4, 12, 0, 1)
+    assert cell.worst == 0.75, "the >= row (bound 2 over measured 8) and the xfailed one do not count"
+    assert cells[("b", "XB-4", "float32")].worst == -math.inf and "exact" in render(cells)
+    assert ratio(_row(measured=1.0, bound=0.0)) == math.inf
