@@ -3,7 +3,7 @@
 float64 must agree with the oracle to FLOAT64_RTOL (normwise): only the order of operations differs. Lower
 dtypes are only checked to run, to return finite values of the right shape, and to return values that
 are representable in the dtype (proof that they were computed there); how close they come is the
-conformance suite's business, with its tolerance table. torch.compile's first call takes ~25 s here, so
+conformance suite's business, with its error budgets. torch.compile's first call takes ~25 s here, so
 the compiled numerics run only with RESCONF_SLOW_TESTS=1; CUDA tests run only where CUDA is present.
 """
 from __future__ import annotations
