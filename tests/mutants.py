@@ -341,6 +341,14 @@ class FusedSilentBroadcast(NumpyReference):
         return ref.NORM[kind](s, weight[: s.shape[-1]], bias, eps), s
 
 
+class FusedNanToZero(NumpyReference):
+    """Fused add+norm replaces NaN and Inf in its inputs by finite numbers before the add."""
+
+    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        return super().fused_add_norm(np.nan_to_num(x), np.nan_to_num(residual), weight, bias, eps, kind, dtype,
+                                      residual_in_fp32)
+
+
 class FusedSilentDowncast(NumpyReference):
     """residual_in_fp32 is ignored: the new residual is rounded to the narrow dtype."""
 
@@ -375,6 +383,7 @@ EXPECTED = {
     FusedStaleResidual: {"XB-3"},
     FusedSilentBroadcast: {"BI-1"},
     FusedSilentDowncast: {"BI-2"},
+    FusedNanToZero: {"BI-3"},
 }
 
 # mutants that show only on the long-sequence cases or in another dtype than float64: the cases (a pytest
