@@ -51,7 +51,7 @@ def check_main(argv: list[str]) -> int:
                         help="cpu (default) or cuda; a backend that does not run there is skipped, with the reason")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
                         help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; "
-                             "dev: 25 examples; smoke: 4 examples, no shrinking")
+                             "dev: 25 examples; smoke: 4 examples, no shrinking; calibrate: fresh random seeds")
     parser.add_argument("--max-examples", type=int, metavar="N", help="examples per property, overriding the profile's")
     parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")
     parser.add_argument("--junitxml", type=Path, help="also write JUnit XML here")
