@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from resconf.backends.registry import BUILTIN, entry_point_names, known_names
-from resconf.conformance import guard, summary, worker, xfails
+from resconf.conformance import guard, provenance, summary, worker, xfails
 from resconf.conformance.guard import Case
 from resconf.conformance.junit import JunitPart, merge_junit
 from resconf.conformance.options import CheckOptions
@@ -62,6 +63,12 @@ def default_output(run_id: str) -> Path:
     return Path("reports") / "results" / f"date={day}" / f"run-{run_id}.parquet"
 
 
+def summary_path(output: Path) -> Path:
+    """The text summary beside the results: `_run-X.summary.txt`. Dataset readers (pyarrow, pandas, DuckDB
+    globs of *.parquet) skip names starting with '_' or '.', so the folder still reads as one dataset."""
+    return output.with_name(f"_{output.stem}.summary.txt")
+
+
 def run_check(opts: CheckOptions) -> int:
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     output = opts.output or default_output(run_id)
@@ -93,12 +100,14 @@ def run_check(opts: CheckOptions) -> int:
             print(f"resconf: backend {name}: {len(run.rows)} rows in {time.monotonic() - started:.1f} s", flush=True)
         for name, reason in problems.items():
             rows.append(_harness_row(name, opts, run_id, "RUN", f"did not run: {reason}"))
+        found = provenance.run_provenance(Path.cwd(), opts.device, opts.profile, shlex.join(opts.pytest_args))
+        rows = [dataclasses.replace(row, **found) for row in rows]
         write_parquet_atomic(to_table(rows), output)
         if opts.junitxml:
             problems_part = JunitPart(None, tuple(r for r in rows if r.backend in problems))
             merge_junit([*junit_parts, problems_part], opts.junitxml)
     text = _summary_text(rows, notes, output)
-    _write_text_atomic(output.with_suffix(".summary.txt"), text)
+    _write_text_atomic(summary_path(output), text)
     print(text)
     unexpected = [r for r in rows if r.outcome in summary.UNEXPECTED]
     return 1 if unexpected else 0

@@ -13,7 +13,8 @@ HELP = """resconf: conformance and benchmarks for residual connections.
   resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
   resconf calibrate [--seeds N]        run correct backends over fresh random seeds: false failures, worst ratios
   resconf report RESULTS... --out DIR  turn results (and a benchmark export) into HTML + Markdown
-  resconf bench-export                 asv results -> Parquet with GB/s and roofline fractions"""
+  resconf bench-export                 asv results -> Parquet with GB/s and roofline fractions
+  resconf --version                    resconf's version, and the results schema and catalogue it writes"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command in ("--version", "-V"):
+        print(version_text())
+        return 0
     if command == "check":
         return check_main(rest)
     if command == "calibrate":
@@ -35,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(rest)
     print(f"resconf: unknown command {command!r}\n{HELP}", file=sys.stderr)
     return 2
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from resconf.conformance.results import SCHEMA_VERSION, SPEC_VERSION
+    try:
+        mine = version("resconf")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        mine = "unknown (not installed)"
+    return f"resconf {mine} (results schema {SCHEMA_VERSION}, property catalogue {SPEC_VERSION})"
 
 
 def check_main(argv: list[str]) -> int:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resconf.conformance import summary
+from resconf.conformance.plugin import JUNIT_PROPERTIES
 from resconf.conformance.results import ResultRow
+from resconf.conformance.worker import junit_suite_name
 
 
 @dataclass(frozen=True)
@@ -22,14 +24,19 @@ class JunitPart:
 
 def merge_junit(parts: list[JunitPart], target: Path) -> None:
     """One JUnit file: every worker's suites; for a worker that died before writing its file, and for
-    the supervisor's own rows (dead cases, RUN, GUARD), a suite made from the rows."""
+    the supervisor's own rows (dead cases, RUN, GUARD), suites made from the rows, one per backend.
+    Valid against the JUnit schema pytest tests itself with (xunit2), plus per-testcase <properties>
+    as pytest writes them for record_property (tests/test_junit.py checks both)."""
     root = ET.Element("testsuites")
     for part in parts:
         if part.xml is not None and part.xml.exists():
             tree = ET.parse(part.xml).getroot()
             root.extend(tree.iter("testsuite") if tree.tag == "testsuites" else [tree])
-        elif part.rows:
-            root.append(_junit_suite(part.rows))
+        else:
+            for backend in sorted({r.backend for r in part.rows}):
+                root.append(_junit_suite(tuple(r for r in part.rows if r.backend == backend)))
+    for total in ("tests", "failures", "errors"):
+        root.set(total, str(sum(int(suite.get(total, "0")) for suite in root)))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
@@ -38,11 +45,16 @@ def merge_junit(parts: list[JunitPart], target: Path) -> None:
 
 def _junit_suite(rows: tuple[ResultRow, ...]) -> ET.Element:
     failed = [r for r in rows if r.outcome in summary.UNEXPECTED]
-    suite = ET.Element("testsuite", name="resconf", tests=str(len(rows)), failures=str(len(failed)),
+    suite = ET.Element("testsuite", name=junit_suite_name(rows[0].backend), tests=str(len(rows)),
+                       failures=str(len(failed)), errors="0",
                        skipped=str(sum(r.outcome in ("skipped", "xfailed") for r in rows)))
     for row in rows:
-        case = ET.SubElement(suite, "testcase", classname=f"{row.backend}.{row.property}",
-                             name=row.test if row.test != "-" else row.config, time=f"{row.duration_s:.3f}")
+        name = row.test if row.test != "-" else f"{row.property} {row.config}".removesuffix(" -")
+        case = ET.SubElement(suite, "testcase", classname=f"resconf.{row.backend}.{row.property}", name=name,
+                             time=f"{row.duration_s:.3f}")
+        properties = ET.SubElement(case, "properties")
+        for key, value in zip(JUNIT_PROPERTIES, (row.property, row.backend, row.device, row.dtype, row.config)):
+            ET.SubElement(properties, "property", name=key, value=value)
         if row.outcome in summary.UNEXPECTED:
             ET.SubElement(case, "failure", message=row.message).text = row.rerun
         elif row.outcome in ("skipped", "xfailed"):

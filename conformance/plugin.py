@@ -217,8 +217,24 @@ def _fixed_config(item: pytest.Item) -> str:
     return ",".join(f"{k}={v}" for k, v in fixed.items()) or "*"
 
 
+JUNIT_PROPERTIES = ("property", "backend", "device", "dtype", "config")
+
+
+def junit_properties(item: pytest.Item) -> list[tuple[str, str]]:
+    """What a JUnit reader needs to group a case without parsing its id (pytest writes item.user_properties
+    as the testcase's <properties>)."""
+    p = _params_of(item)
+    values = (_property_of(item), str(p.get("backend_name", "-")), item.config.getoption("--device"),
+              str(p.get("dtype", "-")), _fixed_config(item))
+    return list(zip(JUNIT_PROPERTIES, values))
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not _active(config) or config.getoption("--skip-xfails"):
+    if not _active(config):
+        return
+    for item in items:
+        item.user_properties.extend(junit_properties(item))
+    if config.getoption("--skip-xfails"):
         return
     filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
     names = config.getoption("--backend") or ["numpy"]
@@ -311,7 +327,7 @@ def _counterexample(report: pytest.TestReport) -> tuple[str, str]:
                 break
             example.append(line)
     blob = next((line for line in lines if "@reproduce_failure" in line), "")
-    return " ".join(" ".join(example).split())[:2000], blob
+    return " ".join(" ".join(example).split()), blob
 
 
 def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) -> None:

@@ -10,13 +10,15 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance columns, a typed timestamp (version 1 files are upgraded on reading)
 SPEC_VERSION = "2026.11"  # the property catalogue (docs/spec.md) these IDs refer to
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 
@@ -50,7 +52,15 @@ class ResultRow:
     backend_versions: str = ""  # JSON object: framework -> version
     python_version: str = ""
     machine: str = ""
-    timestamp: str = ""  # ISO 8601, UTC
+    timestamp: str = ""  # ISO 8601, UTC; a typed timestamp column in the Parquet file
+    # Provenance, the same for every row of a run (conformance/provenance.py fills them in):
+    profile: str = ""  # hypothesis profile: ci, nightly, ...
+    selection: str = ""  # what narrowed the run: -k/-m and extra pytest arguments; "" = the whole suite
+    shard: str = ""  # "K/N" for one shard of a split run; "" = not split
+    code_commit: str = ""  # git commit of the folder the check ran in (the code under test); "-dirty" if edited
+    cpu_model: str = ""
+    blas: str = ""  # the BLAS NumPy was built with
+    gpu: str = ""  # GPU model and driver when one was asked for (--device cuda); "" otherwise
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -66,7 +76,9 @@ SCHEMA = pa.schema([
     ("curve_label", pa.list_(pa.string())),
     ("suite_version", pa.string()), ("spec_version", pa.string()), ("schema_version", pa.int64()),
     ("backend_versions", pa.string()), ("python_version", pa.string()), ("machine", pa.string()),
-    ("timestamp", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("profile", pa.string()), ("selection", pa.string()), ("shard", pa.string()), ("code_commit", pa.string()),
+    ("cpu_model", pa.string()), ("blas", pa.string()), ("gpu", pa.string()),
 ], metadata={"resconf_schema_version": str(SCHEMA_VERSION)})
 
 assert SCHEMA.names == [f.name for f in dataclasses.fields(ResultRow)], "schema and ResultRow drifted apart"
@@ -90,6 +102,7 @@ def to_table(rows: Iterable[ResultRow]) -> pa.Table:
     for row in rows:
         for name in SCHEMA.names:
             columns[name].append(getattr(row, name))
+    columns["timestamp"] = [datetime.fromisoformat(t) if t else None for t in columns["timestamp"]]
     return pa.table(columns, schema=SCHEMA)
 
 
@@ -108,9 +121,23 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 
 def read_results(path: Path) -> pa.Table:
-    """Read a results file, checking its schema version."""
+    """Read a results file in the current schema; an older version's file is upgraded (docs/results.md)."""
     table = pq.read_table(path)
     version = int((table.schema.metadata or {}).get(b"resconf_schema_version", b"0"))
+    if version == 1:
+        return upgrade_v1(table)
     if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: results schema version {version}, this resconf reads {SCHEMA_VERSION}")
+        raise ValueError(f"{path}: results schema version {version}; this resconf reads versions 1 and "
+                         f"{SCHEMA_VERSION} (a newer resconf wrote it? upgrade resconf)")
     return table
+
+
+def upgrade_v1(table: pa.Table) -> pa.Table:
+    """Version 1 -> 2: the ISO 8601 timestamp string becomes a typed timestamp; provenance columns, which
+    version 1 did not record, are empty; schema_version keeps saying what the file was written as."""
+    text = table["timestamp"]
+    columns = {name: table[name] for name in table.column_names if name in SCHEMA.names}
+    columns["timestamp"] = pc.if_else(pc.equal(text, ""), None, text).cast(pa.timestamp("us", tz="UTC"))
+    for name in SCHEMA.names:
+        columns.setdefault(name, pa.array([""] * table.num_rows, pa.string()))
+    return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)

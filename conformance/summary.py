@@ -1,31 +1,50 @@
-"""The terminal summary of a check: a backend x property matrix, then every unexpected failure."""
+"""The terminal summary of a check: a property x backend matrix in 80 columns, then every unexpected failure."""
 from __future__ import annotations
 
+import textwrap
 from collections import Counter, defaultdict
 
 from resconf.conformance.results import ResultRow
 
 UNEXPECTED = ("failed", "xpassed")
+FAMILY_ORDER = ("ID", "GR", "VG", "XB", "BI", "TP", "RUN", "GUARD")  # the catalogue's order, then the harness'
 
 
-def property_sort_key(prop: str) -> tuple[str, int]:
+def property_sort_key(prop: str) -> tuple[int, str, int]:
     family, _, number = prop.partition("-")
-    return family, int(number) if number.isdigit() else 0
+    rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    return rank, family, int(number) if number.isdigit() else 0
+
+
+WIDTH = 80  # the summary must read in an 80-column terminal or CI log without wrapping
+CELL = 10  # "FAIL 12/34"; a column is CELL + 1 wide
+LABEL = 12  # a backend name longer than this becomes B1, B2, ... in the header, with a key below
+LEGEND = ("cells: 'ok N' N cases passed (skips aside), 'FAIL k/N' k failed, 'xf k/N' k expected failures, '-' all "
+          "skipped (not claimed). RUN: the backend's run as a whole; GUARD: coverage. Families: ID identity at zero, "
+          "GR gradient, VG variance growth, XB agreement with the oracle, BI bad input, TP tensor parallel "
+          "(docs/spec.md).")
 
 
 def matrix(rows: list[ResultRow]) -> str:
-    """One line per backend; a cell per property: 'ok 12' all passed, 'FAIL 2/12', 'xf 1/12', '-' all skipped."""
+    """Properties as rows, backends as columns; more backends than fit in 80 columns go on in another block.
+    A cell: 'ok 12' all passed, 'FAIL 2/12', 'xf 1/12' expected failures, '-' all skipped."""
     cells: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for row in rows:
-        cells[(row.backend, row.property)][row.outcome] += 1
+        cells[(row.property, row.backend)][row.outcome] += 1
     backends = sorted({r.backend for r in rows})
     props = sorted({r.property for r in rows}, key=property_sort_key)
-    width = max([len(b) for b in backends] + [7])
-    lines = [" " * width + " " + " ".join(f"{p:>9}" for p in props)]
-    for backend in backends:
-        lines.append(f"{backend:<{width}} " + " ".join(f"{_cell(cells[(backend, p)]):>9}" for p in props))
-    lines.append("cells: 'ok N' N cases passed (some may be skipped), 'FAIL k/N' k failed, 'xf k/N' k expected "
-                 "failures, '-' all skipped (not claimed)")
+    labels = {b: b if len(b) <= LABEL else f"B{i}" for i, b in enumerate(backends, 1)}
+    width = max([len(p) for p in props] + [8])
+    per_block = max(1, (WIDTH - width) // (max([CELL] + [len(v) for v in labels.values()]) + 1))
+    lines = []
+    for start in range(0, len(backends), per_block):
+        block = backends[start:start + per_block]
+        col = max([CELL] + [len(labels[b]) for b in block])
+        lines.append(f"{'property':<{width}}" + "".join(f" {labels[b]:>{col}}" for b in block))
+        lines += [f"{p:<{width}}" + "".join(f" {_cell(cells[(p, b)]):>{col}}" for b in block) for p in props]
+        lines.append("")
+    lines += [f"{label} = {b}" for b, label in labels.items() if label != b]
+    lines += textwrap.wrap(LEGEND, WIDTH)
     return "\n".join(lines)
 
 
@@ -50,6 +69,6 @@ def failures(rows: list[ResultRow]) -> str:
                      f"dtype={row.dtype} config={row.config}")
         lines.append(f"    {row.message}")
         if row.counterexample:
-            lines.append(f"    counterexample: {row.counterexample[:600]}")
+            lines.append(f"    counterexample: {row.counterexample}")
         lines.append(f"    rerun: {row.rerun}")
     return "\n".join(lines)

@@ -44,11 +44,17 @@ class WorkerExit:
     tail: str  # the end of its output
 
 
+def junit_suite_name(backend: str) -> str:
+    """JUnit suites are named by backend, so a CI test view groups cases by backend."""
+    return f"resconf.{backend}"
+
+
 def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, events: Path, junit: Path,
                    already: Path | None) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-p", "no:cacheprovider", "-q", "--no-header",
            "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
            "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
+           "-o", f"junit_suite_name={junit_suite_name(name)}",
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
     cmd += ["--already-run", str(already)] if already else []
     cmd += ["--max-examples", str(opts.max_examples)] if opts.max_examples else []

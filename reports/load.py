@@ -80,6 +80,9 @@ EMPTY = {f.name: ([] if pa.types.is_list(f.type) else "") for f in SCHEMA
 
 
 def result_row(record: dict) -> ResultRow:
+    """A row as ResultRow holds it: the typed timestamp back to ISO 8601 text, nulls as empty values."""
+    stamp = record.get("timestamp")
+    record = {**record, "timestamp": stamp.isoformat(timespec="seconds") if isinstance(stamp, datetime) else ""}
     return ResultRow(**{k: EMPTY[k] if v is None and k in EMPTY else v for k, v in record.items()})
 
 

@@ -32,7 +32,7 @@ def test_mutant_fails_with_property_counterexample_and_rerun(tmp_path):
     outcomes = {(r["config"], r["outcome"]) for r in table.to_pylist()}
     assert outcomes == {("placement=pre,init=zero", "failed"), ("placement=rezero,init=zero", "passed"),
                         ("placement=rezero,init=rezero", "passed")}, "only the pre block lost its skip"
-    assert (tmp_path / "r.summary.txt").read_text().startswith(" ")
+    assert (tmp_path / "_r.summary.txt").read_text().startswith("property ")
 
 
 def test_unknown_backend_is_one_line_and_the_others_still_run(tmp_path):
