@@ -11,6 +11,8 @@ from .load import Inputs
 from .markdown import render_markdown
 from .matrix import matrix_section
 from .metadata import metadata_section
+from .runs import RunSelection, select
+from .spec_index import SPEC_URL, load_spec
 from .throughput import throughput_section
 
 TITLE = "resconf report"
@@ -19,14 +21,17 @@ INTRO = ("Conformance and throughput of residual connections, x + F(x), across b
          "memory roofline, and how its residual stream compares with theory.")
 
 
-def build_document(inputs: Inputs) -> Document:
+def build_document(inputs: Inputs, selection: RunSelection = RunSelection(), spec_url: str = SPEC_URL) -> Document:
+    """Raises runs.UnknownRun when `selection` names a run the inputs do not hold."""
     results, bench = list(inputs.results), list(inputs.bench)
+    view = select(results, selection)
+    shown = list(view.rows)  # every conformance-derived number reads the same runs
     return Document(
         title=TITLE,
         intro=INTRO,
         warnings=tuple(f"{u.path}: {u.reason}" for u in inputs.unreadable),
-        sections=(matrix_section(results), throughput_section(bench), history_section(bench),
-                  curves_section(results), metadata_section(inputs)),
+        sections=(matrix_section(view, results, load_spec(spec_url)), throughput_section(bench, shown),
+                  history_section(bench), curves_section(shown), metadata_section(inputs, view)),
     )
 
 

@@ -1,9 +1,10 @@
-"""`resconf report [RESULTS ...] [--bench BENCH.parquet] --out DIR`: index.html and report.md from conformance
-results and the benchmark export.
+"""`resconf report [RESULTS ...] [--bench BENCH.parquet] [--run RUN_ID ... | --all-runs] --out DIR`: index.html
+and report.md from conformance results and the benchmark export.
 
 Exit status: 0 when the report was written from at least one readable input (unreadable ones are listed on
 stderr, one line each, and on the page); 2 when there is nothing to read (no inputs, or none readable; the
-page is still written then, saying why); 1 when DIR cannot be written.
+page is still written then, saying why) or --run names a run the inputs do not hold (nothing written);
+1 when DIR cannot be written.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from .build import build_document, write_report
 from .load import load_inputs
+from .runs import RunSelection, UnknownRun
+from .spec_index import SPEC_URL
 
 EXIT_OK, EXIT_UNWRITABLE, EXIT_NOTHING_READABLE = 0, 1, 2
 
@@ -24,6 +27,13 @@ def parser() -> argparse.ArgumentParser:
                    help="conformance results: Parquet files, or directories holding them")
     p.add_argument("--bench", type=Path, metavar="BENCH.parquet", help="the benchmark export (reports/bench_export.py)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where index.html and report.md go")
+    runs = p.add_mutually_exclusive_group()
+    runs.add_argument("--run", action="append", default=[], metavar="RUN_ID", dest="runs",
+                      help="show this run (repeatable); default: the newest run of each backend and device")
+    runs.add_argument("--all-runs", action="store_true", help="add every run's results together")
+    p.add_argument("--spec-url", default=SPEC_URL, metavar="URL",
+                   help=f"where property IDs link to, anchors appended (default: {SPEC_URL}, the path from the "
+                        "repository root; e.g. https://github.com/OWNER/resconf/blob/COMMIT/docs/spec.md)")
     return p
 
 
@@ -37,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     for bad in inputs.unreadable:
         print(f"resconf report: skipped {bad.path}: {bad.reason}", file=sys.stderr)
     try:
-        html_path, _ = write_report(build_document(inputs), args.out)
+        document = build_document(inputs, RunSelection(tuple(args.runs), args.all_runs), args.spec_url)
+    except UnknownRun as exc:
+        print(f"resconf report: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_READABLE
+    try:
+        html_path, _ = write_report(document, args.out)
     except OSError as exc:
         print(f"resconf report: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNWRITABLE

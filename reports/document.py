@@ -16,6 +16,8 @@ STATUSES = ("", "pass", "fail", "xfail", "skip")
 class Cell:
     text: str
     status: str = ""
+    href: str = ""  # the text links there (a property to its entry in docs/spec.md)
+    title: str = ""  # shown on hover (the property's one-line statement)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -59,7 +61,16 @@ class Detail:
     command: str = ""
 
 
-Block = Union[Paragraph, Table, Figure, Detail]
+@dataclass(frozen=True)
+class Fold:
+    """Blocks under a one-line summary, folded unless `open` (<details>: works without a script)."""
+
+    summary: str
+    blocks: tuple["Block", ...]
+    open: bool = False
+
+
+Block = Union[Paragraph, Table, Figure, Detail, Fold]
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,9 @@ class Section:
 
     def figures(self) -> list[Figure]:
         return [b for b in self.blocks if isinstance(b, Figure)]
+
+    def folds(self) -> list[Fold]:
+        return [b for b in self.blocks if isinstance(b, Fold)]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from .document import Block, Cell, Detail, Document, Figure, Paragraph, Table
+from .document import Block, Cell, Detail, Document, Figure, Fold, Paragraph, Table
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
@@ -26,12 +26,18 @@ pre { background: #272822; color: #f8f8f2; padding: 6px 10px; overflow-x: auto; 
 figure { margin: 12px 0 22px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 13px; }
 ul.contents { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 4px 18px; }
+details { margin: 4px 0; } summary { cursor: pointer; padding: 2px 0; } details table { margin-left: 18px; }
+a[title] { text-decoration-style: dotted; }
 """
 
 
 def _cell(tag: str, cell: Cell) -> str:
     css = f' class="{cell.status}"' if cell.status else ""
-    return f"<{tag}{css}>{escape(cell.text)}</{tag}>"
+    title = f' title="{escape(cell.title)}"' if cell.title else ""
+    text = escape(cell.text)
+    if cell.href:
+        return f'<{tag}{css}><a href="{escape(cell.href)}"{title}>{text}</a></{tag}>'
+    return f"<{tag}{css}{title}>{text}</{tag}>"
 
 
 def table_html(table: Table) -> str:
@@ -52,7 +58,14 @@ def detail_html(detail: Detail) -> str:
     return f'<div class="failure"><h3>{escape(detail.title)}</h3><dl>{fields}</dl>{command}</div>'
 
 
+def fold_html(fold: Fold) -> str:
+    inner = "\n".join(block_html(b) for b in fold.blocks)
+    return f"<details{' open' if fold.open else ''}><summary>{escape(fold.summary)}</summary>\n{inner}\n</details>"
+
+
 def block_html(block: Block) -> str:
+    if isinstance(block, Fold):
+        return fold_html(block)
     if isinstance(block, Paragraph):
         return f"<p>{escape(block.text)}</p>"
     if isinstance(block, Table):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from .document import Block, Cell, Detail, Document, Figure, Paragraph, Table
+from .document import Block, Cell, Detail, Document, Figure, Fold, Paragraph, Table
 
 STATUS_MARK = {"pass": "🟢 ", "fail": "🔴 ", "xfail": "🟠 ", "skip": "⚪ ", "": ""}
 FOLD_ROWS = 30  # a longer table starts folded, so the summary stays readable
@@ -24,8 +24,17 @@ def code_span(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def link_title(text: str) -> str:
+    """A link's hover text, one line: '"' would end it and '|' would split the table cell it sits in."""
+    return " ".join(text.split()).replace('"', "'").replace("|", "\\|")
+
+
 def _cell(cell: Cell) -> str:
-    return STATUS_MARK[cell.status] + escape(cell.text)
+    text = escape(cell.text)
+    if cell.href:
+        title = f' "{link_title(cell.title)}"' if cell.title else ""
+        text = f"[{text}]({cell.href.replace(' ', '%20')}{title})"
+    return STATUS_MARK[cell.status] + text
 
 
 def table_md(table: Table) -> str:
@@ -47,7 +56,16 @@ def detail_md(detail: Detail) -> str:
     return "\n".join(lines)
 
 
+def fold_md(fold: Fold) -> str:
+    """GitHub renders <details> in a job summary; the blank lines keep the Markdown inside it Markdown."""
+    inner = "\n\n".join(block_md(b) for b in fold.blocks)
+    return (f"<details{' open' if fold.open else ''}><summary>{html.escape(fold.summary)}</summary>\n\n"
+            f"{inner}\n\n</details>")
+
+
 def block_md(block: Block) -> str:
+    if isinstance(block, Fold):
+        return fold_md(block)
     if isinstance(block, Paragraph):
         return escape(block.text)
     if isinstance(block, Table):

@@ -1,53 +1,63 @@
-"""Section 1: the conformance matrix (backend x property family) and every failure with its rerun line."""
+"""Section 1: the conformance matrix (backend x property family) of the runs shown, a legend of the family
+codes linked to the catalogue, a property x dtype fold per backend, and every failure with its rerun line."""
 from __future__ import annotations
 
 from collections import Counter
 
-from resconf.conformance.results import OUTCOMES, ResultRow
+from resconf.conformance.results import ResultRow
 
 from .document import Cell, Detail, Paragraph, Section, Table
+from .drilldown import drilldown
+from .outcomes import cell_status, cell_text
+from .runs import View
+from .spec_index import Spec
 
 FAMILIES = ("ID", "GR", "VG", "XB", "BI", "TP")  # the catalogue's order (docs/spec.md); unknown ones go after
-SHOWN_OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped")  # order of the counts in a cell
-assert sorted(SHOWN_OUTCOMES) == sorted(OUTCOMES)
+FAMILY_NAMES = {
+    "ID": "identity at zero", "GR": "gradient", "VG": "variance growth",
+    "XB": "cross-backend agreement with the oracle", "BI": "bad input", "TP": "tensor parallel",
+    "RUN": "the backend could not run (a row written by resconf check, docs/results.md)",
+    "GUARD": "the run covered less than the backend claims (a row written by resconf check, docs/results.md)",
+}
 
 
 def family(property_id: str) -> str:
     return property_id.split("-", 1)[0]
 
 
-def cell_status(counts: Counter) -> str:
-    """Red on any failure; amber on an expected failure (or its surprise pass); green when everything that ran
-    passed (skips are a backend not claiming a feature); grey when nothing ran."""
-    if counts["failed"]:
-        return "fail"
-    if counts["xfailed"] or counts["xpassed"]:
-        return "xfail"
-    if counts["passed"]:
-        return "pass"
-    return "skip" if counts["skipped"] else ""
+def empty_family_text(fam: str, spec: Spec) -> str:
+    """A column with no result at all: the catalogue's "not yet implemented" (TP), else not run here."""
+    return "not implemented" if fam in spec.not_implemented else "not run"
 
 
-def cell_text(counts: Counter) -> str:
-    return ", ".join(f"{counts[o]} {o}" for o in SHOWN_OUTCOMES if counts[o]) or "-"
-
-
-def matrix_table(rows: list[ResultRow]) -> Table:
+def matrix_table(rows: list[ResultRow], spec: Spec) -> Table:
     counts: dict[tuple[str, str, str], Counter] = {}
     for row in rows:
         counts.setdefault((row.backend, row.device, family(row.property)), Counter())[row.outcome] += 1
-    extra = sorted({f for _, _, f in counts} - set(FAMILIES))
-    families = list(FAMILIES) + extra
-    subjects = sorted({(b, d) for b, d, _ in counts})
+    present = {f for _, _, f in counts}
+    families = list(FAMILIES) + sorted(present - set(FAMILIES))
     table_rows = []
-    for backend, device in subjects:
+    for backend, device in sorted({(b, d) for b, d, _ in counts}):
         cells = [Cell(backend), Cell(device)]
         for fam in families:
             c = counts.get((backend, device, fam), Counter())
-            cells.append(Cell(cell_text(c), cell_status(c)))
+            cells.append(Cell(cell_text(c), cell_status(c)) if fam in present else Cell(empty_family_text(fam, spec)))
         table_rows.append(tuple(cells))
-    return Table("Results per backend and property family (all dtypes and runs together)",
+    return Table("Results per backend and property family (all dtypes together)",
                  ("backend", "device", *families), tuple(table_rows))
+
+
+def legend_table(families: tuple[str, ...], spec: Spec) -> Table:
+    rows = []
+    for fam in families:
+        href = spec.family_href(fam)
+        where = Cell(href.split("/")[-1] if href else "-", href=href)
+        name = FAMILY_NAMES.get(fam, "not in the catalogue")
+        if fam in spec.not_implemented:
+            name += ": not implemented yet (the suite has no tests for it)"
+        rows.append((Cell(fam), Cell(name), where))
+    return Table("Family codes (a property ID in the folds below links to its entry; hover for its statement)",
+                 ("code", "family", "catalogue (docs/spec.md)"), tuple(rows))
 
 
 def failure_detail(row: ResultRow) -> Detail:
@@ -71,17 +81,29 @@ def summary(rows: list[ResultRow]) -> str:
             "(the backend does not claim the feature).")
 
 
-def matrix_section(rows: list[ResultRow]) -> Section:
-    title = "1. Conformance matrix"
-    if not rows:
-        return Section(title, (Paragraph("No conformance results were given or readable."),))
-    failed = sorted((r for r in rows if r.outcome == "failed"),
+def failures(view: View, all_rows: list[ResultRow]) -> list:
+    failed = sorted((r for r in view.rows if r.outcome == "failed"),
                     key=lambda r: (r.backend, r.device, r.dtype, r.property, r.config, r.test, r.run_id))
-    blocks = [Paragraph(summary(rows)), matrix_table(rows)]
-    if failed:
-        blocks.append(Paragraph(f"{len(failed)} failure{'s' * (len(failed) != 1)}, each with the command that "
-                                "reruns it:"))
-        blocks.extend(failure_detail(r) for r in failed)
-    else:
-        blocks.append(Paragraph("No failures."))
+    hidden = sum(r.outcome == "failed" for r in all_rows) - len(failed)
+    blocks: list = [Paragraph(f"{len(failed)} failure{'s' * (len(failed) != 1)}, each with the command that "
+                              "reruns it:" if failed else "No failures.")]
+    blocks.extend(failure_detail(r) for r in failed)
+    if hidden:
+        blocks.append(Paragraph(f"The runs not shown hold {hidden} more failure{'s' * (hidden != 1)} "
+                                "(give --all-runs to see them)."))
+    return blocks
+
+
+def matrix_section(view: View, all_rows: list[ResultRow], spec: Spec) -> Section:
+    title = "1. Conformance matrix"
+    if not view.rows:
+        return Section(title, (Paragraph("No conformance results were given or readable."),))
+    rows = list(view.rows)
+    table = matrix_table(rows, spec)
+    blocks = [Paragraph(view.how), Paragraph(summary(rows)), table, legend_table(table.headers[2:], spec)]
+    if not spec.found:
+        blocks.append(Paragraph("docs/spec.md was not found beside this resconf (installed without its docs): "
+                                "properties show without statements or links."))
+    blocks += [Paragraph("Per backend, property by dtype (a backend with a failure starts unfolded):"),
+               *drilldown(rows, spec), *failures(view, all_rows)]
     return Section(title, tuple(blocks))

@@ -9,6 +9,7 @@ from resconf.conformance.results import ResultRow
 from .bench_points import ordered_points
 from .document import Cell, Paragraph, Section, Table
 from .load import BenchRow, Inputs
+from .runs import View
 
 
 def framework_versions(rows: list[ResultRow]) -> str:
@@ -44,26 +45,54 @@ def commit_span(commits: list[str]) -> str:
     return f"{len(unique)}, {unique[0]} to {unique[-1]}"
 
 
-def runs_table(rows: list[ResultRow]) -> Table:
+def shown_text(view: View, run_id: str, subjects: set[tuple[str, str]]) -> str:
+    """"all", "no", or the backends the view takes from this run (a newer run covered the others)."""
+    shown = set(view.shown_subjects(run_id))
+    if not shown:
+        return "no"
+    return "all" if shown == subjects else _joined({f"{b} ({d})" for b, d in shown})
+
+
+def runs_table(rows: list[ResultRow], view: View) -> Table:
     by_run: dict[str, list[ResultRow]] = defaultdict(list)
     for row in rows:
         by_run[row.run_id].append(row)
     table_rows = []
-    for run_id, mine in sorted(by_run.items()):
+    for run in view.runs:  # oldest first
+        mine = by_run[run.run_id]
+        subjects = {(r.backend, r.device) for r in mine}
+        shown = shown_text(view, run.run_id, subjects)
         table_rows.append(tuple(Cell(t) for t in (
-            run_id,
-            _joined({f"{r.backend} ({r.device})" for r in mine}),
+            run.run_id,
+            shown,
+            _joined({f"{b} ({d})" for b, d in subjects}),
             _joined({r.suite_version for r in mine}),
             _joined({r.spec_version for r in mine}),
             _joined({str(r.schema_version) for r in mine}),
             framework_versions(mine),
             _joined({r.python_version for r in mine}),
             _joined({r.machine for r in mine}),
-            span([r.timestamp for r in mine]),
+            span([str(r.timestamp or "") for r in mine]),
             str(len(mine)),
         )))
-    return Table("Conformance runs", ("run", "backends", "suite", "spec", "schema", "frameworks", "Python",
-                                      "machine", "date (UTC)", "results"), tuple(table_rows))
+    return Table("Conformance runs, oldest first ('shown': what section 1 and the plots take from the run)",
+                 ("run", "shown", "backends", "suite", "spec", "schema", "frameworks", "Python", "machine",
+                  "date (UTC)", "results"), tuple(table_rows))
+
+
+def provenance_table(rows: list[ResultRow], view: View) -> Table:
+    """What each run checked and where. A file older than schema 2 has no provenance: "-" throughout."""
+    table_rows = []
+    for run in view.runs:
+        mine = [r for r in rows if r.run_id == run.run_id]
+        recorded = any(r.profile or r.code_commit for r in mine)
+        selection = _joined({r.selection for r in mine}) if any(r.selection for r in mine) else (
+            "whole suite" if recorded else "-")
+        table_rows.append((Cell(run.run_id), Cell(_joined({r.profile for r in mine})), Cell(selection),
+                           *(Cell(_joined({getattr(r, name) for r in mine}))
+                             for name in ("shard", "code_commit", "cpu_model", "blas", "gpu"))))
+    return Table("Where each run ran", ("run", "profile", "selection", "shard", "code commit", "CPU", "BLAS", "GPU"),
+                 tuple(table_rows))
 
 
 def bench_table(rows: list[BenchRow]) -> Table:
@@ -79,10 +108,11 @@ def bench_table(rows: list[BenchRow]) -> Table:
     return Table("Benchmark runs", ("machine", "devices", "commits", "date", "timed cases"), tuple(table_rows))
 
 
-def metadata_section(inputs: Inputs) -> Section:
+def metadata_section(inputs: Inputs, view: View) -> Section:
     blocks: list = []
     if inputs.results:
-        blocks.append(runs_table(list(inputs.results)))
+        results = list(inputs.results)
+        blocks += [Paragraph(view.how), runs_table(results, view), provenance_table(results, view)]
     if inputs.bench:
         blocks.append(bench_table(list(inputs.bench)))
     blocks.append(Table("Input files", ("file", "status"),

@@ -1,5 +1,6 @@
-"""Section 4's figures: one per property, a panel per backend, theory and oracle lines in black, and the
-seeds' reference values marked (2.92 at the end of VG-2's theory line; 0.8^80 = 1.8e-8 on GR-3's log axis)."""
+"""Section 4's figures: one per property, a panel per backend and dtype (dtypes agree closely, so drawn in one
+panel they hide each other), theory and oracle lines in black, and the seeds' reference values marked (2.92
+at the end of VG-2's theory line; 0.8^80 = 1.8e-8 on GR-3's log axis, whose range is clipped)."""
 from __future__ import annotations
 
 import math
@@ -11,10 +12,13 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 
 from .document import Figure
-from .plotting import colour, draw_png, legend_entries, shared_legend
+from .drilldown import DTYPE_ORDER, dtype_order
+from .log_clip import log_clip
+from .plotting import MAX_COLUMNS, colour, draw_png, legend_entries, shared_legend
 from .recorded_curves import Curve
 
 LINESTYLES = ("-", "--", ":", "-.")
+YLABELS = {"VG-2": "Var(x_l)", "VG-3": "Var(x_L) / Var(x_0)", "GR-3": "||grad x_0|| / ||g||"}
 JACOBIAN_NORM, PLAIN_DEPTH = 0.8, 80  # the seeds' vanishing-gradient example: 0.8^80 = 1.8e-8
 
 
@@ -73,7 +77,12 @@ class Styles:
         varying = frozenset(k for k in keys if len({p.get(k) for p in parts}) > 1)
         measured = [c for c in curves if not c.is_reference]
         labels = tuple(sorted({c.label for c in measured}, key=lambda label: ("plain" in label, label)))
-        return cls(tuple(sorted({c.dtype for c in measured})), labels, varying)
+        return cls(tuple(sorted({c.dtype for c in measured}, key=dtype_order)), labels, varying)
+
+    def dtype_colour(self, dtype: str) -> str:
+        """float64, float32, bfloat16, float16 keep one colour in every figure, whichever dtypes it has."""
+        known = dtype_order(dtype)[1]
+        return colour(known if known < len(DTYPE_ORDER) else len(DTYPE_ORDER) + self.dtypes.index(dtype))
 
     def linestyle(self, label: str) -> str:
         keys = [series_key(m) for m in self.labels]
@@ -85,12 +94,12 @@ class Styles:
         if c.is_reference:  # on top and thin: visible where the measured curve agrees with it
             ax.plot(xs, ys, self.linestyle(c.label), color="black", linewidth=0.9, zorder=3, label=c.label)
         else:
-            ax.plot(xs, ys, self.linestyle(c.label), color=colour(self.dtypes.index(c.dtype)), marker="o",
+            ax.plot(xs, ys, self.linestyle(c.label), color=self.dtype_colour(c.dtype), marker="o",
                     markersize=2.5, linewidth=1.4, label="_measured")
 
     def legend_proxies(self) -> dict[str, Line2D]:
         """A factored legend: one entry per dtype (colour) and one per series (line style)."""
-        proxies = {d: Line2D([], [], color=colour(i), marker="o", markersize=3) for i, d in enumerate(self.dtypes)}
+        proxies = {d: Line2D([], [], color=self.dtype_colour(d), marker="o", markersize=3) for d in self.dtypes}
         proxies.update({label: Line2D([], [], color="grey", linestyle=self.linestyle(label), linewidth=1.4)
                         for label in self.labels})
         return proxies
@@ -132,27 +141,41 @@ def _reference_slope(ax: Axes, max_depth: float) -> None:
     ax.annotate(text, (PLAIN_DEPTH, y), xytext=(6, 2), textcoords="offset points", fontsize=8, color="dimgrey")
 
 
+def grid_columns(panels: list[tuple[str, ...]]) -> int:
+    """One column per dtype (2 to 4), so that each row is one backend; otherwise the default grid."""
+    dtypes = len({p[2] for p in panels})
+    return dtypes if 2 <= dtypes <= 4 else MAX_COLUMNS
+
+
 def property_figure(property_id: str, curves: list[Curve]) -> Figure:
     styles = Styles.of(curves)
-    panels: dict[tuple[str, str, str], list[Curve]] = {}
+    panels: dict[tuple[str, str, str, str], list[Curve]] = {}
     for c in curves:
-        panels.setdefault((c.backend, c.device, distinguishing(c, styles.varying)), []).append(c)
+        panels.setdefault((c.backend, c.device, c.dtype, distinguishing(c, styles.varying)), []).append(c)
+    order = sorted(panels, key=lambda p: (p[0], p[1], p[3], dtype_order(p[2])))
     log_y = property_id.startswith("GR")
+    clip = log_clip(curves) if log_y else None
 
     def draw(fig: MplFigure, axes: list[Axes]) -> None:
-        for ax, (backend, device, where) in zip(axes, sorted(panels)):
-            mine = panels[(backend, device, where)]
+        for ax, key in zip(axes, order):
+            backend, device, dtype, where = key
+            mine = panels[key]
             _draw_panel(ax, mine, styles, log_y)
             if log_y:
                 _reference_slope(ax, max(x for c in mine for x in c.xs))
+                if clip.below:  # both ends set: autoscaling would pad the top by as many decades as it clips
+                    ax.set_ylim(clip.floor, clip.top * 10)
             elif property_id == "VG-2":
                 _annotate_theory_end(ax, mine)
-            ax.set_title(f"{backend} on {device}{where}", fontsize=10)
+                ax.margins(y=0.12)  # room above the line's end for its label
+            ax.set_title(f"{backend} on {device}, {dtype}{where}", fontsize=10)
             ax.set_xlabel("depth", fontsize=9)
+            ax.set_ylabel(YLABELS.get(property_id, property_id), fontsize=9)
             ax.tick_params(labelsize=8)
             ax.grid(True, alpha=0.3)
         shared_legend(fig, {**styles.legend_proxies(), **legend_entries(axes)}, ncols=4)
         fig.suptitle(property_id, fontsize=11)
 
     caption = CAPTIONS.get(property_id, f"{property_id}: the recorded curves against depth.")
-    return Figure(caption, draw_png(len(panels), draw))
+    caption += " One panel per backend and dtype." + (clip.caption() if clip else "")
+    return Figure(caption, draw_png(len(order), draw, columns=grid_columns(order)))

@@ -1,5 +1,6 @@
-"""`resconf report`: the tables' numbers against the fixtures they were built from, the failure list, byte-
-identical rebuilds, bad inputs that never raise, and the page as headless Chromium renders it.
+"""`resconf report`: the tables' numbers against the fixtures they were built from, the latest-run view and
+run selection, the per-backend drilldown and spec links, the failure list, byte-identical rebuilds, bad inputs
+that never raise, and the page as headless Chromium renders it.
 
 The fixtures are tests/fixtures/results/*.parquet (tests/fixtures/make_results_fixtures.py writes them); the
 expected values here are read back from those files with pyarrow, not copied from the report.
@@ -24,14 +25,19 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report's plots need matplotlib: pip install 'resconf[report]'")
 
 from resconf.conformance.results import SCHEMA, read_results  # noqa: E402
+from resconf.reports import stream_plots  # noqa: E402
 from resconf.reports.build import build_document  # noqa: E402
 from resconf.reports.cli import main  # noqa: E402
+from resconf.reports.document import Fold  # noqa: E402
 from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
 from resconf.reports.load import load_inputs  # noqa: E402
+from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
 from resconf.reports.matrix import FAMILIES  # noqa: E402
+from resconf.reports.runs import RunSelection  # noqa: E402
+from resconf.reports.spec_index import SPEC_PATH, SPEC_URL  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
-RESULTS = [FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
+RESULTS = [FIXTURES / "run_old.parquet", FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
 BENCH = FIXTURES / "bench.parquet"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -61,20 +67,44 @@ def fixture_results() -> list[dict]:
     return [r for path in RESULTS for r in read_results(path).to_pylist()]
 
 
+def latest_results() -> list[dict]:
+    """What the default view must show, worked out from the files: for each (backend, device), the rows of the
+    run with the newest timestamp among those that covered it."""
+    rows = fixture_results()
+    newest = {}
+    for r in sorted(rows, key=lambda r: (r["timestamp"], r["run_id"])):
+        newest[(r["backend"], r["device"])] = r["run_id"]
+    return [r for r in rows if newest[(r["backend"], r["device"])] == r["run_id"]]
+
+
+def matrix_status(document) -> dict[tuple[str, str], str]:
+    table = document.section("1.").tables()[0]
+    return {(row[0].text, fam): cell.status for row in table.rows for fam, cell in zip(FAMILIES, row[2:])}
+
+
+def spec_anchors() -> set[str]:
+    """The GitHub anchors of docs/spec.md's headings, computed here the way GitHub does."""
+    import re
+    headings = [line.lstrip("#").strip() for line in SPEC_PATH.read_text().splitlines() if line.startswith("## ")]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 # --- the tables against the fixtures ---
 
 def test_matrix_counts_and_colours_match_the_fixtures(document):
     table = document.section("1.").tables()[0]
     assert table.headers == ("backend", "device", *FAMILIES)
-    counts = Counter((r["backend"], r["device"], r["property"].split("-")[0], r["outcome"]) for r in fixture_results())
+    shown = latest_results()
+    counts = Counter((r["backend"], r["device"], r["property"].split("-")[0], r["outcome"]) for r in shown)
     subjects = sorted({(b, d) for b, d, _, _ in counts})
+    assert {r["run_id"] for r in shown} == {"run-a", "run-b"}  # backends checked in separate runs all show
     assert [(row[0].text, row[1].text) for row in table.rows] == subjects
     for row in table.rows:
         for fam, cell in zip(FAMILIES, row[2:]):
             for outcome in ("passed", "failed", "xfailed", "xpassed", "skipped"):
                 n = counts[(row[0].text, row[1].text, fam, outcome)]
                 assert (f"{n} {outcome}" in cell.text) == (n > 0), (row[0].text, fam, outcome, cell.text)
-    status = {(row[0].text, fam): cell.status for row in table.rows for fam, cell in zip(FAMILIES, row[2:])}
+    status = matrix_status(document)
     assert status[("numpy", "ID")] == "pass"  # all passed
     assert status[("torch", "ID")] == "fail"  # passes and one failure
     assert status[("torch", "GR")] == "xfail"  # passes and an expected failure
@@ -84,8 +114,98 @@ def test_matrix_counts_and_colours_match_the_fixtures(document):
     assert status[("jax", "VG")] == ""  # nothing ran
 
 
+def test_a_family_without_any_result_reads_not_implemented(document):
+    assert not any(r["property"].startswith("TP-") for r in fixture_results())
+    table = document.section("1.").tables()[0]
+    assert set(table.column("TP")) == {"not implemented"}
+    assert all(row[2].text != "not implemented" for row in table.rows)  # ID has results: counts or "-"
+
+
+# --- which runs are shown ---
+
+def test_an_older_runs_failure_is_not_shown_by_default_but_is_with_all_runs():
+    old_failures = [r for r in fixture_results() if r["run_id"] == "run-old" and r["outcome"] == "failed"]
+    assert old_failures and {r["backend"] for r in old_failures} == {"numpy"}
+    inputs = load_inputs(RESULTS, None)
+    assert matrix_status(build_document(inputs))[("numpy", "XB")] == "pass"
+    assert matrix_status(build_document(inputs, RunSelection(all_runs=True)))[("numpy", "XB")] == "fail"
+    paragraphs = [b.text for b in build_document(inputs).section("1.").blocks if hasattr(b, "text")]
+    assert any("run-old" in t and "not shown" in t for t in paragraphs)  # the page says what it left out
+    assert any("1 more failure" in t for t in paragraphs)
+
+
+def test_cli_all_runs_and_run_pick_runs(tmp_path, capsys):
+    code, _ = run_cli([*map(str, RESULTS), "--all-runs", "--out", str(tmp_path / "all")], capsys)
+    assert code == 0
+    xb = Counter(r["outcome"] for r in fixture_results() if r["backend"] == "numpy" and r["property"][:2] == "XB")
+    numpy_row = next(line for line in (tmp_path / "all" / "report.md").read_text().splitlines()
+                     if line.startswith("| numpy | cpu |"))
+    assert f"🔴 {xb['passed']} passed, {xb['failed']} failed" in numpy_row
+    code, _ = run_cli([*map(str, RESULTS), "--run", "run-old", "--out", str(tmp_path / "old")], capsys)
+    assert code == 0
+    markdown = (tmp_path / "old" / "report.md").read_text()
+    assert "chosen with --run: run-old" in markdown and "| torch | cpu |" not in markdown
+    assert "XB-1 failed: numpy on cpu, float32" in markdown
+
+
+def test_an_unknown_run_is_exit_2_naming_the_runs_found(tmp_path, capsys):
+    code, err = run_cli([*map(str, RESULTS), "--run", "run-z", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "run-z" in err and "run-old, run-a, run-b" in err
+    assert not (tmp_path / "out").exists()
+
+
+# --- drilldown, legend and spec links ---
+
+def test_each_backend_has_a_property_by_dtype_fold(document):
+    shown = latest_results()
+    folds = [b for b in document.section("1.").blocks if isinstance(b, Fold)]
+    assert [f.summary.split(":")[0] for f in folds] == [f"{b} on {d}" for b, d in
+                                                        sorted({(r["backend"], r["device"]) for r in shown})]
+    for fold in folds:
+        backend = fold.summary.split(" on ")[0]
+        mine = [r for r in shown if r["backend"] == backend]
+        assert fold.open == any(r["outcome"] == "failed" for r in mine)  # a failure starts unfolded
+        table = fold.blocks[0]
+        counts = Counter((r["property"], r["dtype"], r["outcome"]) for r in mine)
+        assert set(table.column("property")) == {r["property"] for r in mine}
+        for row in table.rows:
+            for dtype, cell in zip(table.headers[2:], row[2:]):
+                for outcome in ("passed", "failed", "xfailed", "xpassed", "skipped"):
+                    n = counts[(row[0].text, dtype, outcome)]
+                    assert (f"{n} {outcome}" in cell.text) == (n > 0), (backend, row[0].text, dtype, cell.text)
+    torch = next(f.blocks[0] for f in folds if f.summary.startswith("torch"))
+    id3 = next(row for row in torch.rows if row[0].text == "ID-3")
+    assert id3[torch.headers.index("bfloat16")].status == "fail" and id3[torch.headers.index("float32")].text == "-"
+
+
+def test_property_ids_link_to_spec_headings_with_their_statement(built, document):
+    anchors = spec_anchors()
+    spec_text = SPEC_PATH.read_text()
+    fold = document.section("1.").folds()[0]
+    for row in fold.blocks[0].rows:
+        cell = row[0]
+        url, anchor = cell.href.split("#")
+        assert url == SPEC_URL and anchor in anchors, cell.href
+        assert cell.title and f"| {cell.text} | {cell.title.split(' ')[0]}" in spec_text.replace("`", "")
+    legend = document.section("1.").tables()[1]
+    assert legend.column("code") == list(FAMILIES)
+    for row in legend.rows:
+        assert row[2].href.split("#")[1] in anchors, row[2].href
+    assert "not implemented" in legend.rows[FAMILIES.index("TP")][1].text
+    page = (built / "index.html").read_text()
+    assert f'<a href="{SPEC_URL}#id-identity-at-zero" title="' in page and "<details open><summary>torch" in page
+    assert f"[ID-3]({SPEC_URL}#id-identity-at-zero \"" in (built / "report.md").read_text()
+
+
+def test_spec_url_option_changes_the_links(tmp_path, capsys):
+    url = "https://example.org/resconf/blob/abc123/docs/spec.md"
+    code, _ = run_cli([str(RESULTS[1]), "--spec-url", url, "--out", str(tmp_path)], capsys)
+    page = (tmp_path / "index.html").read_text()
+    assert code == 0 and f'href="{url}#gr-the-gradient-keeps-the-identity-path"' in page
+
+
 def test_every_failure_is_listed_with_its_rerun_line(built, document):
-    failed = [r for r in fixture_results() if r["outcome"] == "failed"]
+    failed = [r for r in latest_results() if r["outcome"] == "failed"]
     assert failed
     details = [b for b in document.section("1.").blocks if hasattr(b, "command")]
     assert [d.command for d in details] == [r["rerun"] for r in failed]
@@ -97,17 +217,44 @@ def test_every_failure_is_listed_with_its_rerun_line(built, document):
         assert r["counterexample"] in dict(details[0].fields).values()
 
 
+def fraction_text(fraction: float | None) -> str:
+    """How the table writes a roofline fraction: above 100 % marked with the note's asterisk."""
+    if fraction is None:
+        return "-"
+    return f"{100 * fraction:.0f}%" + ("*" if round(100 * fraction) > 100 else "")
+
+
 def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document):
     rows = pq.read_table(BENCH).to_pylist()
     latest = max(r["date"] for r in rows)
     expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
-                       "-" if r["gbps"] is None else f"{r['gbps']:.1f}",
-                       "-" if r["roofline_fraction"] is None else f"{100 * r['roofline_fraction']:.0f}%")
+                       "-" if r["gbps"] is None else f"{r['gbps']:.1f}", fraction_text(r["roofline_fraction"]))
                       for r in rows if r["date"] == latest)
-    table = document.section("2.").tables()[0]
+    section = document.section("2.")
+    table = section.tables()[0]
     got = sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "GB/s", "% of roofline"))))
     assert got == expected
-    assert len(document.section("2.").figures()) == 1  # one machine, one device: one figure, a panel per shape
+    assert len(section.figures()) == 1  # one machine, one device: one figure, a panel per shape
+    over = [r for r in rows if r["date"] == latest and (r["roofline_fraction"] or 0) > 1.005]
+    assert over, "the fixture's add passes the copy roofline"
+    assert any("not a physical limit" in b.text and b.text.startswith("*") for b in section.blocks
+               if hasattr(b, "text"))
+
+
+def test_each_kernel_shows_its_conformance_status(document):
+    table = document.section("2.").tables()[0]
+    shown = latest_results()
+    for op, backend, dtype, status in zip(*(table.column(h) for h in ("op", "backend", "dtype", "conformance"))):
+        mine = [r for r in shown if r["backend"] == backend and r["device"] == "cpu"]
+        if backend == "-":
+            assert status == "-"
+        elif not mine:
+            assert status == "no conformance results", (op, backend)  # numba_fused: timed, never checked
+        elif op.startswith("add_rmsnorm"):
+            n = sum(r["property"] == "XB-3" and r["dtype"] == dtype and r["outcome"] == "passed" for r in mine)
+            assert status == (f"XB-3: {n} passed" if n else f"no XB-3 results in {dtype}"), (op, backend, dtype)
+    assert "no conformance results" in table.column("conformance")
+    assert any(t.startswith("XB-3: ") for t in table.column("conformance"))
 
 
 def test_regressions_are_the_cases_slower_than_the_factor(document):
@@ -129,16 +276,65 @@ def test_residual_stream_plots_and_reference_values(document):
     assert "2.92" in captions[0] and "1.8e-8" in captions[2]
     assert all(f.png.startswith(PNG_SIGNATURE) for f in section.figures())
     endpoints = section.tables()[0]
-    assert any("theory 1 + 0.01 l 2.92 at 192" in t for t in endpoints.column("series: value at depth"))
+    values = endpoints.column("series: value at depth")
+    assert any("theory 1 + 0.01 l 2.92 at 192" in t for t in values)
+    assert not any("Var(x_l)" in t and "at 96" in t for t in values)  # run-old's shorter VG-2 is not shown
+
+
+def test_plot_panels_per_dtype_y_labels_and_a_clipped_log_axis(monkeypatch):
+    """Every panel as drawn: VG-2 one panel per backend and dtype, a y label on each, GR-3's axis clipped."""
+    panels: list[tuple[str, str, tuple[float, float]]] = []
+    real = stream_plots.draw_png
+
+    def spy(count, draw, **kwargs):
+        def recorded(fig, axes):
+            draw(fig, axes)
+            panels.extend((fig.get_suptitle(), ax.get_title(), ax.get_ylabel(), ax.get_ylim()) for ax in axes)
+        return real(count, recorded, **kwargs)
+
+    monkeypatch.setattr(stream_plots, "draw_png", spy)
+    section = build_document(load_inputs(RESULTS, None)).section("4.")
+    shown = latest_results()
+    vg2 = sorted(title for sup, title, _, _ in panels if sup == "VG-2")
+    assert vg2 == sorted(f"{r['backend']} on {r['device']}, {r['dtype']}" for r in shown if r["property"] == "VG-2")
+    assert all(label for _, _, label, _ in panels), "a panel without a y label"
+    gr3 = [r for r in shown if r["property"] == "GR-3"]
+    top = max(y for r in gr3 for y in r["curve_y"])
+    lowest = min(y for r in gr3 for y in r["curve_y"] if y > 0)
+    floor = top / 10 ** CLIP_DECADES
+    assert lowest < floor, "the fixture's plain curve reaches below the clip"
+    for sup, _, _, (bottom, upper) in panels:
+        if sup == "GR-3":
+            assert bottom == pytest.approx(floor) and upper / bottom <= 10 ** (CLIP_DECADES + 1.01)
+    caption = section.figures()[-1].caption
+    assert f"clipped at {floor:.0e}" in caption and f"down to {lowest:.1e}" in caption
 
 
 def test_run_metadata_lists_runs_versions_and_inputs(document):
     section = document.section("5.")
     runs = section.tables()[0]
-    assert runs.column("run") == ["run-a", "run-b"]
-    assert runs.column("frameworks") == ["numpy 2.1.0, torch 2.13.0", "jax 0.10.2, jaxlib 0.10.2"]
+    assert runs.column("run") == ["run-old", "run-a", "run-b"]  # oldest first
+    assert runs.column("shown") == ["no", "all", "all"]
+    assert runs.column("frameworks") == ["numpy 2.0.0", "numpy 2.1.0, torch 2.13.0", "jax 0.10.2, jaxlib 0.10.2"]
+    provenance = section.tables()[1]
+    by_run = {r["run_id"]: r for r in fixture_results()}
+    assert provenance.column("selection") == ["-", "whole suite", by_run["run-b"]["selection"]]
+    assert f"run-b was limited to a subset: {by_run['run-b']['selection']}" in section.blocks[0].text
+    assert provenance.column("code commit") == ["-", by_run["run-a"]["code_commit"], by_run["run-b"]["code_commit"]]
     files = section.tables()[-1]
     assert files.column("file") == [str(p) for p in [*RESULTS, BENCH]]
+
+
+def test_the_fixture_script_regenerates_the_fixtures(tmp_path):
+    """`python tests/fixtures/make_results_fixtures.py` as docs/report.md documents it, into a scratch folder:
+    the same tables as the committed files (rerun it into tests/fixtures/results after a schema change)."""
+    script = Path(__file__).parent / "fixtures" / "make_results_fixtures.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for path in [*RESULTS, BENCH]:
+        fresh, committed = pq.read_table(tmp_path / path.name), pq.read_table(path)
+        assert fresh.equals(committed, check_metadata=True), f"{path.name} is stale: rerun the script"
 
 
 def test_two_builds_are_byte_identical(built, tmp_path):
@@ -224,7 +420,9 @@ def test_a_results_directory_reads_every_parquet_under_it(tmp_path, capsys):
         shutil.copy(path, tmp_path / "ds" / f"run={i}" / "part.parquet")
     code, _ = run_cli([str(tmp_path / "ds"), "--out", str(tmp_path / "out")], capsys)
     assert code == 0
-    assert "38 results from 2 runs" in (tmp_path / "out" / "report.md").read_text()
+    shown = latest_results()
+    runs = len({r["run_id"] for r in shown})
+    assert f"{len(shown)} results from {runs} runs" in (tmp_path / "out" / "report.md").read_text()
 
 
 # --- the page in a browser ---
@@ -232,12 +430,14 @@ def test_a_results_directory_reads_every_parquet_under_it(tmp_path, capsys):
 class _PageParts(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.tables, self.images, self.headers = 0, [], []
+        self.tables, self.images, self.headers, self.details = 0, [], [], 0
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "table":
             self.tables += 1
+        if tag == "details":
+            self.details += 1
         if tag == "img":
             self.images.append(attrs.get("src", ""))
 
@@ -269,6 +469,7 @@ def test_the_page_renders_in_headless_chromium(built, tmp_path):
     parts = _PageParts()
     parts.feed(dom)
     assert parts.tables >= 1 and {"backend", "device", *FAMILIES} <= set(parts.headers), "no conformance matrix"
+    assert parts.details == len({(r["backend"], r["device"]) for r in latest_results()}), "no drilldown per backend"
     assert len(parts.images) >= 5
     for src in parts.images:
         assert src.startswith("data:image/png;base64,"), src[:60]
