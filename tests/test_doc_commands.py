@@ -1,0 +1,212 @@
+"""Every command in README.md, docs/ and examples/ runs as written (or, where that is too costly, parses).
+
+COMMANDS is the one table saying how each documented command is checked; tests/doc_commands.py reads the
+commands out of the Markdown at test time. A documented command missing from the table fails, and so does
+an entry no doc shows any more, so the table cannot go stale. Run entries run in a fresh folder (a "fixtures"
+one holds tests/fixtures laid out where the docs' paths point; a "checked" one holds what the README's
+`resconf check -k test_identity_block` wrote) with this venv's bin first on PATH.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import doc_commands as dc
+from tests import doc_parsers as dp
+from tests.doc_commands import NotRun, Parse, Run
+
+FIXTURES = {  # repo path -> where the docs' commands look for it
+    "tests/fixtures/results/run_a.parquet": "reports/results/run_a.parquet",
+    "tests/fixtures/results/run_b.parquet": "reports/results/run_b.parquet",
+    "tests/fixtures/results/bench.parquet": "reports/out/benchmarks.parquet",
+    "tests/fixtures/asv_results": ".asv/results",
+    "tests/fixtures/make_results_fixtures.py": "tests/fixtures/make_results_fixtures.py",
+}
+CHECK = "resconf check -k test_identity_block"  # README's; its folder (results, summaries) is the "checked" one
+REPORT, EXPORT = ("reports/out/index.html", "reports/out/report.md"), ("reports/out/benchmarks.parquet",)
+INSTALLS = "installs packages (network, minutes); the venv running this test already has them"
+SERVER = "a web server: runs until stopped"
+NAMED_ONLY = "prose naming an option, its arguments left out"
+
+COMMANDS = {
+    # README.md
+    "python3.11 -m venv .venv": NotRun("creates a virtualenv; the quick start's later steps install into it"),
+    ". .venv/bin/activate": NotRun("changes the calling shell only"),
+    'pip install torch==2.13.0 -e ".[all]"': NotRun(INSTALLS),
+    "resconf check": Parse(),  # every backend, every property: minutes
+    "pytest": Parse(),  # the project's own tests, this file among them
+    "pytest -m heavy -n 2": Parse(),
+    "resconf --version": Run(),
+    "resconf check --backend torch --backend jax": Parse(),
+    "resconf check --backend mypkg.adapter:MyBackend": Parse(),  # mypkg is the reader's own package
+    "resconf check --profile nightly --junitxml junit.xml": Parse(),
+    "resconf check --device cuda": Parse(),
+    "resconf check --max-examples 50": Parse(),
+    "resconf calibrate --backend torch --seeds 100": Parse(),
+    CHECK: Run("checked", creates=("reports/results",)),  # ~12 s: numpy, torch and jax; run once, as the fixture
+    "pytest --pyargs resconf.conformance --backend torch": Parse(),
+    "bash benchmarks/calibrate.sh 200": Parse(),  # bash -n: hours of calibration
+    "resconf report reports/results --out reports/out": Run("fixtures", creates=REPORT),
+    "asv machine --yes": Parse(),  # writes ~/.asv-machine.json
+    "asv run --python=same --quick --set-commit-hash $(git rev-parse HEAD)": Parse(),  # minutes
+    "resconf bench-export -o reports/out/benchmarks.parquet": Run("fixtures", creates=EXPORT),
+    "resconf report reports/results --bench reports/out/benchmarks.parquet --out reports/out":
+        Run("fixtures", creates=REPORT),
+    # docs/adapter.md
+    "class MyBackend(Backend):": Run(),
+    "Capabilities(": Run(prelude="from resconf.backends import Capabilities\n"),
+    "resconf check --backend mypkg.adapter:MyBackend --device cuda --profile nightly": Parse(),
+    "resconf check --backend mypkg.adapter:MyBackend -k test_identity_block": Parse(),
+    "pip install -e .": NotRun(INSTALLS + " (run in the reader's own package)"),
+    "resconf check --backend mybackend": Parse(),
+    'pip install "resconf @ git+https://github.com/OWNER/resconf" -e .': NotRun(INSTALLS + "; OWNER is a placeholder"),
+    "resconf check --backend mybackend --xfails resconf-xfails.toml --junitxml junit.xml "
+    "--output resconf/results.parquet": Parse(),
+    "resconf check --backend ...": Parse(),
+    "resconf report RESULTS --out DIR": Parse(),
+    # docs/benchmarks.md
+    "asv check --python=same": Parse(),
+    "asv run --environment existing:same --quick --show-stderr --set-commit-hash $(git rev-parse HEAD)": Parse(),
+    "asv run main~20..main": Parse(),
+    "RESCONF_BENCH_GRID=full asv run NEW": Parse(),
+    "asv publish": Parse(),
+    "asv preview": Parse(),  # serves HTTP until stopped
+    "python -m http.server -d .asv/html": NotRun(SERVER),
+    "resconf report --bench reports/out/benchmarks.parquet --out DIR": Run("fixtures", creates=("DIR/index.html",)),
+    'asv continuous --factor 1.3 --split -a rounds=4 -b "^bench_(fused|roofline)" HEAD~1 HEAD': Parse(),
+    "resconf bench-export [RESULTS_DIR] [-o OUT.parquet]": NotRun("a usage synopsis: [brackets] mark options"),
+    "python -m resconf.reports.bench_export": Run("fixtures", creates=EXPORT),
+    "resconf report --bench": NotRun(NAMED_ONLY),
+    "pip install torch==2.13.0 <wheel>[torch,jax,numba,triton]": NotRun("what asv runs when it builds a commit"),
+    "asv compare --split": NotRun(NAMED_ONLY),
+    "asv run --python=same --quick --set-commit-hash ...": Parse(),
+    "SELECT * FROM 'reports/out/*.parquet'": Run("fixtures"),
+    # docs/findings.md
+    "resconf check --backend torch -k 'test_nan_in_a_weight_surfaces and attention and w_in' --skip-xfails":
+        Run(status=1, heavy=True),  # ~7 s; exits 1: the deviation shows once its xfail is skipped
+    "q = torch.randn(1, 1, 4, 8, dtype=torch.float64); k = torch.randn_like(q); v = torch.randn_like(q)": Run(),
+    "resconf check --backend torch -k 'test_long_sequence_vjp and layernorm' --skip-xfails":
+        Run(status=1, heavy=True),  # ~25 s; as above
+    "N, C = 8192, 16": Run(),
+    # docs/report.md
+    "resconf report reports/results --run 20261204T134254-838da9 --out reports/out": Parse(),  # an example run id
+    "resconf report reports/results --all-runs --out reports/out": Run("fixtures", creates=REPORT),
+    "python -m http.server": NotRun(SERVER),
+    "python tests/fixtures/make_results_fixtures.py DIR": Run("fixtures", creates=("DIR/run_a.parquet",)),
+    "resconf report --bench reports/out/benchmarks.parquet --out reports/out": Parse(),  # as the DIR one above
+    'cat reports/out/report.md >> "$GITHUB_STEP_SUMMARY"': NotRun("appends to a CI job summary"),
+    "pip install 'resconf[report]'": NotRun(INSTALLS),
+    "resconf check ...": NotRun(NAMED_ONLY),
+    "asv continuous --factor 1.3": NotRun(NAMED_ONLY),
+    "resconf report: skipped PATH: reason": NotRun("a line the report prints, not a command"),
+    "pytest tests/test_report.py": Parse(),  # those tests run in the suite anyway
+    "python tests/fixtures/make_results_fixtures.py":
+        Run("fixtures", creates=("tests/fixtures/results/run_a.parquet", "tests/fixtures/results/bench.parquet")),
+    "apt-get install chromium": NotRun("a system package (root, network)"),
+    # docs/results.md
+    'runs = pd.read_parquet("reports/results")': Run("checked"),
+    "SELECT * FROM read_parquet('reports/results/**/*.parquet')": Run("checked"),
+    'for path in Path("reports/results").rglob("*.parquet"):': Run("checked"),
+    # docs/spec.md
+    "resconf calibrate --backend B --seeds N": NotRun("placeholders: B a backend, N a number"),
+    "bash benchmarks/calibrate.sh SEEDS": Parse(),
+    # examples/user_torch_block/README.md
+    "pip install -e examples/user_torch_block": NotRun(INSTALLS),
+    "resconf check --backend user_torch_block": Parse(),
+    "resconf check --backend user_torch_block.adapter:UserBlockBackend": Parse(),
+}
+
+DOCUMENTED = dc.documented()
+WHERE = {c.text: c for c in DOCUMENTED}
+REPO = dc.REPO
+
+
+def test_every_documented_command_is_classified():
+    missing = [f"{c.where}: {c.text}" for c in DOCUMENTED if c.text not in COMMANDS]
+    assert not missing, ("documented commands with no entry in COMMANDS (tests/test_doc_commands.py); add each "
+                         "as Run(...) if it is cheap, Parse() if its arguments can be checked, else NotRun('why'):\n"
+                         + "\n".join(missing))
+
+
+def test_every_entry_is_documented():
+    stale = [text for text in COMMANDS if text not in WHERE]
+    assert not stale, ("COMMANDS entries that no doc shows any more (edited or removed?); update or delete them "
+                       "in tests/test_doc_commands.py:\n" + "\n".join(stale))
+
+
+def _entries(kind: type) -> list:
+    return [pytest.param(text, marks=[pytest.mark.heavy] if getattr(entry, "heavy", False) else [], id=text[:70])
+            for text, entry in COMMANDS.items() if isinstance(entry, kind)]
+
+
+@pytest.fixture(scope="module")
+def parse_errors() -> dict[str, str | None]:
+    return dp.parse_errors([text for text, entry in COMMANDS.items() if isinstance(entry, Parse) and text in WHERE])
+
+
+@pytest.mark.parametrize("text", _entries(Parse))
+def test_arguments_parse(text, parse_errors):
+    if text not in WHERE:
+        pytest.skip("not documented any more (test_every_entry_is_documented says so)")
+    error = parse_errors[text]
+    assert error is None, f"{WHERE[text].where}: `{text}` does not parse as written:\n{error}"
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("checked")
+    return folder, _shell(CHECK, folder)
+
+
+@pytest.mark.parametrize("text", _entries(Run))
+def test_runs_as_written(text, tmp_path, request):
+    if text not in WHERE:
+        pytest.skip("not documented any more (test_every_entry_is_documented says so)")
+    entry, command = COMMANDS[text], WHERE[text]
+    if text == CHECK:  # the "checked" fixture runs it, once for every test that needs its folder
+        folder, proc = request.getfixturevalue("checked")
+        shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    else:
+        _prepare(entry.workspace, tmp_path, request)
+        proc = _execute(command, entry.prelude, tmp_path)
+    assert proc.returncode == entry.status, (
+        f"{command.where}: `{text}` exited {proc.returncode}, expected {entry.status} (run in a folder holding "
+        f"{entry.workspace!r}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    absent = [path for path in entry.creates if not (tmp_path / path).exists()]
+    assert not absent, f"{command.where}: `{text}` did not write {absent}:\n{proc.stdout[-3000:]}"
+
+
+def _prepare(workspace: str, folder: Path, request: pytest.FixtureRequest) -> None:
+    if workspace == "fixtures":
+        for source, target in FIXTURES.items():
+            (folder / target).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (REPO / source).is_dir() else shutil.copy)(REPO / source, folder / target)
+    elif workspace == "checked":
+        checked, proc = request.getfixturevalue("checked")
+        if proc.returncode:
+            pytest.fail(f"`{CHECK}`, which makes the folder, failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        shutil.copytree(checked, folder, dirs_exist_ok=True)
+
+
+def _execute(command: dc.Command, prelude: str, cwd: Path) -> subprocess.CompletedProcess:
+    if command.lang == "python":
+        (cwd / "snippet.py").write_text(prelude + command.python)
+        return _run([sys.executable, "snippet.py"], cwd)
+    if command.lang == "sql":  # a query that finds no rows read nothing: count that as a failure
+        return _run([sys.executable, "-c", "import duckdb, sys; n = len(duckdb.sql(sys.argv[1]).fetchall()); "
+                     "print(n, 'rows'); sys.exit(0 if n else 'no rows')", command.text], cwd)
+    return _shell(command.text, cwd)
+
+
+def _shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    return _run(["bash", "-c", command], cwd)
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
