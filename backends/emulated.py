@@ -201,21 +201,15 @@ def _matmul(ar: Arithmetic, a: np.ndarray, b: np.ndarray, initial: np.ndarray | 
     return (s if initial is None else s + initial.astype(acc)).astype(out_dtype)
 
 
-def _sequential(a: np.ndarray, b: np.ndarray, initial: np.ndarray | None, chunk: int = 1 << 22) -> np.ndarray:
-    """((initial + a_0 b_0) + a_1 b_1) + ..., each product and each sum rounded in a's dtype (a running
-    sum: np.cumsum), over row blocks of a so that the products held at once stay under `chunk` values."""
-    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    out_shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-2] + (M,)) + (N,)
-    start = None if initial is None else np.broadcast_to(initial, out_shape)
-    rows = max(1, chunk // max(1, K * N))
-    blocks = []
-    for m in range(0, M, rows):
-        terms = a[..., m:m + rows, :, None] * b[..., None, :, :]  # (..., rows, K, N): rounded products
-        if start is not None:
-            first = np.broadcast_to(start[..., m:m + rows, None, :], terms.shape[:-2] + (1, N))
-            terms = np.concatenate([first, np.broadcast_to(terms, first.shape[:-2] + terms.shape[-2:])], axis=-2)
-        blocks.append(np.cumsum(terms, axis=-2)[..., -1, :])
-    return np.concatenate(blocks, axis=-2)
+def _sequential(a: np.ndarray, b: np.ndarray, initial: np.ndarray | None) -> np.ndarray:
+    """((initial + a_0 b_0) + a_1 b_1) + ..., each product and each sum rounded in a's dtype. One vector
+    step per term k: cheaper than a running sum (np.cumsum) over all products, whose memory grows as M K N."""
+    out_shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-2] + (a.shape[-2],)) + (b.shape[-1],)
+    total = None if initial is None else np.broadcast_to(initial, out_shape).astype(a.dtype)
+    for k in range(a.shape[-1]):
+        term = a[..., k:k + 1] * b[..., k:k + 1, :]  # (..., M, N): the rounded products of term k
+        total = np.broadcast_to(term, out_shape) if total is None else total + term
+    return np.array(total)
 
 
 def _sequential_fma(a: np.ndarray, b: np.ndarray) -> np.ndarray:
