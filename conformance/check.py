@@ -1,23 +1,27 @@
-"""`resconf check`: run the suite once per backend, each in its own pytest process, and merge the results.
+"""`resconf check`: run the suite in worker processes, one or more per backend, and merge the results.
 
 A process per backend isolates them: one that crashes, hangs or kills its interpreter loses only its own
 rows, and the others' results are still written. The worker reports which case it is running
 (conformance/guard.py), so the case that killed it gets a failed row of its own, and the worker is
-restarted without the cases already done. A case that outlives the per-test timeout by a margin is
-taken as hung where no signal can reach it: its worker is killed and resumed the same way. Rows
-stream to a JSON-lines file, so a killed worker keeps every finished case; the merged table is written
-atomically. Guards fail a run that covered less than the backend claims, or tested nothing.
+restarted without the cases already done (conformance/backend_part.py). With -n N, up to N workers run
+at once, and each backend is split into N deterministic parts (conformance/shards.py) so that one slow
+backend does not leave cores idle. Rows stream to a JSON-lines file, so a killed worker keeps every
+finished case; the merged table is written atomically. Guards fail a run that covered less than the
+backend claims, or tested nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,24 +29,26 @@ from pathlib import Path
 import pytest
 
 from resconf.backends.registry import BUILTIN, entry_point_names, known_names
-from resconf.conformance import guard, provenance, summary, worker, xfails
-from resconf.conformance.guard import Case
+from resconf.conformance import guard, provenance, shards, summary, xfails
+from resconf.conformance import worker
+from resconf.conformance.backend_part import NOTHING_RAN, PartRun, run_part
+from resconf.conformance.harness_rows import harness_row
 from resconf.conformance.junit import JunitPart, merge_junit
 from resconf.conformance.options import CheckOptions
-from resconf.conformance.plugin import WORKER_LOAD_FAILED, WORKER_NO_DEVICE
-from resconf.conformance.results import ResultRow, rows_from_jsonl, to_table, write_parquet_atomic
-
-MAX_RESTARTS = 3  # a backend that kills its worker again and again is given up on, not retried forever
+from resconf.conformance.progress import Progress
+from resconf.conformance.results import COVERAGE_KEY, ResultRow, to_table, write_parquet_atomic
 
 
 @dataclass(frozen=True)
 class BackendRun:
-    """One backend's outcome: its rows (the worker's and the supervisor's own) and what went wrong."""
+    """One backend's outcome, its parts joined and the guards applied."""
 
     rows: tuple[ResultRow, ...]
     junit: tuple[JunitPart, ...]
     notes: tuple[str, ...]  # crashes, restarts, guard warnings: printed in the summary
     load_error: str | None = None
+    logs: tuple[Path, ...] = ()
+    coverage: dict | None = None  # what the whole suite covers for it: `resconf merge` checks shards against it
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -69,6 +75,16 @@ def summary_path(output: Path) -> Path:
     return output.with_name(f"_{output.stem}.summary.txt")
 
 
+def logs_path(output: Path) -> Path:
+    """Where the worker logs of a backend that failed are kept: `_run-X.logs/` beside the results."""
+    return output.with_name(f"_{output.stem}.logs")
+
+
+def parts_per_backend(opts: CheckOptions) -> int:
+    """With -n N each backend runs in N parts; an external --shard is not split again."""
+    return 1 if opts.shard or opts.workers <= 1 else opts.workers
+
+
 def run_check(opts: CheckOptions) -> int:
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     output = opts.output or default_output(run_id)
@@ -81,31 +97,28 @@ def run_check(opts: CheckOptions) -> int:
     problems = {name: reason for name in opts.backends if (reason := unavailable_reason(name))}
     for reason in problems.values():
         print(f"resconf: {reason}", file=sys.stderr)
-    rows: list[ResultRow] = []
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="resconf-") as tmp:
-        junit_parts: list[JunitPart] = []
-        for index, name in enumerate(n for n in opts.backends if n not in problems):
-            started = time.monotonic()
-            print(f"resconf: checking backend {name} on {opts.device} (profile {opts.profile}) ...", flush=True)
-            workdir = Path(tmp) / str(index)
-            workdir.mkdir()
-            run = _check_backend(name, opts, run_id, workdir)
-            rows += run.rows
-            notes += run.notes
-            junit_parts += run.junit
+    names = [n for n in opts.backends if n not in problems]
+    with tempfile.TemporaryDirectory(prefix="resconf-") as tmp:  # worker files: rows, events, JUnit, logs
+        runs = _run_backends(names, opts, run_id, Path(tmp))
+        for name, run in runs.items():
             if run.load_error:
                 problems[name] = run.load_error
                 print(f"resconf: {run.load_error}", file=sys.stderr)
-            print(f"resconf: backend {name}: {len(run.rows)} rows in {time.monotonic() - started:.1f} s", flush=True)
-        for name, reason in problems.items():
-            rows.append(_harness_row(name, opts, run_id, "RUN", f"did not run: {reason}"))
-        found = provenance.run_provenance(Path.cwd(), opts.device, opts.profile, shlex.join(opts.pytest_args))
+        found = provenance.run_provenance(Path.cwd(), opts.device, opts.profile, shlex.join(opts.pytest_args),
+                                          opts.shard or "")
+        rows = [row for run in runs.values() for row in run.rows]
+        rows += [harness_row(name, opts, run_id, "RUN", f"did not run: {reason}") for name, reason in problems.items()]
         rows = [dataclasses.replace(row, **found) for row in rows]
-        write_parquet_atomic(to_table(rows), output)
+        coverage = {name: run.coverage for name, run in runs.items() if run.coverage}
+        write_parquet_atomic(to_table(rows), output, {COVERAGE_KEY: json.dumps(coverage, sort_keys=True)})
         if opts.junitxml:
-            problems_part = JunitPart(None, tuple(r for r in rows if r.backend in problems))
-            merge_junit([*junit_parts, problems_part], opts.junitxml)
+            own = JunitPart(None, tuple(r for r in rows if r.backend in problems))
+            merge_junit([*(part for run in runs.values() for part in run.junit), own], opts.junitxml)
+        kept = _keep_failed_logs(runs, output)
+    if opts.store_durations:
+        shards.store_durations(opts.durations_file or shards.DURATIONS_FILE,
+                               {shards.duration_key(r.test): r.duration_s for r in rows if r.test != "-"})
+    notes = [note for run in runs.values() for note in run.notes] + kept
     text = _summary_text(rows, notes, output)
     _write_text_atomic(summary_path(output), text)
     print(text)
@@ -113,75 +126,77 @@ def run_check(opts: CheckOptions) -> int:
     return 1 if unexpected else 0
 
 
-def _check_backend(name: str, opts: CheckOptions, run_id: str, workdir: Path) -> BackendRun:
-    """Run one backend's worker; after a crash or hang, record the case it died in and resume without
-    the cases already run (at most MAX_RESTARTS times); then apply the guards."""
-    deadline = time.monotonic() + opts.worker_timeout_s
-    worker_rows: list[ResultRow] = []
-    own: list[ResultRow] = []  # rows the supervisor writes: dead cases, RUN and GUARD
-    notes: list[str] = []
-    junits: list[JunitPart] = []
-    manifest: guard.Manifest | None = None
-    done: set[str] = set()
-    dead: set[str] = set()
-    ended_in_order = False
-    for attempt in range(MAX_RESTARTS + 1):
-        rows_path, events, junit, already = (workdir / f"{attempt}.{ext}"
-                                             for ext in ("rows.jsonl", "events.jsonl", "xml", "done"))
-        if attempt:
-            already.write_text("".join(f"{test}\n" for test in sorted(done | dead)))
-        cmd = worker.worker_command(name, opts, run_id, rows_path, events, junit, already if attempt else None)
-        exit = worker.run_worker(cmd, workdir / f"{attempt}.log", events, deadline, opts.hung_after_s)
-        got = rows_from_jsonl(rows_path)
-        worker_rows += got
-        junits.append(JunitPart(junit, tuple(got)))
-        done = {r.test for r in worker_rows}
-        log = guard.read_events(events)
-        manifest = manifest or log.manifest
-        if attempt == 0 and exit.status == WORKER_LOAD_FAILED and log.manifest is None:
-            return BackendRun((), (), (), load_error=_exit_message(exit.tail) or f"backend {name!r} failed to load")
-        if attempt == 0 and exit.status == WORKER_NO_DEVICE and log.manifest is None:
-            reason = _exit_message(exit.tail).removeprefix("resconf: ")
-            row = dataclasses.replace(_harness_row(name, opts, run_id, "RUN", reason), outcome="skipped")
-            return BackendRun((row,), (JunitPart(None, (row,)),), (f"backend {name} {reason}",))
-        if log.finished_status is not None and exit.killed_for is None:  # the session ended in order
-            ended_in_order = exit.status in (0, 1)
-            if not ended_in_order:
-                own.append(_harness_row(name, opts, run_id, "RUN", worker.pytest_failure(exit)))
-            break
-        row, note = _death(name, opts, run_id, exit, log, done)
-        own.append(row)
-        dead.add(row.test)  # "-" when it died between cases: no node id, so leaving it out is harmless
-        notes.append(note)
-        print(f"resconf: {note}", flush=True)
-        left = manifest.selected - done - dead if manifest else set()
-        if exit.killed_for == "worker timeout" or not left:
-            break
-        if attempt == MAX_RESTARTS:
-            own.append(_harness_row(name, opts, run_id, "RUN", f"gave up after {MAX_RESTARTS} restarts of the "
-                                    f"worker: {len(left)} selected cases never ran"))
-            break
-        notes.append(f"backend {name}: worker restarted without the {len(done | dead)} cases already run "
-                     f"({len(left)} left)")
-        print(f"resconf: {notes[-1]}", flush=True)
-    if manifest is not None and (ended_in_order or dead):
-        guard_rows, guard_notes = _guard(name, opts, run_id, manifest, worker_rows + own)
-        own += guard_rows
-        notes += guard_notes
-    return BackendRun(tuple(worker_rows + own), (*junits, JunitPart(None, tuple(own))), tuple(notes))
+def _run_backends(names: list[str], opts: CheckOptions, run_id: str, tmp: Path) -> dict[str, BackendRun]:
+    """Every backend's parts on a pool of opts.workers threads, each watching one worker process; the
+    backends expected to take longest start first."""
+    count = parts_per_backend(opts)
+    durations = shards.load_durations(opts.durations_file or shards.DURATIONS_FILE)
+    units = [(name, k) for name in sorted(names, key=lambda n: -_expected_s(n, durations)) for k in range(count)]
+    with Progress() as progress, ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+        def run(name: str, k: int) -> PartRun:
+            label = name if count == 1 else f"{name} {k + 1}/{count}"
+            progress.say(f"resconf: checking backend {label} on {opts.device} (profile {opts.profile}) ...")
+            started = time.monotonic()
+            workdir = tmp / f"{names.index(name)}.{k}"
+            workdir.mkdir()
+            shard = opts.shard or (f"{k + 1}/{count}" if count > 1 else None)
+            part = run_part(name, opts, run_id, workdir, shard, progress.worker(label), say=progress.say)
+            progress.worker(label).finished = True
+            progress.say(f"resconf: backend {label}: {len(part.rows)} rows in {time.monotonic() - started:.1f} s")
+            return part
+
+        futures = {unit: pool.submit(run, *unit) for unit in units}
+        parts = {unit: future.result() for unit, future in futures.items()}
+    return {name: _join(name, opts, run_id, [parts[(name, k)] for k in range(count)]) for name in names}
 
 
-def _death(name: str, opts: CheckOptions, run_id: str, exit: worker.WorkerExit, log: guard.WorkerLog, done: set[str]
-           ) -> tuple[ResultRow, str]:
-    """The failed row and summary note for a worker that died or was killed: the case it was running
-    when it did (started, no result), or a RUN row if it was between cases."""
-    how = worker.how_it_died(exit, opts)
-    culprit = next((c for c in reversed(log.started) if c.test not in done and c.test not in log.ended), None)
-    if culprit is None:
-        row = _harness_row(name, opts, run_id, "RUN", f"{how} between cases: {_last_line(exit.tail)}")
-        return row, f"backend {name}: {how} outside any case"
-    row = _case_row(culprit, name, opts, run_id, f"{how} while running {_short(culprit.test)}")
-    return row, f"backend {name}: {how} in {culprit.test}"
+def _expected_s(name: str, durations: dict[str, float]) -> float:
+    short = name.rsplit(":", 1)[-1]
+    return sum(s for key, s in durations.items() if f"[{short}-" in key)
+
+
+def _join(name: str, opts: CheckOptions, run_id: str, parts: list[PartRun]) -> BackendRun:
+    """A backend's parts as one run: their rows, and the guards judged on the union of what they selected."""
+    load_error = next((p.load_error for p in parts if p.load_error), None)
+    logs = tuple(log for p in parts for log in p.logs)
+    if load_error:
+        return BackendRun((), (), (), load_error=load_error, logs=logs)
+    if all(not p.manifest and [r.outcome for r in p.rows] == ["skipped"] for p in parts):
+        parts = parts[:1]  # every part skipped the device for the same reason: say it once
+    rows = _once([r for p in parts for r in p.rows])
+    notes = list(dict.fromkeys(n for p in parts for n in p.notes))
+    junit = [j for p in parts for j in p.junit if j.xml is not None]
+    junit.append(JunitPart(None, tuple(_once([r for p in parts for j in p.junit if j.xml is None for r in j.rows]))))
+    manifests = [p.manifest for p in parts if p.manifest is not None]
+    coverage = None
+    if manifests:
+        manifest = dataclasses.replace(manifests[0], selected=frozenset().union(*(m.selected for m in manifests)))
+        if len(parts) > 1 and not manifest.selected:  # each part was empty: the run as a whole selected nothing
+            rows.append(harness_row(name, opts, run_id, "RUN", worker.PYTEST_STATUS[NOTHING_RAN]))
+        coverage = guard.expected_coverage(manifest)
+        if opts.shard:  # the other shards run the cases this one did not select: only its own are judged here
+            manifest = dataclasses.replace(manifest, cases=tuple(c for c in manifest.cases
+                                                                  if c.test in manifest.selected))
+        if all(p.guardable for p in parts):
+            guard_rows, guard_notes = _guard(name, opts, run_id, manifest, rows)
+            rows += guard_rows
+            notes += guard_notes
+            junit.append(JunitPart(None, tuple(guard_rows)))
+    return BackendRun(tuple(rows), tuple(junit), tuple(notes), logs=logs, coverage=coverage)
+
+
+def _once(rows: list[ResultRow]) -> list[ResultRow]:
+    """Rows about the run as a whole (no node id) that several parts wrote alike (a usage error each
+    part hit at collection), once."""
+    seen: set[tuple] = set()
+    kept = []
+    for row in rows:
+        key = (row.property, row.config, row.message, row.outcome)
+        if row.test == "-" and key in seen:
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept
 
 
 def _guard(name: str, opts: CheckOptions, run_id: str, manifest: guard.Manifest, rows: list[ResultRow]
@@ -190,56 +205,36 @@ def _guard(name: str, opts: CheckOptions, run_id: str, manifest: guard.Manifest,
     nothing. With -k/-m the user chose a subset: missing coverage is then a warning, not a failure."""
     out, notes = [], []
     for module, reason in manifest.skipped_modules:
-        out.append(_harness_row(name, opts, run_id, "GUARD", f"{module} was skipped whole at collection, so its "
-                                f"properties were not checked: {reason}", config=f"module={module}"))
+        out.append(harness_row(name, opts, run_id, "GUARD", f"{module} was skipped whole at collection, so its "
+                               f"properties were not checked: {reason}", config=f"module={module}"))
     gaps = guard.coverage_gaps(manifest, rows)
     if gaps and manifest.filtered:
         notes.append(f"backend {name}: warning: -k/-m chose a subset: {len(gaps)} properties have no result in "
                      f"some claimed dtype (a run without -k/-m fails on that)")
     elif gaps:
-        out += [_harness_row(name, opts, run_id, "GUARD", gap.describe(), config=f"covers={gap.property}",
-                             dtype=gap.dtypes[0] if len(gap.dtypes) == 1 else "-") for gap in gaps]
+        out += [harness_row(name, opts, run_id, "GUARD", gap.describe(), config=f"covers={gap.property}",
+                            dtype=gap.dtypes[0] if len(gap.dtypes) == 1 else "-") for gap in gaps]
     nothing = guard.tested_nothing(rows)
     if nothing:
-        out.append(_harness_row(name, opts, run_id, "GUARD", nothing, config="covers=*"))
+        out.append(harness_row(name, opts, run_id, "GUARD", nothing, config="covers=*"))
     return out, notes
 
 
-def _short(test: str) -> str:
-    return test.rsplit("::", 1)[-1]
-
-
-def _exit_message(tail: str) -> str:
-    """The message a worker ended with through pytest.exit (pytest frames it as '! ..Exit: MESSAGE !')."""
-    line = _last_line(tail) if tail.strip() else ""
-    return line.removeprefix("! _pytest.outcomes.Exit: ").removesuffix(" !")
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def _harness_row(name: str, opts: CheckOptions, run_id: str, prop: str, message: str, *, dtype: str = "-",
-                 config: str = "-") -> ResultRow:
-    """A failed row about the backend's run as a whole (RUN: it could not run; GUARD: it covered too little)."""
-    return ResultRow(run_id=run_id, backend=name, device=opts.device, dtype=dtype, property=prop, test="-",
-                     config=config, outcome="failed", measured=None, bound=None, comparison="", worst_config="",
-                     counterexample="", message=message,
-                     rerun=f"resconf check --backend {name} --device {opts.device} --profile {opts.profile}",
-                     seed="", examples=0, duration_s=0.0, timestamp=_now())
-
-
-def _case_row(case: Case, name: str, opts: CheckOptions, run_id: str, message: str) -> ResultRow:
-    """A failed row for the case a worker died or hung in, as the worker would have written it."""
-    return ResultRow(run_id=run_id, backend=name, device=opts.device, dtype=case.dtype, property=case.property,
-                     test=case.test, config=case.config, outcome="failed", measured=None, bound=None,
-                     comparison="", worst_config="", counterexample="", message=message, rerun=case.rerun,
-                     seed="", examples=0, duration_s=0.0, timestamp=_now())
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _keep_failed_logs(runs: dict[str, BackendRun], output: Path) -> list[str]:
+    """Copy the worker logs of every backend with an unexpected result next to the results (the temporary
+    folder they were written in is deleted with the run)."""
+    notes = []
+    for name, run in runs.items():
+        if not run.load_error and not any(r.outcome in summary.UNEXPECTED for r in run.rows):
+            continue
+        folder = logs_path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        for log in run.logs:
+            if log.exists():
+                shutil.copyfile(log, folder / f"{safe}.{log.parent.name}.{log.name}")
+        notes.append(f"backend {name}: worker logs kept in {folder}")
+    return notes
 
 
 def _summary_text(rows: list[ResultRow], notes: list[str], output: Path) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from resconf.conformance.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 HELP = """resconf: conformance and benchmarks for residual connections.
   resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
   resconf calibrate [--seeds N]        run correct backends over fresh random seeds: false failures, worst ratios
+  resconf merge SHARDS... -o OUT       join the shards of a split run (check --shard K/N), coverage checked
   resconf report RESULTS... --out DIR  turn results (and a benchmark export) into HTML + Markdown
   resconf bench-export                 asv results -> Parquet with GB/s and roofline fractions
   resconf --version                    resconf's version, and the results schema and catalogue it writes"""
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "calibrate":
         from resconf.conformance.calibrate import main as calibrate_main
         return calibrate_main(rest)
+    if command == "merge":
+        from resconf.conformance.merge import main as merge_main
+        return merge_main(rest)
     if command == "report":
         from resconf.reports.cli import main as report_main
         return report_main(rest)
@@ -55,6 +60,7 @@ def version_text() -> str:
 def check_main(argv: list[str]) -> int:
     from resconf.conformance.check import run_check
     from resconf.conformance.options import CheckOptions
+    from resconf.conformance.shards import DURATIONS_FILE, Shard
 
     parser = argparse.ArgumentParser(prog="resconf check", description="Run the conformance suite.",
                                      epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")
@@ -75,16 +81,39 @@ def check_main(argv: list[str]) -> int:
     parser.add_argument("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
     parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per test (default 600)")
+    parser.add_argument("-n", "--workers", default="auto", metavar="N",
+                        help="worker processes at once (default auto: one per CPU); each backend is split in N "
+                             "parts so no core idles; -n 0 or 1: one backend after another, unsplit")
+    parser.add_argument("--shard", metavar="K/N", help="run only shard K of N of the selected cases (CI "
+                        "matrices: one job per shard, then `resconf merge`)")
+    parser.add_argument("--durations-file", type=Path, metavar="FILE",
+                        help=f"case durations that balance shards and parts (default {DURATIONS_FILE})")
+    parser.add_argument("--store-durations", action="store_true",
+                        help="record this run's case durations in the durations file")
     own, _, passthrough = _split_dashdash(argv)
     args = parser.parse_args(own)
     if args.max_examples is not None and args.max_examples < 1:
         parser.error(f"--max-examples must be at least 1, got {args.max_examples}")
+    workers = (os.cpu_count() or 1) if args.workers == "auto" else _count(parser, args.workers)
+    if args.shard:
+        try:
+            Shard.parse(args.shard)
+        except ValueError as exc:
+            parser.error(str(exc))
     backends = tuple(args.backend) or default_backends(args.device)
     pytest_args = (("-k", args.keyword) if args.keyword else ()) + tuple(passthrough)
     return run_check(CheckOptions(backends=backends, device=args.device, profile=args.profile,
                                   max_examples=args.max_examples, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
-                                  test_timeout_s=args.timeout, pytest_args=pytest_args))
+                                  test_timeout_s=args.timeout, pytest_args=pytest_args, workers=workers,
+                                  shard=args.shard, durations_file=args.durations_file,
+                                  store_durations=args.store_durations))
+
+
+def _count(parser: argparse.ArgumentParser, text: str) -> int:
+    if not text.isdigit():
+        parser.error(f"-n/--workers takes a number of processes or 'auto', got {text!r}")
+    return int(text)
 
 
 def _split_dashdash(argv: list[str]) -> tuple[list[str], str, list[str]]:

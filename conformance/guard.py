@@ -166,6 +166,14 @@ def coverage_gaps(manifest: Manifest, rows: list[ResultRow]) -> list[Gap]:
     return gaps
 
 
+def expected_coverage(manifest: Manifest) -> dict:
+    """What the whole collection covers, for `resconf merge` to hold the shards of a run against: every
+    (property, dtype) with a case in a claimed dtype, and whether -k/-m narrowed the run."""
+    claimed = set(manifest.claimed_dtypes) | {"-"}
+    pairs = sorted({(c.property, c.dtype) for c in manifest.cases if c.dtype in claimed})
+    return {"expected": [list(p) for p in pairs], "filtered": manifest.filtered}
+
+
 def tested_nothing(rows: list[ResultRow]) -> str | None:
     """Why a backend's run proves nothing (every case skipped: nothing passed, failed or met an expected
     failure), or None. An expected failure counts as tested: the case ran and showed the known deviation."""

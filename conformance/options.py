@@ -18,6 +18,10 @@ class CheckOptions:
     worker_timeout_s: float = 1800.0
     test_timeout_s: float = 600.0
     pytest_args: tuple[str, ...] = ()
+    workers: int = 1  # worker processes at once; above 1, each backend is also split in that many parts
+    shard: str | None = None  # "K/N": this run is shard K of N (CI matrices; `resconf merge` joins them)
+    durations_file: Path | None = None  # recorded case durations that balance shards and parts
+    store_durations: bool = False  # record this run's case durations into durations_file
 
     @property
     def hung_after_s(self) -> float:

@@ -24,7 +24,7 @@ from resconf.backends.config import DTYPES
 from resconf.backends.registry import load_backend
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.baseline import Baselines
-from resconf.conformance import profiles, xfails
+from resconf.conformance import profiles, shards, xfails
 from resconf.conformance import recorder as recording
 from resconf.conformance.guard import Case, EventWriter
 from resconf.conformance.recorder import PropertyRecorder
@@ -53,6 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--run-id", default=None, help="run id written into every result row")
     group.addoption("--events-jsonl", default=None, metavar="FILE",
                     help="append what was collected and which case starts and ends to FILE (for resconf check)")
+    group.addoption("--shard", default=None, metavar="K/N",
+                    help="run shard K of N: the selected cases split in N, balanced by --durations-file")
+    group.addoption("--durations-file", default=None, metavar="FILE",
+                    help=f"recorded case durations that balance the shards (default {shards.DURATIONS_FILE} "
+                         "in the folder pytest runs from, when present)")
     group.addoption("--already-run", default=None, metavar="FILE",
                     help="node ids (one a line) to leave out: resuming a worker that crashed")
 
@@ -98,6 +103,16 @@ def pytest_configure(config: pytest.Config) -> None:
     hh.STRUCTURE_PER_EXAMPLE = profile in profiles.STRUCTURE_DRAWN
     recording.LAZY_BASELINE = profile != "calibrate"
     config.stash[OUTCOME] = {}
+    shard = config.getoption("--shard")
+    if shard:
+        try:
+            chosen = shards.Shard.parse(shard)
+            given = config.getoption("--durations-file")
+            durations = shards.load_durations(Path(given) if given else config.invocation_params.dir
+                                              / shards.DURATIONS_FILE)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.pluginmanager.register(shards.ShardSelector(chosen, durations), "resconf-shard")
     events = config.getoption("--events-jsonl")
     if events:
         already = config.getoption("--already-run")

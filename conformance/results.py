@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 2  # 2: provenance columns, a typed timestamp (version 1 files are upgraded on reading)
 SPEC_VERSION = "2026.11"  # the property catalogue (docs/spec.md) these IDs refer to
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+# File metadata: per backend, every (property, dtype) the whole selection covers; `resconf merge` checks
+# that a sharded run's shards together cover it.
+COVERAGE_KEY = b"resconf_coverage"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,19 @@ SCHEMA = pa.schema([
 assert SCHEMA.names == [f.name for f in dataclasses.fields(ResultRow)], "schema and ResultRow drifted apart"
 
 
+# A null where the writer always puts a value (hand-made or damaged files) reads as that type's empty value.
+EMPTY = {f.name: ([] if pa.types.is_list(f.type) else "") for f in SCHEMA
+         if pa.types.is_list(f.type) or pa.types.is_string(f.type)}
+
+
+def row_from_record(record: dict) -> ResultRow:
+    """A row of a read table (`to_pylist()`) as ResultRow holds it: the typed timestamp back to ISO 8601
+    text, nulls as empty values."""
+    stamp = record.get("timestamp")
+    record = {**record, "timestamp": stamp.isoformat(timespec="seconds") if isinstance(stamp, datetime) else ""}
+    return ResultRow(**{k: EMPTY[k] if v is None and k in EMPTY else v for k, v in record.items()})
+
+
 def rows_from_jsonl(path: Path) -> list[ResultRow]:
     """Rows a worker appended line by line; a torn last line (the worker was killed) is dropped."""
     rows = []
@@ -106,8 +122,11 @@ def to_table(rows: Iterable[ResultRow]) -> pa.Table:
     return pa.table(columns, schema=SCHEMA)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
+def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[bytes, str] | None = None) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one.
+    `metadata` is added to the file's schema metadata."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

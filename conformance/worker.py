@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resconf.conformance.options import CheckOptions
+from resconf.conformance.progress import WorkerProgress
 
 SUITE_DIR = Path(__file__).parent
 POLL_S = 0.2  # how often the supervisor looks at a running worker
@@ -50,22 +51,25 @@ def junit_suite_name(backend: str) -> str:
 
 
 def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, events: Path, junit: Path,
-                   already: Path | None) -> list[str]:
+                   already: Path | None, shard: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-p", "no:cacheprovider", "-q", "--no-header",
            "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
            "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
            "-o", f"junit_suite_name={junit_suite_name(name)}",
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
     cmd += ["--already-run", str(already)] if already else []
+    cmd += ["--shard", shard] if shard else []
+    cmd += ["--durations-file", str(opts.durations_file)] if opts.durations_file else []
     cmd += ["--max-examples", str(opts.max_examples)] if opts.max_examples else []
     cmd += [arg for path in opts.xfails for arg in ("--xfails", str(path))]
     cmd += ["--skip-xfails"] if opts.skip_xfails else []
     return cmd + list(opts.pytest_args)
 
 
-def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float) -> WorkerExit:
+def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float,
+               progress: WorkerProgress | None = None) -> WorkerExit:
     """Run a worker to its end, killing it if one case outlives `hung_after_s` or the worker its deadline."""
-    watch = _CaseWatch(events)
+    watch = _CaseWatch(events, progress or WorkerProgress("-"))
     killed_for = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
@@ -90,10 +94,12 @@ def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_af
 
 
 class _CaseWatch:
-    """Follows a worker's events file as it grows: since when (on our clock) the current case runs."""
+    """Follows a worker's events file as it grows: since when (on our clock) the current case runs, and
+    the worker's progress."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, progress: WorkerProgress) -> None:
         self.path, self.offset, self.partial, self.since = path, 0, b"", None
+        self.progress = progress
 
     def running_since(self) -> float | None:
         try:
@@ -105,11 +111,17 @@ class _CaseWatch:
         self.offset += len(chunk)
         *lines, self.partial = (self.partial + chunk).split(b"\n")
         for line in lines:
-            event = json.loads(line).get("event")
-            if event == "started":
+            event = json.loads(line)
+            kind = event.get("event")
+            if kind == "collected":
+                self.progress.total = len(event["manifest"]["selected"])
+            elif kind == "started":
                 self.since = time.monotonic()
-            elif event == "ended":
+                self.progress.running = event["case"]["property"]
+            elif kind == "ended":
                 self.since = None
+                self.progress.done += 1
+                self.progress.running = ""
         return self.since
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from resconf.conformance.results import SCHEMA, ResultRow, read_results
+from resconf.conformance.results import ResultRow, read_results, row_from_record
 
 # Errors that mean "this file is not a table we can use", as opposed to a bug in the report itself.
 READ_ERRORS = (OSError, pa.ArrowException, ValueError, TypeError, KeyError)
@@ -74,16 +74,7 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[Unreadable]]:
     return files, bad
 
 
-# A null where the writer always puts a value (hand-made or damaged files) reads as that type's empty value.
-EMPTY = {f.name: ([] if pa.types.is_list(f.type) else "") for f in SCHEMA
-         if pa.types.is_list(f.type) or pa.types.is_string(f.type)}
-
-
-def result_row(record: dict) -> ResultRow:
-    """A row as ResultRow holds it: the typed timestamp back to ISO 8601 text, nulls as empty values."""
-    stamp = record.get("timestamp")
-    record = {**record, "timestamp": stamp.isoformat(timespec="seconds") if isinstance(stamp, datetime) else ""}
-    return ResultRow(**{k: EMPTY[k] if v is None and k in EMPTY else v for k, v in record.items()})
+result_row = row_from_record  # the report's name for it
 
 
 def load_results(paths: list[Path]) -> tuple[list[ResultRow], list[str], list[Unreadable]]:

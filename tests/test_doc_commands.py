@@ -47,6 +47,19 @@ COMMANDS = {
     "resconf check --profile nightly --junitxml junit.xml": Parse(),
     "resconf check --device cuda": Parse(),
     "resconf check --max-examples 50": Parse(),
+    "resconf check -n 4": Parse(),
+    "resconf check --shard 2/3 --output shard-2.parquet": Parse(),
+    # docs/scaling.md
+    "resconf check -n": NotRun(NAMED_ONLY),
+    "resconf check --shard K/N": NotRun(NAMED_ONLY),
+    "resconf check --store-durations": Parse(),  # the whole suite: minutes
+    "resconf merge shard-1.parquet shard-2.parquet shard-3.parquet -o merged.parquet": Parse(),
+    "resconf merge shard-*.parquet -o merged.parquet": Parse(),
+    "pytest --pyargs resconf.conformance --backend numpy -n 2": Parse(),
+    "resconf check --shard ${{ matrix.shard }}/3 --output shard-${{ matrix.shard }}.parquet --junitxml "
+    "junit-${{ matrix.shard }}.xml": NotRun("a GitHub Actions template: ${{ }} is filled in by the runner"),
+    "resconf report merged.parquet --out report": Parse(),
+    "bash benchmarks/check_timing.sh": Parse(),  # bash -n: about 15 minutes
     "resconf calibrate --backend torch --seeds 100": Parse(),
     CHECK: Run("checked", creates=("reports/results",)),  # ~12 s: numpy, torch and jax; run once, as the fixture
     "pytest --pyargs resconf.conformance --backend torch": Parse(),

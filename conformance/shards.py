@@ -1,0 +1,93 @@
+"""Deterministic shards of the selected cases, balanced by recorded durations (as pytest-split does).
+
+`resconf check --shard K/N` runs shard K of N, for CI matrices; `resconf check -n N` runs a backend's
+shards side by side. Every shard computes the same partition from the same collection and the same
+durations file, so the N shards are disjoint and together hold every selected case.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pytest
+
+DURATIONS_FILE = Path("resconf-durations.json")  # in the folder resconf runs from; commit it for CI matrices
+UNKNOWN_S = 0.5  # the duration assumed for a case the file does not know (a new test)
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """"2/3" -> Shard(2, 3); anything else is a ValueError saying what is expected."""
+        k, sep, n = text.partition("/")
+        if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. --shard 2/3")
+        return cls(int(k), int(n))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def partition(nodeids: Iterable[str], durations: dict[str, float], count: int) -> dict[str, int]:
+    """node id -> shard (1-based): longest first onto the least-loaded shard (ties: the lower shard), so
+    the shards' expected times differ by at most one case's duration."""
+    ids = sorted(set(nodeids), key=lambda i: (-durations.get(i, UNKNOWN_S), i))
+    load = [0.0] * count
+    assigned = {}
+    for nodeid in ids:
+        shard = min(range(count), key=lambda s: (load[s], s))
+        load[shard] += durations.get(nodeid, UNKNOWN_S)
+        assigned[nodeid] = shard + 1
+    return assigned
+
+
+def load_durations(path: Path | None) -> dict[str, float]:
+    """The recorded case durations; an absent file means none (every case counts UNKNOWN_S)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"durations file {path} is not JSON ({exc}); delete it or rerun with "
+                         f"--store-durations") from None
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def store_durations(path: Path, measured: dict[str, float]) -> None:
+    """Merge newly measured durations into the file, atomically (sorted, so diffs stay readable)."""
+    merged = {**load_durations(path), **{k: round(v, 3) for k, v in measured.items()}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
+    os.replace(tmp, path)
+
+
+def duration_key(nodeid: str) -> str:
+    """A node id without its folder (`test_identity.py::test_x[...]`): the same whether the suite runs from
+    a checkout or an installed copy, whose node ids differ by the path up to the suite."""
+    path, sep, rest = nodeid.partition("::")
+    return Path(path).name + sep + rest
+
+
+class ShardSelector:
+    """A pytest plugin object: keeps this shard's cases. trylast, so it partitions what -k, -m and other
+    plugins left selected; resconf's event writer (a wrapper) still records the whole collection."""
+
+    def __init__(self, shard: Shard, durations: dict[str, float]) -> None:
+        self.shard, self.durations = shard, durations
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        keys = {item.nodeid: duration_key(item.nodeid) for item in items}
+        assigned = partition(keys.values(), self.durations, self.shard.count)
+        mine = [item for item in items if assigned[keys[item.nodeid]] == self.shard.index]
+        others = [item for item in items if assigned[keys[item.nodeid]] != self.shard.index]
+        items[:] = mine
+        if others:
+            config.hook.pytest_deselected(items=others)
