@@ -8,25 +8,26 @@ set -euo pipefail
 small=${1:-10}
 large=${2:-30}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap '[ -e "$work/failed" ] && echo "kept $work: a run failed (its results and logs are there)" || rm -rf "$work"' EXIT
 cd "$work"  # the nightly example database and every result land here, not in the checkout
 backends=(--backend numpy --backend torch --backend jax)
 export XDG_CACHE_HOME="$work/cache"  # JAX's persistent compile cache (conformance/worker.py) starts empty
 
-seconds() {  # run a command quietly; print its wall time in seconds
-  local start end
+seconds() {  # LABEL COMMAND...: run it quietly into LABEL.log; print its wall time in seconds
+  local start end log="$1.log"
+  shift
   start=$(date +%s%N)
-  "$@" > last.log 2>&1 || echo "  (exit status $? from: $*; see the log in $work/last.log)" >&2
+  "$@" > "$log" 2>&1 || { touch failed; echo "  (exit status $? from: $*; its output: $work/$log)" >&2; }
   end=$(date +%s%N)
   echo $(( (end - start) / 1000000 )) | awk '{printf "%.1f", $1 / 1000}'
 }
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "ci, cold JAX cache, -n auto:  $(seconds resconf check "${backends[@]}" --output cold.parquet) s"
-echo "ci, warm JAX cache, -n auto:  $(seconds resconf check "${backends[@]}" --output warm.parquet) s"
-echo "ci, warm JAX cache, -n 0:     $(seconds resconf check "${backends[@]}" -n 0 --output serial.parquet) s"
-t_small=$(seconds resconf check "${backends[@]}" --profile nightly --max-examples "$small" --output n1.parquet)
-t_large=$(seconds resconf check "${backends[@]}" --profile nightly --max-examples "$large" --output n2.parquet)
+echo "ci, cold JAX cache, -n auto:  $(seconds cold resconf check "${backends[@]}" --output cold.parquet) s"
+echo "ci, warm JAX cache, -n auto:  $(seconds warm resconf check "${backends[@]}" --output warm.parquet) s"
+echo "ci, warm JAX cache, -n 0:     $(seconds serial resconf check "${backends[@]}" -n 0 --output serial.parquet) s"
+t_small=$(seconds nightly-small resconf check "${backends[@]}" --profile nightly --max-examples "$small" --output n1.parquet)
+t_large=$(seconds nightly-large resconf check "${backends[@]}" --profile nightly --max-examples "$large" --output n2.parquet)
 echo "nightly, $small examples:     $t_small s"
 echo "nightly, $large examples:     $t_large s (the database from the run before replayed first)"
 awk -v a="$t_small" -v b="$t_large" -v m="$small" -v n="$large" 'BEGIN {

@@ -71,7 +71,7 @@ def check_main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", choices=DEVICES,
                         help="cpu (default) or cuda; a backend that does not run there is skipped, with the reason")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
-                        help="ci: fast, derandomised (default); nightly: 1000 examples, saved database; "
+                        help="ci: fast, derandomised (default); nightly: 300 examples, saved database replayed first; "
                              "dev: 25 examples; smoke: 4 examples, no shrinking; calibrate: fresh random seeds")
     parser.add_argument("--max-examples", type=int, metavar="N", help="examples per property, overriding the profile's")
     parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")

@@ -6,6 +6,7 @@ outlives the per-test timeout where no signal reaches it, and kills the whole wo
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import os
 import signal
@@ -25,17 +26,26 @@ PYTEST_STATUS = {2: "pytest was interrupted (errors during collection?)", 3: "py
                  5: "no test ran (pytest exit status 5: nothing collected, or -k/-m deselected everything)"}
 
 
-def worker_defaults() -> dict[str, str]:
+CACHED_PROFILES = ("ci", "smoke")  # derandomised: every run compiles the same programs again
+JAX_CACHE_BYTES = 4 * 2**30
+
+
+def worker_defaults(profile: str) -> dict[str, str]:
     """Environment defaults for a worker; the user's own settings win.
 
     The suite's tensors are tiny: one intra-op thread is faster than two fighting over them, and
-    deterministic. JAX compiles every new (configuration, shape, dtype) once, about 0.3-1 s each on this
-    class of machine; the `ci` profile draws the same examples every run, so JAX's persistent compile
-    cache turns a rerun's compiles into loads."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
-    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    deterministic. JAX compiles every new (configuration, shape, dtype) once, about 0.2-1 s each on this
+    class of machine; the derandomised profiles draw the same examples every run, so JAX's persistent
+    compile cache turns a rerun's compiles into loads. A size limit turns on the cache's file lock (JAX
+    writes entries unlocked when unlimited), which parallel workers sharing it need. The randomised profiles
+    leave the cache off: their programs rarely recur, and a nightly run with it on crashed twice in JAX's
+    executable (de)serialisation (docs/findings.md)."""
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if profile in CACHED_PROFILES and importlib.util.find_spec("filelock") is not None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
+        env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "JAX_COMPILATION_CACHE_MAX_SIZE": str(JAX_CACHE_BYTES)}
+    return env
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,13 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
 
 
 def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float,
-               progress: WorkerProgress | None = None) -> WorkerExit:
+               progress: WorkerProgress | None = None, profile: str = "ci") -> WorkerExit:
     """Run a worker to its end, killing it if one case outlives `hung_after_s` or the worker its deadline."""
     watch = _CaseWatch(events, progress or WorkerProgress("-"))
     killed_for = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                env={**worker_defaults(), **os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**worker_defaults(profile), **os.environ, "PYTHONUNBUFFERED": "1"})
         while True:
             try:
                 status = proc.wait(timeout=POLL_S)

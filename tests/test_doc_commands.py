@@ -51,6 +51,10 @@ COMMANDS = {
     "resconf check --shard 2/3 --output shard-2.parquet": Parse(),
     # docs/scaling.md
     "resconf check -n": NotRun(NAMED_ONLY),
+    # docs/findings.md (the JAX crash: minutes, and it did not recur on a fresh cache)
+    "resconf check --profile nightly --max-examples 30": Parse(),
+    'resconf check --backend jax --profile nightly --max-examples 30 -k "test_stream_is_sum_of_writes or '
+    'test_uncorrelated_growth"': Parse(),
     "resconf check --shard K/N": NotRun(NAMED_ONLY),
     "resconf check --store-durations": Parse(),  # the whole suite: minutes
     "resconf merge shard-1.parquet shard-2.parquet shard-3.parquet -o merged.parquet": Parse(),
