@@ -62,8 +62,10 @@ def junit_suite_name(backend: str) -> str:
 
 def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, events: Path, junit: Path,
                    already: Path | None, shard: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-p", "no:cacheprovider", "-q", "--no-header",
-           "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
+    # -o addopts=: the ini file pytest finds (this repo's, or the user's project's) must not change how a
+    # worker runs; e.g. `-n auto` there would hand the cases to xdist and blind the crash attribution.
+    cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-o", "addopts=", "-p", "no:cacheprovider", "-q",
+           "--no-header", "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
            "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
            "-o", f"junit_suite_name={junit_suite_name(name)}",
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
