@@ -54,7 +54,8 @@ def check_complete(rows: list[ResultRow]) -> None:
         n = int(counts.pop())
         missing = [f"{k}/{n}" for k in range(1, n + 1) if f"{k}/{n}" not in shards]
         if missing:
-            raise Incomplete(f"backend {backend}: shard {', '.join(missing)} missing (have {', '.join(sorted(shards))})")
+            have = ", ".join(sorted(shards))
+            raise Incomplete(f"backend {backend}: shard {', '.join(missing)} missing (have {have})")
     twice = [key for key, n in Counter((r.backend, r.test) for r in rows if r.test != "-").items() if n > 1]
     if twice:
         backend, test = twice[0]

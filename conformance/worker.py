@@ -44,7 +44,8 @@ def worker_defaults(profile: str) -> dict[str, str]:
     if profile in CACHED_PROFILES and importlib.util.find_spec("filelock") is not None:
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
         env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "JAX_COMPILATION_CACHE_MAX_SIZE": str(JAX_CACHE_BYTES)}
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                "JAX_COMPILATION_CACHE_MAX_SIZE": str(JAX_CACHE_BYTES)}
     return env
 
 
@@ -65,8 +66,8 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
     # -o addopts=: the ini file pytest finds (this repo's, or the user's project's) must not change how a
     # worker runs; e.g. `-n auto` there would hand the cases to xdist and blind the crash attribution.
     cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-o", "addopts=", "-p", "no:cacheprovider", "-q",
-           "--no-header", "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile, "--results-jsonl", str(rows),
-           "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
+           "--no-header", "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile,
+           "--results-jsonl", str(rows), "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
            "-o", f"junit_suite_name={junit_suite_name(name)}",
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
     cmd += ["--already-run", str(already)] if already else []
