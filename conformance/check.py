@@ -97,7 +97,7 @@ def run_check(opts: CheckOptions) -> int:
     problems = {name: reason for name in opts.backends if (reason := unavailable_reason(name))}
     for reason in problems.values():
         print(f"resconf: {reason}", file=sys.stderr)
-    names = [n for n in opts.backends if n not in problems]
+    names = [n for n in dict.fromkeys(opts.backends) if n not in problems]  # a name given twice runs once
     with tempfile.TemporaryDirectory(prefix="resconf-") as tmp:  # worker files: rows, events, JUnit, logs
         runs = _run_backends(names, opts, run_id, Path(tmp))
         for name, run in runs.items():
