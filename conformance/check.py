@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 
 from resconf.backends.registry import BUILTIN, entry_point_names, known_names
-from resconf.conformance import guard, provenance, shards, summary, xfails
-from resconf.conformance import worker
+from resconf.conformance import guard, provenance, shards, summary, worker, xfails
 from resconf.conformance.backend_part import NOTHING_RAN, PartRun, run_part
 from resconf.conformance.harness_rows import harness_row
 from resconf.conformance.junit import JunitPart, merge_junit
