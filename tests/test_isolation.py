@@ -100,7 +100,9 @@ def test_hang_ends_as_timed_out_and_the_worker_continues(hung):
     got = rows[BROKEN + "Hangs"]
     culprit = outcome_of(got, "float64-rezero-rezero")
     assert culprit["outcome"] == "failed" and "timed out after 2 s" in culprit["message"]
-    assert 2 <= culprit["duration_s"] < 5
+    # The timer is armed before pytest starts timing the case, so the recorded time can fall a few ms short
+    # of the 2 s it fires after (1.997 s was seen under load); what matters is that it ended near 2 s.
+    assert 1.9 <= culprit["duration_s"] < 5
     assert sum(r["outcome"] == "passed" for r in got) == 3, "the same worker went on after the timeout"
     assert f"backend {BROKEN}Hangs: worker restarted" not in proc.stdout
 
