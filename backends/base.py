@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
-from resconf.backends.params import BlockParams
+from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig
+from resconf.backends.params import LayerParams
 
 DEVICES = ("cpu", "cuda")  # what --device accepts
 
@@ -35,25 +35,34 @@ class Capabilities:
     placements: frozenset[str] = frozenset(PLACEMENTS)
     norms: frozenset[str] = frozenset(NORMS)
     branches: frozenset[str] = frozenset(BRANCHES)
+    features: frozenset[str] = frozenset()  # layer-model features it expresses (config.FEATURES)
     dtypes: frozenset[str] = frozenset({"float64", "float32"})
     fused_kinds: frozenset[str] = frozenset()  # fused add+norm kinds: "rmsnorm", "layernorm"
     blocks: bool = True  # False for a backend that only offers fused add+norm
 
     def supports(self, cfg: BlockConfig) -> bool:
         return (self.blocks and cfg.placement in self.placements and cfg.norm in self.norms
-                and cfg.branch in self.branches)
+                and set(cfg.sublayers) <= self.branches and cfg.features <= self.features)
 
 
 @dataclass(frozen=True)
 class StackTrace:
-    states: np.ndarray  # (L+1, B, T, C): x_0 .. x_L
-    branches: np.ndarray  # (L, B, T, C): output of each block's branch F_l (before any ReZero gate)
+    """U = cfg.n_updates: one stream state per sublayer (per layer when parallel)."""
+
+    states: np.ndarray  # (U+1, B, T, C): x_0 .. x_U
+    branches: np.ndarray  # (U, B, T, C): each update's write w next to the skip (before any ReZero gate)
+    final: np.ndarray | None = None  # (B, T, C): the final norm of x_U, when cfg.final_norm
+
+    @property
+    def output(self) -> np.ndarray:
+        """The stack's output, which stack_vjp's cotangent g is on: the final norm's, else x_U."""
+        return self.states[-1] if self.final is None else self.final
 
 
 @dataclass(frozen=True)
 class StackGrads:
     dx: np.ndarray  # (B, T, C): gradient w.r.t. x_0
-    dparams: tuple[BlockParams, ...]  # same structure as the parameters, one per block
+    dparams: tuple[LayerParams, ...]  # same names as the parameters, one record per layer
 
 
 @dataclass(frozen=True)
@@ -89,16 +98,16 @@ class Backend(ABC):
         """Framework name -> version, recorded in every result row."""
         return {}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
-        """Run L = len(params) blocks on x (B, T, C); return every stream state and branch output."""
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+        """Run len(params) layers on x (B, T, C); return every stream state, every write and the final norm."""
         raise NotImplementedError(f"backend {self.name!r} does not implement stack_forward")
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
-        """Pull the cotangent g on x_L back to x_0 and to every parameter (the framework's own autodiff)."""
+        """Pull the cotangent g on the stack's output (StackTrace.output) back to x_0 and to every parameter (the framework's own autodiff)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement stack_vjp")
 
-    def init_params(self, cfg: BlockConfig, seed: int) -> tuple[BlockParams, ...]:
+    def init_params(self, cfg: BlockConfig, seed: int) -> tuple[LayerParams, ...]:
         """Optional: the backend's own initializer for scheme cfg.init. When offered, the suite runs the
         identity and variance properties on these parameters, so the scheme itself is under test."""
         raise NotImplementedError
@@ -126,7 +135,7 @@ class Backend(ABC):
         runs the fused add+norm forward, and when `backward` also the backward; returns its outputs."""
         raise NotImplementedError(f"backend {self.name!r} offers no fused add+norm benchmark")
 
-    def bench_stack(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str):
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
         """A ready callable f(x, g) on native arrays running the stack forward and backward."""
         raise NotImplementedError(f"backend {self.name!r} offers no stack benchmark")
 

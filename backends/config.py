@@ -1,23 +1,36 @@
-"""What a residual block is: the configuration every backend must be able to express (SPEC.md).
+"""What a residual layer is: the configuration every backend must be able to express (SPEC.md).
 
-A block computes, for an input stream x of shape (B, T, C):
-    pre       x + F(N(x))
-    post      N(x + F(x))
-    rezero    x + a * F(x)          (a is a learnable scalar, the block's `gate`)
-    deepnorm  N(alpha * x + F(x))   alpha = (2L) ** (1/4)
-    plain     F(x)                  (no skip: the control that must FAIL identity properties)
+A stack is `depth` layers. A layer is an ordered list of residual sublayers (`sublayers`, e.g. attention
+then mlp), each with its own norm N and its own residual write of its branch F. Each sublayer applies the
+placement, with s the skip scalar and w = branch_scale * layer_scale * F the write:
+    pre       s x + w(N(x))
+    post      N(s x + w(x))
+    rezero    s x + a * w(x)         (a is a learnable scalar, the sublayer's `gate`)
+    deepnorm  N(alpha x + w(x))      alpha = (2 depth)^(1/4) (DeepNet, counting layers), or skip_scale
+    plain     w(x)                   (no skip: the control that must FAIL identity properties)
+A `parallel` layer (GPT-J, PaLM; pre only) updates the stream once: x + sum_k w_k(N_k(x)), with one norm
+shared by every branch or one each. An optional final norm follows the stack.
+
+Depth is counted in layers. The stream is updated `n_updates` times (once per sublayer, once per parallel
+layer) and receives `n_writes` branch outputs (one per sublayer), which is what GPT-2's init scales by.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 PLACEMENTS = ("pre", "post", "rezero", "deepnorm", "plain")
 NORMS = ("layernorm", "rmsnorm")
 BRANCHES = ("mlp", "attention", "linear")
 INITS = ("standard", "gpt2", "zero", "rezero", "deepnorm")
 GELUS = ("tanh", "exact")
+ACTIVATIONS = ("gelu", "relu", "silu")
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 FUSED_KINDS = ("rmsnorm", "layernorm")
+# Layer-model features beyond a single pre/post/... sublayer with biases, GELU and causal MHA. A backend
+# claims the ones it expresses (Capabilities.features); the suite skips configurations that need others.
+FEATURES = ("sublayers", "parallel", "final_norm", "relu", "silu", "gated", "no_bias", "no_norm_bias",
+            "bidirectional", "gqa", "rope", "qk_norm", "layer_scale", "skip_scale", "branch_scale")
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
@@ -27,18 +40,37 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """One residual block, repeated `depth` times to make a stack (depth = L in the formulas)."""
+    """One residual layer, repeated `depth` times to make a stack (depth = L, counted in layers)."""
 
     placement: str = "pre"
     norm: str = "layernorm"
-    branch: str = "mlp"
+    branch: str = "mlp"  # the one sublayer of a single-sublayer layer; see `sublayers`
     init: str = "standard"
     depth: int = 1
     d_model: int = 16
     n_heads: int = 2
     mlp_ratio: int = 4
-    gelu: str = "tanh"
+    gelu: str = "tanh"  # which GELU when activation == "gelu"
     eps: float = 1e-5
+    # --- the layer's shape ---
+    sublayers: tuple[str, ...] | None = None  # ordered residual sublayers; None means (branch,)
+    parallel: bool = False  # every sublayer reads the same x and writes in one update (pre only)
+    shared_norm: bool = True  # parallel only: one norm feeds every branch (GPT-J) or one norm each
+    final_norm: bool = False  # a norm after the stack (its parameters sit in the last layer's record)
+    # --- branch features ---
+    activation: str = "gelu"
+    gated: bool = False  # mlp: act(x W_gate) * (x W_up), SwiGLU with silu, GeGLU with gelu
+    d_ff: int | None = None  # mlp hidden width; None means mlp_ratio * d_model
+    bias: bool = True  # biases on every linear
+    norm_bias: bool = True  # layernorm's bias (rmsnorm never has one)
+    causal: bool = True  # attention mask: causal, else bidirectional
+    n_kv_heads: int | None = None  # None means n_heads (MHA); 1 is multi-query; else grouped-query
+    rope: bool = False  # rotary embeddings on q and k, half-split convention (GPT-NeoX, Llama)
+    rope_base: float = 10000.0
+    qk_norm: bool = False  # RMSNorm over each head of q and k, before RoPE (OLMo 2, Qwen 3)
+    layer_scale: float | None = None  # per-channel gain on each write, drawn at this value (CaiT)
+    skip_scale: float | None = None  # the skip scalar s (He et al.'s lambda); deepnorm's free alpha
+    branch_scale: float = 1.0  # a constant on every write
 
     def __post_init__(self) -> None:
         _check_choice("placement", self.placement, PLACEMENTS)
@@ -46,28 +78,113 @@ class BlockConfig:
         _check_choice("branch", self.branch, BRANCHES)
         _check_choice("init", self.init, INITS)
         _check_choice("gelu", self.gelu, GELUS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if self.sublayers is None:
+            object.__setattr__(self, "sublayers", (self.branch,))
+        object.__setattr__(self, "sublayers", tuple(self.sublayers))
+        for kind in self.sublayers:
+            _check_choice("sublayer", kind, BRANCHES)
+        if not self.sublayers or len(set(self.sublayers)) != len(self.sublayers):
+            raise ValueError(f"sublayers={self.sublayers} must name each of {BRANCHES} at most once, at least one")
+        if self.parallel and (len(self.sublayers) < 2 or self.placement != "pre"):
+            raise ValueError(f"parallel=True needs placement='pre' and two or more sublayers, "
+                             f"got placement={self.placement!r}, sublayers={self.sublayers}")
         if self.depth < 1:
             raise ValueError(f"depth={self.depth} must be >= 1")
-        if self.d_model < 1 or self.d_model % self.n_heads:
+        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be a positive multiple of n_heads={self.n_heads}")
+        if self.kv_heads < 1 or self.n_heads % self.kv_heads:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.rope and self.head_dim % 2:
+            raise ValueError(f"rope=True needs an even head dimension, got d_model/n_heads={self.head_dim}")
+        if not self.rope_base > 1.0:
+            raise ValueError(f"rope_base={self.rope_base} must be > 1")
+        if self.d_hidden < 1:
+            raise ValueError(f"d_ff={self.d_ff} must be >= 1")
         if not self.eps > 0:
             raise ValueError(f"eps={self.eps} must be > 0")
+        for name in ("layer_scale", "skip_scale", "branch_scale"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be finite")
 
+    # --- derived sizes ---
     @property
     def d_hidden(self) -> int:
-        return self.mlp_ratio * self.d_model
+        return self.d_ff if self.d_ff is not None else self.mlp_ratio * self.d_model
 
     @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def has_norm_bias(self) -> bool:
+        return self.norm == "layernorm" and self.norm_bias
+
+    # --- depth counting ---
+    @property
+    def n_writes(self) -> int:
+        """Branch outputs added to the stream: one per sublayer of every layer (nanoGPT's 2 * n_layer)."""
+        return self.depth * len(self.sublayers)
+
+    @property
+    def n_updates(self) -> int:
+        """Stream states after x_0: one per sublayer, one per parallel layer (the trace's length)."""
+        return self.depth * (1 if self.parallel else len(self.sublayers))
+
+    @property
+    def updates(self) -> tuple[tuple[str, ...], ...]:
+        """The sublayers of one layer grouped by update: ((attention,), (mlp,)) or ((attention, mlp),)."""
+        return (self.sublayers,) if self.parallel else tuple((kind,) for kind in self.sublayers)
+
+    # --- constants ---
+    @property
     def deepnorm_alpha(self) -> float:
-        """DeepNet's skip scale for an encoder of L blocks: (2L)^(1/4)."""
+        """DeepNet's skip scale for an encoder of N = depth layers: (2N)^(1/4)."""
         return (2.0 * self.depth) ** 0.25
 
     @property
     def deepnorm_beta(self) -> float:
-        """DeepNet's init gain on FFN, value and output projections: (8L)^(-1/4)."""
+        """DeepNet's init gain on FFN, value and output projections: (8N)^(-1/4)."""
         return (8.0 * self.depth) ** -0.25
 
+    @property
+    def skip(self) -> float:
+        """The scalar on the skip path: skip_scale when set, else alpha for deepnorm and 1 otherwise."""
+        if self.skip_scale is not None:
+            return self.skip_scale
+        return self.deepnorm_alpha if self.placement == "deepnorm" else 1.0
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The FEATURES this configuration uses."""
+        used = {"sublayers": len(self.sublayers) > 1 and not self.parallel, "parallel": self.parallel,
+                "final_norm": self.final_norm, "relu": self.activation == "relu", "silu": self.activation == "silu",
+                "gated": self.gated, "no_bias": not self.bias, "no_norm_bias": self.norm == "layernorm" and not self.norm_bias,
+                "bidirectional": not self.causal, "gqa": self.kv_heads != self.n_heads, "rope": self.rope,
+                "qk_norm": self.qk_norm, "layer_scale": self.layer_scale is not None,
+                "skip_scale": self.skip_scale is not None, "branch_scale": self.branch_scale != 1.0}
+        return frozenset(name for name, on in used.items() if on)
+
+    def norm_owner(self, kind: str) -> str:
+        """Whose norm feeds sublayer `kind`: its own, or the first sublayer's in a shared-norm parallel layer."""
+        return self.sublayers[0] if self.parallel and self.shared_norm else kind
+
     def describe(self) -> str:
-        """Stable short text used in result rows and rerun lines."""
-        return (f"placement={self.placement},norm={self.norm},branch={self.branch},init={self.init},"
+        """Stable short text used in result rows and rerun lines; layer-model fields only when not default."""
+        text = (f"placement={self.placement},norm={self.norm},branch={self.branch},init={self.init},"
                 f"depth={self.depth},d_model={self.d_model},gelu={self.gelu},eps={self.eps:g}")
+        defaults = BlockConfig()
+        fixed = ("placement", "norm", "branch", "init", "depth", "d_model", "gelu", "eps")
+        for f in (f for f in fields(self) if f.name not in fixed):
+            value = getattr(self, f.name)
+            if f.name == "sublayers":
+                if value != (self.branch,):
+                    text += f",sublayers={'+'.join(value)}"
+            elif value != getattr(defaults, f.name):
+                text += f",{f.name}={value:g}" if isinstance(value, float) else f",{f.name}={value}"
+        return text

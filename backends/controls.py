@@ -23,7 +23,7 @@ from resconf.backends.config import BlockConfig
 from resconf.backends.emulated import Arithmetic, using
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.numpy_ref import NumpyReference, _check_same_shape, _checked_stream
-from resconf.backends.params import BlockParams
+from resconf.backends.params import LayerParams
 
 
 def _f64(a) -> np.ndarray:
@@ -50,14 +50,15 @@ class EmulatedReference(NumpyReference):
         return {"numpy": np.__version__, "arithmetic": f"{self.order}{'+fma' if self.fma else ''}"
                 f"{', float64 accumulation' if self.wide else ''}"}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         self._check_dtype(dtype)
         x = _checked_stream(cfg, params, x)
         with using(self.arithmetic(dtype)) as cast:
             trace = ref.stack_forward(cfg, cast(params), cast(x))
-        return StackTrace(states=_f64(trace.states), branches=_f64(trace.branches))
+        return StackTrace(states=_f64(trace.states), branches=_f64(trace.branches),
+                          final=None if trace.final is None else _f64(trace.final))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
         self._check_dtype(dtype)
         x = _checked_stream(cfg, params, x)

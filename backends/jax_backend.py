@@ -1,16 +1,17 @@
-"""JAX backend: the block math of jax_blocks.py, jit-compiled, gradients from jax.vjp.
+"""JAX backend: the layer math of jax_blocks.py, jit-compiled, gradients from jax.vjp.
 
 Compile cost decides the design (the suite calls a backend hundreds of times with drawn shapes):
-  - a depth-L stack is one lax.scan over parameters stacked along a leading L axis, so depth is an array
-    shape and the compile time does not grow with it;
+  - a depth-L stack is one lax.scan over layer parameters stacked along a leading L axis, so depth is an
+    array shape and the compiled program (one loop body) and its compile time do not grow with it; the
+    final norm's tensors, in the last layer's record only, are split out and applied after the scan;
   - one jitted function per static configuration (StaticBlock), built once (lru_cache); jit's own
-    cache then compiles once per (dtypes, shapes, depth) and never again;
-  - eps and the DeepNorm alpha are traced scalars, so drawing them does not recompile.
+    cache then compiles once per (dtypes, shapes, depth, which tensors exist) and never again;
+  - eps, the skip scalar (DeepNorm's alpha, skip_scale) and branch_scale are traced scalars, so drawing
+    them does not recompile.
 TRACES counts traces (each one is a compile) per function; tests and measurements read it.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections import Counter
 from typing import Sequence
@@ -23,9 +24,9 @@ import numpy as np
 from resconf.backends import jax_blocks as jb
 from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads, StackTrace,
                                    dtype_error)
-from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import numpy_dtype
-from resconf.backends.params import BlockParams
+from resconf.backends.params import LayerParams, check_params
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
 BENCH_EPS = 1e-5  # eps of the fused add+norm benchmark callables
@@ -33,19 +34,19 @@ BENCH_EPS = 1e-5  # eps of the fused add+norm benchmark callables
 
 @functools.lru_cache(maxsize=None)
 def _stack_forward_fn(static: jb.StaticBlock):
-    def forward(x, params, eps, alpha):
+    def forward(x, layers, final, scalars):
         TRACES["stack_forward"] += 1
-        _, states, branches = jb.stack(x, params, static, eps, alpha)
-        return jnp.concatenate([x[None], states]), branches  # (L+1, B, T, C), (L, B, T, C)
+        _, states, writes, out = jb.stack(x, layers, final, static, scalars)
+        return jnp.concatenate([x[None], states]), writes, out  # (U+1, B, T, C), (U, B, T, C), (B, T, C) or None
     return jax.jit(forward)
 
 
 @functools.lru_cache(maxsize=None)
 def _stack_vjp_fn(static: jb.StaticBlock):
-    def vjp(x, params, g, eps, alpha):
+    def vjp(x, layers, final, g, scalars):
         TRACES["stack_vjp"] += 1
-        _, pullback = jax.vjp(lambda x0, p: jb.stack(x0, p, static, eps, alpha)[0], x, params)
-        return pullback(g)  # (dx, dparams stacked like params)
+        _, pullback = jax.vjp(lambda *a: jb.stack_output(*a, static, scalars), x, layers, final)
+        return pullback(g)  # (dx, dlayers stacked like layers, dfinal or None)
     return jax.jit(vjp)
 
 
@@ -86,7 +87,8 @@ def _to64(a: jax.Array) -> np.ndarray:
 
 
 class JaxBackend(Backend):
-    """Every placement, norm and branch; float64, float32, bfloat16, float16; fused add+norm (rms, layer)."""
+    """Every placement, norm, sublayer and layer feature; float64, float32, bfloat16, float16; fused
+    add+norm (rms, layer)."""
 
     name = "jax"
     devices = ("cpu", "cuda")
@@ -103,27 +105,26 @@ class JaxBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(dtypes=frozenset(DTYPES), fused_kinds=frozenset(FUSED_KINDS))
+        return Capabilities(features=frozenset(FEATURES), dtypes=frozenset(DTYPES),
+                            fused_kinds=frozenset(FUSED_KINDS))
 
     def versions(self) -> dict[str, str]:
         return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
 
-    # --- blocks ---
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
-        stacked = self._stacked(cfg, params, x, dtype)
-        states, branches = _stack_forward_fn(jb.StaticBlock.of(cfg))(
-            self.to_native(x, dtype), stacked, np.float64(cfg.eps), np.float64(cfg.deepnorm_alpha))
-        return StackTrace(states=_to64(states), branches=_to64(branches))
+    # --- stacks of layers ---
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+        layers, final = self._stacked(cfg, params, x, dtype)
+        states, writes, out = _stack_forward_fn(jb.StaticBlock.of(cfg))(
+            self.to_native(x, dtype), layers, final, jb.Scalars.of(cfg))
+        return StackTrace(states=_to64(states), branches=_to64(writes), final=None if out is None else _to64(out))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
-        stacked = self._stacked(cfg, params, x, dtype)
+        layers, final = self._stacked(cfg, params, x, dtype)
         _check_same_shape("g", g, "x", x)
-        dx, dstacked = _stack_vjp_fn(jb.StaticBlock.of(cfg))(
-            self.to_native(x, dtype), stacked, self.to_native(g, dtype),
-            np.float64(cfg.eps), np.float64(cfg.deepnorm_alpha))
-        dstacked = dstacked.map(_to64)
-        return StackGrads(dx=_to64(dx), dparams=tuple(dstacked.map(lambda a, l=l: a[l]) for l in range(len(params))))
+        dx, dlayers, dfinal = _stack_vjp_fn(jb.StaticBlock.of(cfg))(
+            self.to_native(x, dtype), layers, final, self.to_native(g, dtype), jb.Scalars.of(cfg))
+        return StackGrads(dx=_to64(dx), dparams=_unstack(params, dlayers, dfinal))
 
     # --- fused add+norm ---
     def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -153,12 +154,12 @@ class JaxBackend(Backend):
         self._check_fused(kind, dtype)
         return _bench_fused_fn(kind, backward)  # with_bias=False: pass bias=None (jit specialises on it)
 
-    def bench_stack(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str):
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
         self._check_dtype(dtype)
-        stacked = self._stack_params(params, dtype)
-        vjp = _stack_vjp_fn(jb.StaticBlock.of(cfg))
-        eps, alpha = np.float64(cfg.eps), np.float64(cfg.deepnorm_alpha)
-        return lambda x, g: vjp(x, stacked, g, eps, alpha)  # (dx, dparams)
+        check_params(cfg, params)
+        layers, final = self._stack_params(params, dtype)
+        vjp, scalars = _stack_vjp_fn(jb.StaticBlock.of(cfg)), jb.Scalars.of(cfg)
+        return lambda x, g: vjp(x, layers, final, g, scalars)  # (dx, dlayers, dfinal)
 
     def synchronize(self, result) -> None:
         jax.block_until_ready(result)
@@ -173,15 +174,22 @@ class JaxBackend(Backend):
         if kind not in self.capabilities.fused_kinds:
             raise ValueError(f"fused add+norm kind {kind!r} is not one of {sorted(self.capabilities.fused_kinds)}")
 
-    def _stack_params(self, params: Sequence[BlockParams], dtype: str) -> BlockParams:
-        """One BlockParams whose every tensor is the blocks' tensors stacked along a new axis 0."""
-        present = [name for name, _ in params[0].items()]
-        return dataclasses.replace(params[0], **{
-            name: self.to_native(np.stack([getattr(p, name) for p in params]), dtype) for name in present})
+    def _stack_params(self, params: Sequence[LayerParams], dtype: str) -> tuple[LayerParams, LayerParams | None]:
+        """(the layers' tensors stacked along a new axis 0, the final norm's tensors or None): the final
+        norm lives in the last record only, so it cannot be scanned over."""
+        layers = LayerParams({name: self.to_native(np.stack([p[name] for p in params]), dtype)
+                              for name, _ in params[0].items() if not name.startswith(jb.FINAL)})
+        final = {name: self.to_native(t, dtype) for name, t in params[-1].items() if name.startswith(jb.FINAL)}
+        return layers, LayerParams(final) if final else None
 
-    def _stacked(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> BlockParams:
+    def _stacked(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str
+                 ) -> tuple[LayerParams, LayerParams | None]:
+        """Eager checks naming both shapes (a shape error from inside jit would not say which tensor of
+        which layer is wrong), then the stacked tensors."""
         self._check_dtype(dtype)
-        _check_stack_shapes(cfg, params, x)
+        if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
+            raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
+        check_params(cfg, params)
         return self._stack_params(params, dtype)
 
     def _fused_args(self, x, residual, weight, bias, kind, dtype, residual_in_fp32):
@@ -203,31 +211,12 @@ def _check_same_shape(label: str, a: np.ndarray, ref_label: str, ref: np.ndarray
                          f"they must be equal (no broadcasting)")
 
 
-def _expected_shapes(cfg: BlockConfig) -> dict[str, tuple[int, ...]]:
-    C, H = cfg.d_model, cfg.d_hidden
-    shapes = {"norm_weight": (C,), "w_out": (C, C), "b_out": (C,)}
-    if cfg.norm == "layernorm":
-        shapes["norm_bias"] = (C,)
-    if cfg.branch == "mlp":
-        shapes.update(w_in=(C, H), b_in=(H,), w_out=(H, C))
-    if cfg.branch == "attention":
-        shapes.update(w_in=(C, 3 * C), b_in=(3 * C,))
-    if cfg.placement == "rezero":
-        shapes["gate"] = ()
-    return shapes
-
-
-def _check_stack_shapes(cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray) -> None:
-    """Eager checks naming both shapes: a shape error from inside jit would not say which tensor of which
-    block is wrong, and np.stack would fail on blocks of different shapes with no hint of the fix."""
-    if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
-        raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
-    if len(params) == 0:
-        raise ValueError("params is empty: a stack needs at least one block")
-    expected = _expected_shapes(cfg)
-    for layer, p in enumerate(params):
-        got = {name: np.shape(t) for name, t in p.items()}
-        for name in sorted(set(got) | set(expected)):
-            if got.get(name) != expected.get(name):
-                raise ValueError(f"block {layer}: {name} has shape {got.get(name, 'None (absent)')}, expected "
-                                 f"{expected.get(name, 'None (absent)')} for {cfg.describe()}")
+def _unstack(params: Sequence[LayerParams], dlayers: LayerParams, dfinal: LayerParams | None
+             ) -> tuple[LayerParams, ...]:
+    """Per-layer float64 gradient records with the parameters' names in their order (the pytree's dicts
+    come back with sorted keys); the final norm's gradients go to the last record."""
+    stacked = {name: _to64(t) for name, t in dlayers.items()}  # (L, ...) each
+    final = {} if dfinal is None else {name: _to64(t) for name, t in dfinal.items()}
+    return tuple(LayerParams({name: final[name] if name.startswith(jb.FINAL) else stacked[name][layer]
+                              for name, _ in p.items()})
+                 for layer, p in enumerate(params))

@@ -1,8 +1,10 @@
-"""The residual block in JAX: norms, branches, the five placements, a depth-L stack as one lax.scan,
-and fused add+norm. Pure functions of jax arrays; jax_backend.py jits and caches them.
+"""The residual layer in JAX: norms, branches (linear, mlp, attention), the five placements, a depth-L stack
+as one lax.scan, the final norm, and fused add+norm. Pure functions of jax arrays; jax_backend.py jits and
+caches them. The float64 oracle (numpy_ref.py) is the spec; each function names its counterpart there.
 
 Why a scan: jit(vjp) of an unrolled Python loop compiles in time growing with depth (233 s at L=128),
-a scan over parameters stacked along a leading L axis compiles once for every depth (< 1 s).
+a scan over parameters stacked along a leading L axis compiles once for every depth (< 1 s). A layer
+is the scan's body: its updates (one per sublayer, one per parallel layer) unrolled inside it.
 
 Low precision (bfloat16, float16) is computed the way frameworks do on CPU: every op accumulates in
 float32 and rounds its output once to the input dtype; the residual add itself is done in the input
@@ -14,39 +16,84 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from resconf.backends.config import BlockConfig
-from resconf.backends.params import BlockParams
+from resconf.backends.params import LayerParams
 
-# BlockParams as a pytree: stacked parameters go through lax.scan and jax.vjp with their own field
-# names, and absent tensors (None) are empty subtrees. Registered once, here, only when JAX is in use.
+# LayerParams as a pytree: its `tensors` dict is the subtree, so stacked layers go through lax.scan and
+# jax.vjp keeping their names, and which tensors exist (biases, gates, gains) is part of jit's cache key.
+# Registered once, here, only when JAX is in use.
 jax.tree_util.register_dataclass(
-    BlockParams, data_fields=[f.name for f in dataclasses.fields(BlockParams)], meta_fields=[])
+    LayerParams, data_fields=[f.name for f in dataclasses.fields(LayerParams)], meta_fields=[])
 
 HIGHEST = lax.Precision.HIGHEST  # no TF32 / bf16 passes for float32 matmuls on GPU; no effect on CPU
+FINAL = "final."  # names of the final norm's tensors, in the last layer's record only
 
 
 @dataclass(frozen=True)
 class StaticBlock:
-    """What of a BlockConfig changes the traced program: the jit cache key. eps and the DeepNorm alpha
-    are traced scalars instead, and fields a branch does not read are blanked, so configurations that
-    compute the same program share one compile."""
+    """What of a BlockConfig changes the traced program: the jit cache key. Scalars are traced instead
+    (Scalars), fields a layer does not read are blanked, and what only adds or removes tensors (bias,
+    norm_bias, layer_scale, the ReZero gate) is left to the parameters' pytree structure, which jit keys on
+    anyway; so configurations that compute the same program share one compile. Depth is no field: it is
+    the scanned axis's length."""
 
     placement: str
     norm: str
-    branch: str
-    gelu: str  # "" unless branch == "mlp"
-    n_heads: int  # 0 unless branch == "attention"
+    sublayers: tuple[str, ...]
+    parallel: bool
+    shared_norm: bool  # False unless parallel
+    final_norm: bool
+    activation: str = ""  # "" unless "mlp" in sublayers
+    gelu: str = ""  # "" unless activation == "gelu"
+    gated: bool = False
+    n_heads: int = 0  # 0 unless "attention" in sublayers, and so on for the attention fields
+    kv_heads: int = 0
+    causal: bool = False
+    qk_norm: bool = False
+    rope_base: float = 0.0  # 0.0 without RoPE; static because the angles are computed at trace time
 
     @classmethod
     def of(cls, cfg: BlockConfig) -> "StaticBlock":
-        return cls(cfg.placement, cfg.norm, cfg.branch,
-                   cfg.gelu if cfg.branch == "mlp" else "",
-                   cfg.n_heads if cfg.branch == "attention" else 0)
+        mlp, attention = "mlp" in cfg.sublayers, "attention" in cfg.sublayers
+        return cls(cfg.placement, cfg.norm, cfg.sublayers, cfg.parallel, cfg.parallel and cfg.shared_norm,
+                   cfg.final_norm,
+                   activation=cfg.activation if mlp else "",
+                   gelu=cfg.gelu if mlp and cfg.activation == "gelu" else "",
+                   gated=mlp and cfg.gated,
+                   n_heads=cfg.n_heads if attention else 0,
+                   kv_heads=cfg.kv_heads if attention else 0,
+                   causal=attention and cfg.causal,
+                   qk_norm=attention and cfg.qk_norm,
+                   rope_base=cfg.rope_base if attention and cfg.rope else 0.0)
+
+    @property
+    def updates(self) -> tuple[tuple[str, ...], ...]:
+        """The sublayers of one layer grouped by update (BlockConfig.updates)."""
+        return (self.sublayers,) if self.parallel else tuple((kind,) for kind in self.sublayers)
+
+    def norm_owner(self, kind: str) -> str:
+        """Whose norm feeds sublayer `kind` (BlockConfig.norm_owner)."""
+        return self.sublayers[0] if self.shared_norm else kind
+
+
+class Scalars(NamedTuple):
+    """The config's traced scalars (float64; each op casts them to its accumulator): drawing new values
+    reuses the compile, and DeepNorm's alpha, which follows depth, is one of them."""
+
+    eps: np.float64
+    skip: np.float64  # cfg.skip: 1, DeepNorm's alpha, or skip_scale
+    branch_scale: np.float64
+
+    @classmethod
+    def of(cls, cfg: BlockConfig) -> "Scalars":
+        return cls(np.float64(cfg.eps), np.float64(cfg.skip), np.float64(cfg.branch_scale))
 
 
 def accumulator(*dtypes) -> jnp.dtype:
@@ -54,15 +101,22 @@ def accumulator(*dtypes) -> jnp.dtype:
     return jnp.result_type(jnp.float32, *dtypes)
 
 
-def linear(h: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    """h @ w + b, accumulated in float32 or wider, rounded once to h's dtype."""
+def scaled(a: jax.Array, scale: jax.Array) -> jax.Array:
+    """scale * a, multiplied in the accumulator and rounded once to a's dtype (a bfloat16 alpha would not
+    be alpha; a scale of 1 is exact)."""
+    acc = accumulator(a.dtype)
+    return (a.astype(acc) * scale.astype(acc)).astype(a.dtype)
+
+
+def linear(h: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    """h @ w (+ b), accumulated in float32 or wider, rounded once to h's dtype."""
     y = jnp.matmul(h, w, precision=HIGHEST, preferred_element_type=accumulator(h.dtype))
-    return (y + b).astype(h.dtype)
+    return (y if b is None else y + b).astype(h.dtype)
 
 
 def norm(x: jax.Array, weight: jax.Array, bias: jax.Array | None, kind: str, eps: jax.Array,
          out_dtype: jnp.dtype) -> jax.Array:
-    """layernorm (x - mean) / sqrt(var + eps) * w + b, or rmsnorm x / sqrt(mean(x^2) + eps) * w,
+    """layernorm (x - mean) / sqrt(var + eps) * w (+ b), or rmsnorm x / sqrt(mean(x^2) + eps) * w,
     over the last axis; statistics in float32 or wider (float16 variance is a known mutant)."""
     acc = accumulator(x.dtype, out_dtype)
     h = x.astype(acc)
@@ -75,68 +129,154 @@ def norm(x: jax.Array, weight: jax.Array, bias: jax.Array | None, kind: str, eps
     return y.astype(out_dtype)
 
 
-def mlp(h: jax.Array, p: BlockParams, gelu: str) -> jax.Array:
-    u = linear(h, p.w_in, p.b_in)  # (B, T, H)
-    u = jax.nn.gelu(u.astype(accumulator(u.dtype)), approximate=gelu == "tanh").astype(h.dtype)
-    return linear(u, p.w_out, p.b_out)  # (B, T, C)
+def layer_norm(x: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
+    """The norm whose gain and bias are s.norm_weight, s.norm_bias: a sublayer's, or the final norm."""
+    return norm(x, s.norm_weight, s.norm_bias, static.norm, sc.eps, x.dtype)
 
 
-def causal_attention(h: jax.Array, p: BlockParams, n_heads: int) -> jax.Array:
-    """Multi-head causal self-attention, packed qkv = h @ w_in + b_in split as [q | k | v]."""
-    B, T, C = h.shape
+# --- the branches F(h): (B, T, C) -> (B, T, C) ---
+
+def linear_branch(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
+    return linear(h, s.w_out, s.b_out)
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "silu": jax.nn.silu,
+               "gelu:tanh": lambda u: jax.nn.gelu(u, approximate=True),
+               "gelu:exact": lambda u: jax.nn.gelu(u, approximate=False)}
+
+
+def activation(u: jax.Array, static: StaticBlock) -> jax.Array:
+    """The mlp's activation, in the accumulator, rounded once to u's dtype."""
+    name = f"gelu:{static.gelu}" if static.activation == "gelu" else static.activation
+    return ACTIVATIONS[name](u.astype(accumulator(u.dtype))).astype(u.dtype)
+
+
+def mlp(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
+    """down(act(h W_up)), or down(act(h W_gate) * h W_up) when gated (SwiGLU, GeGLU); numpy_ref.mlp."""
+    u = linear(h, s.w_up, s.b_up)  # (B, T, H)
+    a = activation(linear(h, s.w_gate, s.b_gate), static) * u if static.gated else activation(u, static)
+    return linear(a, s.w_down, s.b_down)  # (B, T, C)
+
+
+def rope(x: jax.Array, base: float) -> jax.Array:
+    """Half-split rotary embedding of x (B, T, heads, hd): [x1 cos - x2 sin, x2 cos + x1 sin] at angle
+    t * base^(-2i/hd). The angles come from NumPy float64 at trace time (T and hd are static), then cast:
+    float32 angles up to t = 256 would be off by more than float32 rounding of cos and sin."""
+    T, hd = x.shape[1], x.shape[-1]
+    angles = np.arange(T)[:, None] * base ** (-np.arange(0, hd, 2) / hd)  # (T, hd/2), numpy_ops.rope_angles
+    acc = accumulator(x.dtype)
+    cos = jnp.asarray(np.cos(angles)[:, None, :], dtype=acc)  # (T, 1, hd/2): broadcast over heads
+    sin = jnp.asarray(np.sin(angles)[:, None, :], dtype=acc)
+    x1, x2 = jnp.split(x.astype(acc), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def heads(t: jax.Array, n: int) -> jax.Array:
+    B, T, width = t.shape
+    return t.reshape(B, T, n, width // n)  # (B, T, n, hd); no -1: B or T may be 0
+
+
+def attention_inputs(h: jax.Array, s, static: StaticBlock, sc: Scalars):
+    """q (B, T, nh, hd), k and v (B, T, nkv, hd): projected, QK-normed (RMSNorm over each head, before
+    RoPE), rotated; numpy_ref._attention_inputs."""
+    q, k = heads(linear(h, s.wq, s.bq), static.n_heads), heads(linear(h, s.wk, s.bk), static.kv_heads)
+    v = heads(linear(h, s.wv, s.bv), static.kv_heads)
+    if static.qk_norm:
+        q = norm(q, s.q_norm_weight, None, "rmsnorm", sc.eps, q.dtype)
+        k = norm(k, s.k_norm_weight, None, "rmsnorm", sc.eps, k.dtype)
+    if static.rope_base:
+        q, k = rope(q, static.rope_base), rope(k, static.rope_base)
+    return q, k, v
+
+
+def attention(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
+    """Self-attention, causal or bidirectional; with grouped queries, kv head j serves query heads
+    j*groups .. (j+1)*groups - 1 (np.repeat's order): the query heads are viewed as (nkv, groups)."""
+    B, T, _ = h.shape
     acc = accumulator(h.dtype)
-    q, k, v = (t.reshape(B, T, n_heads, C // n_heads)  # (B, T, nh, hd)
-               for t in jnp.split(linear(h, p.w_in, p.b_in), 3, axis=-1))
+    q, k, v = attention_inputs(h, s, static, sc)
+    hd = q.shape[-1]
+    q = q.reshape(B, T, static.kv_heads, static.n_heads // static.kv_heads, hd)  # (B, T, nkv, G, hd)
     # q is scaled before the product, as flax does: the logits then come straight out of the dot, so
     # softmax's max and x - max read the same rounded values. (Scaling the logits instead let XLA:CPU
     # recompute x * scale in two fusions and contract one into an FMA: exp(+1e3) = inf, then NaN, for
     # |logits| above ~1e18 in float64.)
-    q = q.astype(acc) / math.sqrt(C // n_heads)
-    logits = jnp.einsum("btnd,bsnd->bnts", q, k.astype(acc), precision=HIGHEST)  # (B, nh, T, T)
-    causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # query t sees keys s <= t
-    probs = jax.nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
-    out = jnp.einsum("bnts,bsnd->btnd", probs, v.astype(acc), precision=HIGHEST).astype(h.dtype)
-    return linear(out.reshape(B, T, C), p.w_out, p.b_out)  # (B, T, C)
+    q = q.astype(acc) / math.sqrt(hd)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(acc), precision=HIGHEST)  # (B, nkv, G, T, T)
+    if static.causal:
+        logits = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), logits, -jnp.inf)  # query t sees s <= t
+    probs = jax.nn.softmax(logits, axis=-1)
+    # probs @ v over all keys, as dot_product_attention does: a masked 0 times a later token's NaN is NaN
+    # (conformance/xfails/jax.toml, BI-3)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(acc), precision=HIGHEST).astype(h.dtype)
+    return linear(out.reshape(B, T, static.n_heads * hd), s.wo, s.bo)  # (B, T, C)
 
 
-def branch(h: jax.Array, p: BlockParams, static: StaticBlock) -> jax.Array:
-    if static.branch == "mlp":
-        return mlp(h, p, static.gelu)
-    if static.branch == "attention":
-        return causal_attention(h, p, static.n_heads)
-    return linear(h, p.w_out, p.b_out)
+BRANCHES = {"linear": linear_branch, "mlp": mlp, "attention": attention}
 
 
-def block(x: jax.Array, p: BlockParams, static: StaticBlock, eps: jax.Array, alpha: jax.Array
-          ) -> tuple[jax.Array, jax.Array]:
-    """One residual block: (x_next, F) where F is the branch output (before any ReZero gate)."""
-    def N(t: jax.Array) -> jax.Array:
-        return norm(t, p.norm_weight, p.norm_bias, static.norm, eps, t.dtype)
+def write(kind: str, s, h: jax.Array, static: StaticBlock, sc: Scalars) -> jax.Array:
+    """w = branch_scale * layer_scale * F(h): one rounding of F times the combined scale; numpy_ref.write."""
+    f = BRANCHES[kind](h, s, static, sc)  # (B, T, C)
+    scale = sc.branch_scale.astype(accumulator(f.dtype))
+    return scaled(f, scale if s.layer_scale is None else scale * s.layer_scale.astype(scale.dtype))
 
-    if static.placement == "pre":
-        f = branch(N(x), p, static)
-        return x + f, f
-    f = branch(x, p, static)
-    if static.placement == "post":
-        return N(x + f), f
+
+# --- one update of the stream, and a layer: numpy_ref.update_forward ---
+
+def update(x: jax.Array, p: LayerParams, kinds: tuple[str, ...], static: StaticBlock, sc: Scalars
+           ) -> tuple[jax.Array, jax.Array]:
+    """(y, w): the new stream state and the write next to the skip (before any ReZero gate). The skip
+    product and the residual add are in x's dtype."""
+    sx = scaled(x, sc.skip)  # (B, T, C)
+    if static.placement == "pre":  # s x + sum_k w_k(N_owner(k)(x)); a shared norm is computed once
+        normed = {owner: layer_norm(x, p.sub(owner), static, sc)
+                  for owner in dict.fromkeys(static.norm_owner(k) for k in kinds)}
+        writes = [write(k, p.sub(k), normed[static.norm_owner(k)], static, sc) for k in kinds]
+        w = sum(writes[1:], writes[0])
+        return sx + w, w
+    s = p.sub(kinds[0])
+    w = write(kinds[0], s, x, static, sc)  # every other placement feeds the raw stream to the branch
+    if static.placement in ("post", "deepnorm"):
+        return layer_norm(sx + w, s, static, sc), w  # N(s x + w(x)); deepnorm's s is alpha
     if static.placement == "rezero":
-        return x + p.gate * f, f
-    if static.placement == "deepnorm":
-        scaled = (x.astype(accumulator(x.dtype)) * alpha.astype(accumulator(x.dtype))).astype(x.dtype)
-        return N(scaled + f), f
-    return f, f  # plain: no skip
+        return sx + s.gate * w, w
+    return w, w  # plain: no skip
 
 
-def stack(x: jax.Array, params: BlockParams, static: StaticBlock, eps: jax.Array, alpha: jax.Array
-          ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Run the blocks whose parameters are stacked along axis 0 of every leaf of `params`.
-    Returns (x_L, states x_1..x_L (L, B, T, C), branch outputs (L, B, T, C))."""
-    def step(carry: jax.Array, p: BlockParams):
-        nxt, f = block(carry, p, static, eps, alpha)
-        return nxt, (nxt, f)
+def layer(x: jax.Array, p: LayerParams, static: StaticBlock, sc: Scalars):
+    """One layer's updates: (x after the layer, states (k, B, T, C), writes (k, B, T, C)), k updates."""
+    states, writes = [], []
+    for kinds in static.updates:
+        x, w = update(x, p, kinds, static, sc)
+        states.append(x)
+        writes.append(w)
+    return x, jnp.stack(states), jnp.stack(writes)
 
-    x_last, (states, branches) = lax.scan(step, x, params)
-    return x_last, states, branches
+
+# --- the stack: numpy_ref.stack_forward ---
+
+def stack(x: jax.Array, layers: LayerParams, final: LayerParams | None, static: StaticBlock, sc: Scalars,
+          trace: bool = True):
+    """Run the layers stacked along axis 0 of every tensor of `layers`, then the final norm (its tensors
+    `final`, split out of the scan). Returns (output, states x_1..x_U (U, B, T, C), writes (U, B, T, C),
+    final norm's output or None); without `trace` the states and writes are None (a VJP needs neither)."""
+    def step(carry: jax.Array, p: LayerParams):
+        nxt, states, writes = layer(carry, p, static, sc)
+        return nxt, ((states, writes) if trace else None)
+
+    x_last, ys = lax.scan(step, x, layers)
+    out = layer_norm(x_last, final.sub("final"), static, sc) if static.final_norm else None
+    if not trace:
+        return x_last if out is None else out, None, None, out
+    states, writes = (a.reshape((a.shape[0] * a.shape[1],) + x.shape) for a in ys)  # (L, k, B, T, C) -> (L k, B, T, C)
+    return x_last if out is None else out, states, writes, out
+
+
+def stack_output(x: jax.Array, layers: LayerParams, final: LayerParams | None, static: StaticBlock,
+                 sc: Scalars) -> jax.Array:
+    """What stack_vjp's cotangent is on: the final norm's output, else x_U."""
+    return stack(x, layers, final, static, sc, trace=False)[0]
 
 
 def fused_add_norm(x: jax.Array, residual: jax.Array, weight: jax.Array, bias: jax.Array | None,

@@ -29,15 +29,16 @@ def sum_leading(a: np.ndarray) -> np.ndarray:
 # --- linear: y = x @ w + b, w of shape (in, out) ---
 
 @op
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return x @ w + b  # (..., out)
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    return x @ w if b is None else x @ w + b  # (..., out)
 
 
 @op
-def linear_vjp(x: np.ndarray, w: np.ndarray, b: np.ndarray, g: np.ndarray):
+def linear_vjp(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: np.ndarray):
+    """(dx, dw, db); db is None without a bias."""
     dx = g @ w.T  # (..., in)
     dw = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])  # (in, out): sum over tokens of x^T g
-    return dx, dw, sum_leading(g)
+    return dx, dw, None if b is None else sum_leading(g)
 
 
 # --- GELU, tanh approximation: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi) ---
@@ -79,6 +80,35 @@ def gelu_exact(x: np.ndarray) -> np.ndarray:
 @op
 def gelu_exact_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g * (normal_cdf(x) + x * normal_pdf(x))  # (x Phi)' = Phi + x phi
+
+
+# --- ReLU and SiLU (x sigmoid(x), Swish-1) ---
+
+@op
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+@op
+def relu_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return np.where(x > 0.0, g, 0.0)  # derivative 0 at x = 0, as every framework takes it
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), written with e = exp(-|x|) <= 1: no overflow, and no cancellation for x << 0."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@op
+def silu(x: np.ndarray) -> np.ndarray:
+    return x * sigmoid(x)
+
+
+@op
+def silu_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    s = sigmoid(x)
+    return g * (s + x * s * (1.0 - s))  # (x s)' = s + x s (1 - s)
 
 
 # --- norms over the last axis, then the affine w * xhat (+ b); b may be None ---
@@ -151,7 +181,7 @@ def softmax_vjp(p: np.ndarray, g: np.ndarray) -> np.ndarray:
     return p * (g - np.sum(g * p, axis=-1, keepdims=True))
 
 
-# --- causal multi-head self-attention on packed qkv = [q | k | v] ---
+# --- multi-head attention on split heads: q (B, nh, T, hd), k and v (B, nh, S, hd) ---
 
 def split_heads(a: np.ndarray, n_heads: int) -> np.ndarray:
     B, T, C = a.shape
@@ -163,16 +193,23 @@ def merge_heads(a: np.ndarray) -> np.ndarray:
     return a.transpose(0, 2, 1, 3).reshape(B, T, nh * hd)  # (B, T, C)
 
 
-def _split_qkv(qkv: np.ndarray, n_heads: int):
-    return tuple(split_heads(a, n_heads) for a in np.split(qkv, 3, axis=-1))  # 3 x (B, nh, T, hd)
+def repeat_kv(a: np.ndarray, groups: int) -> np.ndarray:
+    """Grouped-query attention: kv head j serves query heads j*groups .. (j+1)*groups - 1."""
+    return np.repeat(a, groups, axis=1)  # (B, nkv, T, hd) -> (B, nkv * groups, T, hd)
 
 
-def causal_probs(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """softmax(q k^T / sqrt(hd)) with key j > query t masked out: zero above the diagonal."""
+def repeat_kv_vjp(g: np.ndarray, groups: int) -> np.ndarray:
+    B, nh, T, hd = g.shape
+    return g.reshape(B, nh // groups, groups, T, hd).sum(axis=2)  # each kv head collects its group's gradient
+
+
+def probs(q: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
+    """softmax(q k^T / sqrt(hd)); causal masks key j > query t out (zero above the diagonal)."""
     T = q.shape[-2]
     s = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1])  # (B, nh, T, T)
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)
-    return softmax(np.where(future, -np.inf, s))
+    if causal:
+        s = np.where(np.triu(np.ones((T, T), dtype=bool), k=1), -np.inf, s)
+    return softmax(s)
 
 
 def causal_weighted_sum(p: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -185,21 +222,44 @@ def causal_weighted_sum(p: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 @op
-def causal_attention(qkv: np.ndarray, n_heads: int) -> np.ndarray:
-    q, k, v = _split_qkv(qkv, n_heads)  # (B, nh, T, hd)
-    return merge_heads(causal_weighted_sum(causal_probs(q, k), v))  # (B, T, C)
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> np.ndarray:
+    p = probs(q, k, causal)  # (B, nh, T, T)
+    return causal_weighted_sum(p, v) if causal else p @ v  # (B, nh, T, hd)
 
 
 @op
-def causal_attention_vjp(qkv: np.ndarray, n_heads: int, g: np.ndarray) -> np.ndarray:
-    """dqkv (B, T, 3C). With o = p v, p = softmax(s), s = scale q k^T (masked entries have p = 0,
-    so they get no gradient): dv = p^T do, dp = do v^T, ds = softmax_vjp, dq = scale ds k, dk = scale ds^T q."""
-    q, k, v = _split_qkv(qkv, n_heads)
+def attention_vjp(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray, causal: bool, g: np.ndarray):
+    """(dq, dk, dv), given the forward's output o. With o = p v, p = softmax(s), s = scale q k^T (masked
+    entries have p = 0, so they get no gradient): dv = p^T g, dp = g v^T, ds = p (dp - D), dq = scale ds k,
+    dk = scale ds^T q. D = <g, o> per query equals sum_j p dp (the softmax VJP), taken from the saved output
+    as FlashAttention-2 and PyTorch's CPU kernel do: in a narrow dtype o is rounded, and near-uniform
+    attention (dp - D a small difference) turns that rounding into a large relative error of dq (seen: 1.2
+    in bfloat16 with torch's default kernel, 0.03 with its math kernel), a legitimate one."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    p = causal_probs(q, k)  # (B, nh, T, T)
-    do = split_heads(g, n_heads)  # (B, nh, T, hd)
-    dv = p.swapaxes(-1, -2) @ do
-    ds = softmax_vjp(p, do @ v.swapaxes(-1, -2))  # (B, nh, T, T)
-    dq = scale * ds @ k
-    dk = scale * ds.swapaxes(-1, -2) @ q
-    return np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)  # (B, T, 3C)
+    p = probs(q, k, causal)
+    D = np.sum(g * o, axis=-1, keepdims=True)  # (B, nh, T, 1)
+    ds = p * (g @ v.swapaxes(-1, -2) - D)  # (B, nh, T, T)
+    return scale * ds @ k, scale * ds.swapaxes(-1, -2) @ q, p.swapaxes(-1, -2) @ g
+
+
+# --- rotary position embeddings, half-split (GPT-NeoX, Llama): rotate (x1, x2) by angle t * base^(-2i/hd) ---
+
+def rope_angles(T: int, hd: int, base: float) -> np.ndarray:
+    inv_freq = base ** (-np.arange(0, hd, 2) / hd)  # (hd/2,)
+    return np.arange(T)[:, None] * inv_freq  # (T, hd/2)
+
+
+@op
+def rope(x: np.ndarray, base: float) -> np.ndarray:
+    """x (..., T, hd): [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves of the head."""
+    a = rope_angles(x.shape[-2], x.shape[-1], base)
+    x1, x2 = np.split(x, 2, axis=-1)
+    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)], axis=-1)
+
+
+@op
+def rope_vjp(x: np.ndarray, base: float, g: np.ndarray) -> np.ndarray:
+    """A rotation's transpose is the rotation by minus the angle."""
+    a = rope_angles(g.shape[-2], g.shape[-1], base)
+    g1, g2 = np.split(g, 2, axis=-1)
+    return np.concatenate([g1 * np.cos(a) + g2 * np.sin(a), g2 * np.cos(a) - g1 * np.sin(a)], axis=-1)

@@ -1,14 +1,13 @@
 """The float64 oracle: `NumpyReference`, the backend every other backend is compared with.
 
-Blocks are composed by hand from resconf.backends.numpy_ops: each placement's forward sits next to its VJP, and a
-stack's VJP is reverse accumulation over the saved trajectory x_0 .. x_L. Whatever dtype is asked for, it
+Layers are composed by hand from resconf.backends.numpy_ops: each branch and each placement's forward sits next
+to its VJP, and a stack's VJP is reverse accumulation over the saved trajectory x_0 .. x_U (one state per update). Whatever dtype is asked for, it
 computes in float64 (inputs arrive already rounded to that dtype), so it is the exact function of those
 inputs up to float64 rounding. It is never fast; it is meant to be checked by eye, and against central finite
 differences with `fd_directional_check` (tests/test_oracle.py, and the suite's GR-4).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -16,154 +15,265 @@ import numpy as np
 
 from resconf.backends import numpy_ops as ops
 from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
-from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import round_to
 from resconf.backends.fused_args import residual_dtype
-from resconf.backends.params import BlockParams
+from resconf.backends.params import LayerParams, check_params
 
 NORM = {"layernorm": ops.layernorm, "rmsnorm": ops.rmsnorm}
 NORM_VJP = {"layernorm": ops.layernorm_vjp, "rmsnorm": ops.rmsnorm_vjp}
+Grads = dict  # {tensor name: gradient}, short names inside a sublayer, full names (kind.name) for a layer
 
 
-# --- gradients as BlockParams: every field of the block present, zeros where a part does not touch it ---
+def activation(cfg: BlockConfig):
+    """(act, act_vjp) of the mlp."""
+    if cfg.activation == "gelu":
+        return (ops.gelu_tanh, ops.gelu_tanh_vjp) if cfg.gelu == "tanh" else (ops.gelu_exact, ops.gelu_exact_vjp)
+    return {"relu": (ops.relu, ops.relu_vjp), "silu": (ops.silu, ops.silu_vjp)}[cfg.activation]
 
-def zero_grads(p: BlockParams) -> BlockParams:
+
+def norm(cfg: BlockConfig, s, x: np.ndarray) -> np.ndarray:
+    """The norm whose gain and bias are s.norm_weight, s.norm_bias (a sublayer, or the final norm)."""
+    return NORM[cfg.norm](x, s.norm_weight, s.norm_bias, cfg.eps)  # (B, T, C)
+
+
+def norm_vjp(cfg: BlockConfig, s, x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    dx, dw, db = NORM_VJP[cfg.norm](x, s.norm_weight, s.norm_bias, cfg.eps, g)
+    return dx, {"norm_weight": dw, "norm_bias": db}
+
+
+# --- the branches F(h), each next to its VJP -> (dh, Grads) ---
+
+def linear_branch(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    return ops.linear(h, s.w_out, s.b_out)  # (B, T, C)
+
+
+def linear_branch_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    dh, dw, db = ops.linear_vjp(h, s.w_out, s.b_out, g)
+    return dh, {"w_out": dw, "b_out": db}
+
+
+def mlp(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """down(act(h W_up)), or down(act(h W_gate) * h W_up) when gated (SwiGLU, GeGLU)."""
+    act, _ = activation(cfg)
+    u = ops.linear(h, s.w_up, s.b_up)  # (B, T, H)
+    a = act(ops.linear(h, s.w_gate, s.b_gate)) * u if cfg.gated else act(u)
+    return ops.linear(a, s.w_down, s.b_down)  # (B, T, C)
+
+
+def mlp_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    act, act_vjp = activation(cfg)
+    u = ops.linear(h, s.w_up, s.b_up)
+    v = ops.linear(h, s.w_gate, s.b_gate) if cfg.gated else None
+    a = act(v) * u if cfg.gated else act(u)
+    da, dw_down, db_down = ops.linear_vjp(a, s.w_down, s.b_down, g)
+    grads = {"w_down": dw_down, "b_down": db_down}
+    dh = 0.0
+    if cfg.gated:  # product rule on act(v) * u
+        du = da * act(v)
+        dh, grads["w_gate"], grads["b_gate"] = ops.linear_vjp(h, s.w_gate, s.b_gate, act_vjp(v, da * u))
+    else:
+        du = act_vjp(u, da)
+    dh_up, grads["w_up"], grads["b_up"] = ops.linear_vjp(h, s.w_up, s.b_up, du)
+    return dh + dh_up, grads
+
+
+def _attention_inputs(cfg: BlockConfig, s, h: np.ndarray):
+    """q (B, nh, T, hd), k and v (B, nkv, T, hd) at each step: projected (q0, k0), QK-normed (q1, k1), rotated."""
+    q0 = ops.split_heads(ops.linear(h, s.wq, s.bq), cfg.n_heads)
+    k0 = ops.split_heads(ops.linear(h, s.wk, s.bk), cfg.kv_heads)
+    v = ops.split_heads(ops.linear(h, s.wv, s.bv), cfg.kv_heads)
+    q1 = ops.rmsnorm(q0, s.q_norm_weight, None, cfg.eps) if cfg.qk_norm else q0
+    k1 = ops.rmsnorm(k0, s.k_norm_weight, None, cfg.eps) if cfg.qk_norm else k0
+    q2 = ops.rope(q1, cfg.rope_base) if cfg.rope else q1
+    k2 = ops.rope(k1, cfg.rope_base) if cfg.rope else k1
+    return q0, k0, v, q1, k1, q2, k2
+
+
+def attention(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """Self-attention, causal or bidirectional, with n_kv_heads key/value heads shared by groups of queries."""
+    *_, v, _, _, q, k = _attention_inputs(cfg, s, h)
+    groups = cfg.n_heads // cfg.kv_heads
+    o = ops.attention(q, ops.repeat_kv(k, groups), ops.repeat_kv(v, groups), cfg.causal)  # (B, nh, T, hd)
+    return ops.linear(ops.merge_heads(o), s.wo, s.bo)  # (B, T, C)
+
+
+def attention_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    q0, k0, v, q1, k1, q2, k2 = _attention_inputs(cfg, s, h)
+    groups = cfg.n_heads // cfg.kv_heads
+    kr, vr = ops.repeat_kv(k2, groups), ops.repeat_kv(v, groups)
+    o = ops.attention(q2, kr, vr, cfg.causal)  # (B, nh, T, hd)
+    do, dwo, dbo = ops.linear_vjp(ops.merge_heads(o), s.wo, s.bo, g)
+    dq2, dkr, dvr = ops.attention_vjp(q2, kr, vr, o, cfg.causal, ops.split_heads(do, cfg.n_heads))
+    dk2, dv = ops.repeat_kv_vjp(dkr, groups), ops.repeat_kv_vjp(dvr, groups)
+    dq1 = ops.rope_vjp(q1, cfg.rope_base, dq2) if cfg.rope else dq2
+    dk1 = ops.rope_vjp(k1, cfg.rope_base, dk2) if cfg.rope else dk2
+    grads = {"wo": dwo, "bo": dbo}
+    dq0, dk0 = dq1, dk1
+    if cfg.qk_norm:
+        dq0, grads["q_norm_weight"], _ = ops.rmsnorm_vjp(q0, s.q_norm_weight, None, cfg.eps, dq1)
+        dk0, grads["k_norm_weight"], _ = ops.rmsnorm_vjp(k0, s.k_norm_weight, None, cfg.eps, dk1)
+    dh = 0.0
+    for name, d in (("q", dq0), ("k", dk0), ("v", dv)):
+        dh_part, grads[f"w{name}"], grads[f"b{name}"] = ops.linear_vjp(h, getattr(s, f"w{name}"),
+                                                                       getattr(s, f"b{name}"), ops.merge_heads(d))
+        dh = dh + dh_part
+    return dh, grads
+
+
+BRANCH = {"linear": linear_branch, "mlp": mlp, "attention": attention}
+BRANCH_VJP = {"linear": linear_branch_vjp, "mlp": mlp_vjp, "attention": attention_vjp}
+
+
+# --- a sublayer's write w = branch_scale * layer_scale * F(h) (LayerScale is a per-channel gain) ---
+
+def _write_scale(cfg: BlockConfig, s):
+    return cfg.branch_scale if s.layer_scale is None else cfg.branch_scale * s.layer_scale
+
+
+def write(cfg: BlockConfig, kind: str, s, h: np.ndarray) -> np.ndarray:
+    return _write_scale(cfg, s) * BRANCH[kind](cfg, s, h)  # (B, T, C)
+
+
+def write_vjp(cfg: BlockConfig, kind: str, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    dh, grads = BRANCH_VJP[kind](cfg, s, h, _write_scale(cfg, s) * g)
+    if s.layer_scale is not None:
+        grads["layer_scale"] = ops.sum_leading(g * cfg.branch_scale * BRANCH[kind](cfg, s, h))
+    return dh, grads
+
+
+# --- one update of the stream (one sublayer, or a parallel layer's sublayers together): the placements ---
+
+def update_forward(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.ndarray):
+    """(y, w): the new stream state and the write next to the skip (before any ReZero gate)."""
+    if cfg.placement == "pre":
+        w = sum(write(cfg, k, p.sub(k), norm(cfg, p.sub(cfg.norm_owner(k)), x)) for k in kinds)
+        return cfg.skip * x + w, w  # s x + sum_k w_k(N_k(x))
+    kind = kinds[0]
+    s = p.sub(kind)
+    w = write(cfg, kind, s, x)  # every other placement feeds the raw stream to the branch
+    if cfg.placement in ("post", "deepnorm"):
+        return norm(cfg, s, cfg.skip * x + w), w  # N(s x + w(x)); deepnorm's s is alpha
+    if cfg.placement == "rezero":
+        return cfg.skip * x + s.gate * w, w  # s x + a w(x); no norm
+    return w, w  # plain: w(x), no skip
+
+
+def update_vjp(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.ndarray, g: np.ndarray):
+    """(dx, Grads by full name) for cotangent g on the update's output at input x."""
+    grads: Grads = {}
+
+    def collect(kind: str, part: Grads) -> None:
+        for name, t in part.items():
+            if t is not None:
+                key = f"{kind}.{name}"
+                grads[key] = grads[key] + t if key in grads else t
+
+    if cfg.placement == "pre":
+        dx = cfg.skip * g  # the skip path
+        for k in kinds:  # each branch path, through its norm
+            owner = cfg.norm_owner(k)
+            dh, part = write_vjp(cfg, k, p.sub(k), norm(cfg, p.sub(owner), x), g)
+            dx_k, part_n = norm_vjp(cfg, p.sub(owner), x, dh)
+            collect(k, part)
+            collect(owner, part_n)
+            dx = dx + dx_k
+        return dx, grads
+    kind = kinds[0]
+    s = p.sub(kind)
+    if cfg.placement == "rezero":
+        dx_f, part = write_vjp(cfg, kind, s, x, s.gate * g)
+        collect(kind, {**part, "gate": np.asarray(np.sum(g * write(cfg, kind, s, x)))})  # dL/da = <g, w(x)>
+        return cfg.skip * g + dx_f, grads
+    if cfg.placement == "plain":
+        dx, part = write_vjp(cfg, kind, s, x, g)
+        collect(kind, part)
+        return dx, grads
+    dz, part_n = norm_vjp(cfg, s, cfg.skip * x + write(cfg, kind, s, x), g)  # post, deepnorm: z = s x + w(x)
+    dx_f, part = write_vjp(cfg, kind, s, x, dz)
+    collect(kind, {**part, **part_n})
+    return cfg.skip * dz + dx_f, grads  # skip path s dz, branch path J_w^T dz
+
+
+def zero_grads(p: LayerParams) -> LayerParams:
     return p.map(np.zeros_like)
 
 
-def add_grads(a: BlockParams, b: BlockParams) -> BlockParams:
-    return dataclasses.replace(a, **{name: t + getattr(b, name) for name, t in a.items()})
+def add_grads(acc: LayerParams, grads: Grads) -> LayerParams:
+    return acc.replace({name: acc[name] + t for name, t in grads.items()})
 
 
-# --- the block's parts: norm N and branch F, each with its VJP -> (d input, BlockParams of gradients) ---
+# --- stacks: depth layers, each a sequence of updates, then the optional final norm ---
 
-def norm(cfg: BlockConfig, p: BlockParams, x: np.ndarray) -> np.ndarray:
-    return NORM[cfg.norm](x, p.norm_weight, p.norm_bias, cfg.eps)  # (B, T, C)
-
-
-def norm_vjp(cfg: BlockConfig, p: BlockParams, x: np.ndarray, g: np.ndarray):
-    dx, dw, db = NORM_VJP[cfg.norm](x, p.norm_weight, p.norm_bias, cfg.eps, g)
-    return dx, dataclasses.replace(zero_grads(p), norm_weight=dw, norm_bias=db)
+def layer_updates(cfg: BlockConfig, params: Sequence[LayerParams]):
+    """(layer index, its record, the sublayers of this update) in stream order: update u gives state u + 1."""
+    return [(layer, p, kinds) for layer, p in enumerate(params) for kinds in cfg.updates]
 
 
-def _inner(cfg: BlockConfig, u: np.ndarray) -> np.ndarray:
-    """What sits between the branch's two linears: GELU (mlp) or causal attention on packed qkv."""
-    if cfg.branch == "attention":
-        return ops.causal_attention(u, cfg.n_heads)  # (B, T, 3C) -> (B, T, C)
-    return ops.gelu_tanh(u) if cfg.gelu == "tanh" else ops.gelu_exact(u)  # (B, T, H)
-
-
-def _inner_vjp(cfg: BlockConfig, u: np.ndarray, g: np.ndarray) -> np.ndarray:
-    if cfg.branch == "attention":
-        return ops.causal_attention_vjp(u, cfg.n_heads, g)
-    return ops.gelu_tanh_vjp(u, g) if cfg.gelu == "tanh" else ops.gelu_exact_vjp(u, g)
-
-
-def branch(cfg: BlockConfig, p: BlockParams, h: np.ndarray) -> np.ndarray:
-    """F(h): linear = h @ w_out + b_out; mlp and attention = out_proj(inner(in_proj(h)))."""
-    if cfg.branch == "linear":
-        return ops.linear(h, p.w_out, p.b_out)  # (B, T, C)
-    u = ops.linear(h, p.w_in, p.b_in)  # (B, T, H) or (B, T, 3C)
-    return ops.linear(_inner(cfg, u), p.w_out, p.b_out)  # (B, T, C)
-
-
-def branch_vjp(cfg: BlockConfig, p: BlockParams, h: np.ndarray, g: np.ndarray):
-    grads = zero_grads(p)
-    if cfg.branch == "linear":
-        dh, dw_out, db_out = ops.linear_vjp(h, p.w_out, p.b_out, g)
-        return dh, dataclasses.replace(grads, w_out=dw_out, b_out=db_out)
-    u = ops.linear(h, p.w_in, p.b_in)
-    da, dw_out, db_out = ops.linear_vjp(_inner(cfg, u), p.w_out, p.b_out, g)
-    dh, dw_in, db_in = ops.linear_vjp(h, p.w_in, p.b_in, _inner_vjp(cfg, u, da))
-    return dh, dataclasses.replace(grads, w_in=dw_in, b_in=db_in, w_out=dw_out, b_out=db_out)
-
-
-# --- the five placements ---
-
-def block_forward(cfg: BlockConfig, p: BlockParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(y, f): the block's output and its branch output F (before any ReZero gate)."""
-    if cfg.placement == "pre":
-        f = branch(cfg, p, norm(cfg, p, x))
-        return x + f, f  # x + F(N(x))
-    f = branch(cfg, p, x)
-    if cfg.placement == "post":
-        return norm(cfg, p, x + f), f  # N(x + F(x))
-    if cfg.placement == "rezero":
-        return x + p.gate * f, f  # x + a F(x); no norm
-    if cfg.placement == "deepnorm":
-        return norm(cfg, p, cfg.deepnorm_alpha * x + f), f  # N(alpha x + F(x))
-    return f, f  # plain: F(x), no skip
-
-
-def block_vjp(cfg: BlockConfig, p: BlockParams, x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, BlockParams]:
-    """(dx, dparams) for cotangent g on the block's output y at input x."""
-    if cfg.placement == "pre":
-        dh, dp_f = branch_vjp(cfg, p, norm(cfg, p, x), g)
-        dx_n, dp_n = norm_vjp(cfg, p, x, dh)
-        return g + dx_n, add_grads(dp_f, dp_n)  # skip path g, branch path through N
-    if cfg.placement == "rezero":
-        dx_f, dp_f = branch_vjp(cfg, p, x, p.gate * g)
-        return g + dx_f, dataclasses.replace(dp_f, gate=np.asarray(np.sum(g * branch(cfg, p, x))))  # dL/da = <g, F(x)>
-    if cfg.placement == "plain":
-        return branch_vjp(cfg, p, x, g)
-    alpha = cfg.deepnorm_alpha if cfg.placement == "deepnorm" else 1.0  # post is deepnorm with alpha = 1
-    z = alpha * x + branch(cfg, p, x)  # the norm's input
-    dz, dp_n = norm_vjp(cfg, p, z, g)
-    dx_f, dp_f = branch_vjp(cfg, p, x, dz)
-    return alpha * dz + dx_f, add_grads(dp_f, dp_n)  # skip path alpha dz, branch path J_F^T dz
-
-
-# --- stacks ---
-
-def stack_forward(cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray) -> StackTrace:
-    states, branches = [x], []
-    for p in params:
-        x, f = block_forward(cfg, p, x)
+def stack_forward(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray) -> StackTrace:
+    states, writes = [x], []
+    for _, p, kinds in layer_updates(cfg, params):
+        x, w = update_forward(cfg, p, kinds, x)
         states.append(x)
-        branches.append(f)
-    return StackTrace(states=np.stack(states),  # (L+1, B, T, C)
-                      branches=np.asarray(branches).reshape((len(params),) + states[0].shape))  # (L, B, T, C)
+        writes.append(w)
+    final = norm(cfg, params[-1].sub("final"), x) if cfg.final_norm else None
+    return StackTrace(states=np.stack(states),  # (U+1, B, T, C)
+                      branches=np.asarray(writes).reshape((len(writes),) + states[0].shape),  # (U, B, T, C)
+                      final=final)
 
 
-def stack_vjp(cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray) -> StackGrads:
-    """Reverse accumulation: pull g back through block L, ..., 1 at the saved inputs x_{L-1}, ..., x_0."""
+def stack_vjp(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray) -> StackGrads:
+    """Reverse accumulation: g (on the stack's output) back through the final norm, then every update at its
+    saved input state."""
+    dx, dparams, _ = backward(cfg, params, x, g)
+    return StackGrads(dx=dx, dparams=dparams)
+
+
+def backward(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray):
+    """(dx_0, per-layer gradients, the cotangent on every state x_0 .. x_U)."""
     states = stack_forward(cfg, params, x).states
-    dparams = []
-    for layer in reversed(range(len(params))):
-        g, dp = block_vjp(cfg, params[layer], states[layer], g)
-        dparams.append(dp)
-    return StackGrads(dx=g, dparams=tuple(reversed(dparams)))
+    dparams = [zero_grads(p) for p in params]
+    if cfg.final_norm:
+        g, part = norm_vjp(cfg, params[-1].sub("final"), states[-1], g)
+        dparams[-1] = add_grads(dparams[-1], {f"final.{n}": t for n, t in part.items() if t is not None})
+    cotangents = [g]
+    for u, (layer, p, kinds) in reversed(list(enumerate(layer_updates(cfg, params)))):
+        g, grads = update_vjp(cfg, p, kinds, states[u], g)
+        dparams[layer] = add_grads(dparams[layer], grads)
+        cotangents.append(g)
+    return g, tuple(dparams), cotangents[::-1]
 
 
 # --- the residual write and its Jacobian (GR-1, GR-2) ---
 
-def residual_write(cfg: BlockConfig, p: BlockParams, x: np.ndarray) -> np.ndarray:
-    """What the block writes next to its skip: pre F(N(x)); rezero a F(x); post, deepnorm, plain F(x)."""
-    if cfg.placement == "pre":
-        return branch(cfg, p, norm(cfg, p, x))
-    if cfg.placement == "rezero":
-        return p.gate * branch(cfg, p, x)
-    return branch(cfg, p, x)
+def residual_write(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.ndarray) -> np.ndarray:
+    """What an update writes next to its skip: pre sum_k w_k(N_k(x)); rezero a w(x); post, deepnorm, plain w(x)."""
+    w = update_forward(cfg, p, kinds, x)[1]
+    return p.sub(kinds[0]).gate * w if cfg.placement == "rezero" else w
 
 
-def residual_write_vjp(cfg: BlockConfig, p: BlockParams, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+def residual_write_vjp(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.ndarray,
+                       g: np.ndarray) -> np.ndarray:
     """J^T g for J the Jacobian of residual_write at x (input gradient only)."""
     if cfg.placement == "pre":
-        dh, _ = branch_vjp(cfg, p, norm(cfg, p, x), g)
-        return norm_vjp(cfg, p, x, dh)[0]
-    if cfg.placement == "rezero":
-        return branch_vjp(cfg, p, x, p.gate * g)[0]
-    return branch_vjp(cfg, p, x, g)[0]
+        dx = 0.0
+        for k in kinds:
+            s = p.sub(cfg.norm_owner(k))
+            dx = dx + norm_vjp(cfg, s, x, write_vjp(cfg, k, p.sub(k), norm(cfg, s, x), g)[0])[0]
+        return dx
+    kind = kinds[0]
+    s = p.sub(kind)
+    return write_vjp(cfg, kind, s, x, s.gate * g if cfg.placement == "rezero" else g)[0]
 
 
-def branch_jacobian(cfg: BlockConfig, p: BlockParams, x: np.ndarray) -> np.ndarray:
+def branch_jacobian(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.ndarray) -> np.ndarray:
     """Dense (N, N) Jacobian of residual_write at x, N = B*T*C, indices in x.ravel() order.
 
     Row i is J^T e_i = the VJP of the i-th basis vector: N VJPs, so for small shapes only. Its spectral norm
     (np.linalg.norm(J, 2)) is rho_l in GR-2's bound (1 - rho_l) ||g|| <= ||g + J^T g|| <= (1 + rho_l) ||g||.
     """
     basis = np.eye(x.size)
-    return np.stack([residual_write_vjp(cfg, p, x, e.reshape(x.shape)).ravel() for e in basis])  # (N, N)
+    return np.stack([residual_write_vjp(cfg, p, kinds, x, e.reshape(x.shape)).ravel() for e in basis])  # (N, N)
 
 
 # --- fused add + norm: (norm(x + residual) w (+ b), x + residual) ---
@@ -195,6 +305,15 @@ FD_REL_TOL = 1e-6  # GR-4: relative error allowed between the oracle's VJPs and 
 # even when that is 1e-4 of |f| (a norm gain seen through 0.02-std weights); the second-order stencil at
 # h = 1e-6 does not (measured: 1e-6 relative error on a Pre-LN attention stack's norm gain).
 FD_STEP = 1e-4
+# ReLU is piecewise linear: a step of 1e-4 moves some of hundreds of pre-activations across the kink at 0, where
+# the difference quotient is not the derivative (seen: 3e-2 relative error on w_up). At 1e-7 a crossing is ~1e-3
+# likely per check; the stencil has no truncation error on the linear pieces and its rounding noise stays in
+# the `noise` term.
+RELU_FD_STEP = 1e-7
+
+
+def fd_step(cfg: BlockConfig) -> float:
+    return RELU_FD_STEP if cfg.activation == "relu" and "mlp" in cfg.sublayers else FD_STEP
 # Where the derivative is smaller still (a plain stack: a product of 0.02-std Jacobians next to O(0.02) biases),
 # no step resolves 1e-6 of it; there the check also accepts a difference up to the stencil's own rounding,
 # FD_NOISE_ULPS * u * <|g|, |f(x)|> / h. Worst seen: 2 ulps of it, over 4,347 stack checks (depth 3, every
@@ -257,16 +376,16 @@ class NumpyReference(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(dtypes=frozenset(DTYPES), fused_kinds=frozenset(FUSED_KINDS))
+        return Capabilities(dtypes=frozenset(DTYPES), fused_kinds=frozenset(FUSED_KINDS), features=frozenset(FEATURES))
 
     def versions(self) -> dict[str, str]:
         return {"numpy": np.__version__}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         self._check_dtype(dtype)
         return stack_forward(cfg, params, _checked_stream(cfg, params, x))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
         self._check_dtype(dtype)
         x = _checked_stream(cfg, params, x)
@@ -306,13 +425,10 @@ def _check_same_shape(name: str, a: np.ndarray, other: str, b: np.ndarray) -> No
         raise ValueError(f"{name} has shape {np.shape(a)} but {other} has shape {np.shape(b)}; they must match")
 
 
-def _checked_stream(cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray) -> np.ndarray:
-    """x as float64 (B, T, d_model), every block's output width d_model, or a ValueError naming both shapes."""
+def _checked_stream(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray) -> np.ndarray:
+    """x as float64 (B, T, d_model), and every layer's tensors as the parameter table says, or a ValueError."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 3 or x.shape[-1] != cfg.d_model:
         raise ValueError(f"x has shape {x.shape}; expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
-    for layer, p in enumerate(params):
-        if p.w_out.shape[-1] != cfg.d_model or p.norm_weight.shape != (cfg.d_model,):
-            raise ValueError(f"block {layer}: branch output width w_out.shape={p.w_out.shape} and "
-                             f"norm_weight.shape={p.norm_weight.shape} must both end in d_model={cfg.d_model}")
+    check_params(cfg, params)
     return x

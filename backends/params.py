@@ -1,105 +1,199 @@
-"""Parameters of a block, drawn once by the suite (NumPy, seeded) and handed to every backend.
+"""Parameters of a layer: one table of shapes, read by the draw, the validation and every adapter.
 
-Linear layers are stored as y = x @ w + b with w of shape (in, out); a backend whose framework keeps
-(out, in) transposes. Which tensors a block has depends on its branch:
-    mlp        w_in (C, H), b_in (H,), w_out (H, C), b_out (C,)
-    attention  w_in (C, 3C) packed [q | k | v], b_in (3C,), w_out (C, C), b_out (C,)
-    linear     w_out (C, C), b_out (C,)            (its one Linear is the output projection)
+A layer's tensors are named `<sublayer>.<name>` (`attention.wq`, `mlp.w_down`, `final.norm_weight`).
+Linear layers are stored as y = x @ w + b with w of shape (in, out); a framework that keeps (out, in)
+transposes. Adding a branch is one set of rows in PARAMS plus its maths.
 """
 from __future__ import annotations
 
-import dataclasses
+import types
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from resconf.backends.config import BlockConfig
 
 BASE_STD = 0.02  # GPT-2 / nanoGPT's std for every weight
+ANY = "*"  # a row every sublayer kind has
 
 
 @dataclass(frozen=True)
-class BlockParams:
-    norm_weight: np.ndarray  # (C,)
-    norm_bias: np.ndarray | None  # (C,); None for rmsnorm
-    w_in: np.ndarray | None
-    b_in: np.ndarray | None
-    w_out: np.ndarray
-    b_out: np.ndarray
-    gate: np.ndarray | None  # () ReZero's a; None unless placement == "rezero"
+class ParamSpec:
+    kind: str  # "attention", "mlp", "linear", ANY (every sublayer) or "final" (the norm after the stack)
+    name: str
+    shape: Callable[[BlockConfig], tuple[int, ...]]
+    init: str  # "ones", "zeros", "weight" (input projection), "out" (writes to the stream), "gate", "layer_scale"
+    present: Callable[[BlockConfig, str], bool] = lambda cfg, kind: True
+    deepnorm_beta: bool = False  # DeepNet's gain beta (FFN, value and output projections; not q, k)
+
+
+def _own_norm(cfg: BlockConfig, kind: str) -> bool:
+    return cfg.norm_owner(kind) == kind
+
+
+def _bias(cfg: BlockConfig, kind: str) -> bool:
+    return cfg.bias
+
+
+C = lambda cfg: (cfg.d_model,)  # noqa: E731 (the table reads best with one-line shapes)
+
+PARAMS = (
+    ParamSpec(ANY, "norm_weight", C, "ones", _own_norm),
+    ParamSpec(ANY, "norm_bias", C, "zeros", lambda cfg, kind: _own_norm(cfg, kind) and cfg.has_norm_bias),
+    # attention: q (C, nh hd), k and v (C, nkv hd), out (nh hd, C)
+    ParamSpec("attention", "wq", lambda cfg: (cfg.d_model, cfg.n_heads * cfg.head_dim), "weight"),
+    ParamSpec("attention", "bq", lambda cfg: (cfg.n_heads * cfg.head_dim,), "zeros", _bias),
+    ParamSpec("attention", "wk", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight"),
+    ParamSpec("attention", "bk", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
+    ParamSpec("attention", "wv", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight", deepnorm_beta=True),
+    ParamSpec("attention", "bv", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
+    ParamSpec("attention", "q_norm_weight", lambda cfg: (cfg.head_dim,), "ones", lambda cfg, kind: cfg.qk_norm),
+    ParamSpec("attention", "k_norm_weight", lambda cfg: (cfg.head_dim,), "ones", lambda cfg, kind: cfg.qk_norm),
+    ParamSpec("attention", "wo", lambda cfg: (cfg.n_heads * cfg.head_dim, cfg.d_model), "out", deepnorm_beta=True),
+    ParamSpec("attention", "bo", C, "zeros", _bias),
+    # mlp: down(act(x W_gate) * x W_up) when gated, else down(act(x W_up))
+    ParamSpec("mlp", "w_gate", lambda cfg: (cfg.d_model, cfg.d_hidden), "weight", lambda cfg, kind: cfg.gated, True),
+    ParamSpec("mlp", "b_gate", lambda cfg: (cfg.d_hidden,), "zeros", lambda cfg, kind: cfg.gated and cfg.bias),
+    ParamSpec("mlp", "w_up", lambda cfg: (cfg.d_model, cfg.d_hidden), "weight", deepnorm_beta=True),
+    ParamSpec("mlp", "b_up", lambda cfg: (cfg.d_hidden,), "zeros", _bias),
+    ParamSpec("mlp", "w_down", lambda cfg: (cfg.d_hidden, cfg.d_model), "out", deepnorm_beta=True),
+    ParamSpec("mlp", "b_down", C, "zeros", _bias),
+    # linear: one projection, the write itself
+    ParamSpec("linear", "w_out", lambda cfg: (cfg.d_model, cfg.d_model), "out", deepnorm_beta=True),
+    ParamSpec("linear", "b_out", C, "zeros", _bias),
+    # per sublayer scalars and gains on the write
+    ParamSpec(ANY, "layer_scale", C, "layer_scale", lambda cfg, kind: cfg.layer_scale is not None),
+    ParamSpec(ANY, "gate", lambda cfg: (), "gate", lambda cfg, kind: cfg.placement == "rezero"),
+    # the final norm, in the last layer's record
+    ParamSpec("final", "norm_weight", C, "ones"),
+    ParamSpec("final", "norm_bias", C, "zeros", lambda cfg, kind: cfg.has_norm_bias),
+)
+
+
+def layer_specs(cfg: BlockConfig, last: bool = False) -> Iterator[tuple[str, ParamSpec]]:
+    """(full name, spec) of every tensor of one layer, in a fixed order; `last` adds the final norm."""
+    kinds = cfg.sublayers + (("final",) if last and cfg.final_norm else ())
+    for kind in kinds:
+        for spec in PARAMS:
+            if (spec.kind == kind or (spec.kind == ANY and kind != "final")) and spec.present(cfg, kind):
+                yield f"{kind}.{spec.name}", spec
+
+
+def layer_shapes(cfg: BlockConfig, last: bool = False) -> dict[str, tuple[int, ...]]:
+    return {name: spec.shape(cfg) for name, spec in layer_specs(cfg, last)}
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """One layer's tensors by full name. Immutable: map() and replace() return new records."""
+
+    tensors: Mapping[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.tensors.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, tensor) for every tensor present, in a fixed order."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None:
-                yield field.name, value
+        """(name, tensor) for every tensor, in the table's order."""
+        return iter(self.tensors.items())
 
-    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "BlockParams":
-        """The same structure with fn applied to every present tensor."""
-        return dataclasses.replace(self, **{name: fn(t) for name, t in self.items()})
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "LayerParams":
+        """The same names with fn applied to every tensor."""
+        return LayerParams({name: fn(t) for name, t in self.items()})
+
+    def replace(self, updates: Mapping[str, np.ndarray]) -> "LayerParams":
+        unknown = sorted(set(updates) - set(self.tensors))
+        if unknown:
+            raise KeyError(f"{unknown} are not tensors of this layer; it has {sorted(self.tensors)}")
+        return LayerParams({**self.tensors, **updates})
+
+    def sub(self, kind: str) -> types.SimpleNamespace:
+        """Sublayer `kind`'s tensors by short name (`.wq`, `.norm_weight`), None for every absent table row."""
+        names = {spec.name for spec in PARAMS if spec.kind in (kind, ANY)}
+        return types.SimpleNamespace(**{name: self.get(f"{kind}.{name}") for name in names})
 
 
-def draw_params(cfg: BlockConfig, seed: int, perturb: bool = False) -> tuple[BlockParams, ...]:
-    """One BlockParams per block of a depth-`cfg.depth` stack, following the init scheme `cfg.init`.
+BlockParams = LayerParams  # the name of the record before the layer model (still importable)
+
+
+def check_params(cfg: BlockConfig, params) -> None:
+    """Every layer has exactly the tensors of the table, in its shapes, or a ValueError naming the fix."""
+    if len(params) != cfg.depth:
+        raise ValueError(f"{len(params)} layer records for depth={cfg.depth}; expected one per layer")
+    for layer, p in enumerate(params):
+        want = layer_shapes(cfg, last=layer == len(params) - 1)
+        have = {name: tuple(np.shape(t)) for name, t in p.items()}
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        if missing or extra:
+            raise ValueError(f"layer {layer}: missing tensors {missing}, tensors not used {extra} "
+                             f"by {cfg.describe()}")
+        for name, shape in want.items():
+            if have[name] != shape:
+                raise ValueError(f"layer {layer}: {name} has shape {have[name]}, expected {shape} "
+                                 f"for {cfg.describe()}")
+
+
+def draw_params(cfg: BlockConfig, seed: int, perturb: bool = False) -> tuple[LayerParams, ...]:
+    """One LayerParams per layer of a depth-`cfg.depth` stack, following the init scheme `cfg.init`.
 
     perturb=True adds small noise to norm gains and every bias, so that a backend which ignores one
     of them cannot agree with the reference by accident (the schemes themselves zero all biases).
     """
     rng = np.random.default_rng(seed)
-    return tuple(_draw_block(cfg, rng, perturb) for _ in range(cfg.depth))
+    return tuple(LayerParams({name: _draw(cfg, spec, rng, perturb)
+                              for name, spec in layer_specs(cfg, last=layer == cfg.depth - 1)})
+                 for layer in range(cfg.depth))
 
 
-def _draw_block(cfg: BlockConfig, rng: np.random.Generator, perturb: bool) -> BlockParams:
-    C, H = cfg.d_model, cfg.d_hidden
-    n_in, n_out = {"mlp": ((C, H), (H, C)), "attention": ((C, 3 * C), (C, C)), "linear": (None, (C, C))}[cfg.branch]
-    w_in = None if n_in is None else _weight(rng, n_in, cfg, is_output=False)
-    w_out = _weight(rng, n_out, cfg, is_output=True)
-    b_in = None if n_in is None else np.zeros(n_in[1])
-    b_out = np.zeros(C)
-    norm_weight = np.ones(C)
-    norm_bias = np.zeros(C) if cfg.norm == "layernorm" else None
-    gate = None
-    if cfg.placement == "rezero":
-        gate = np.array(0.0 if cfg.init == "rezero" else 1.0)
-    if perturb:
-        norm_weight = norm_weight + rng.normal(0.0, 0.1, C)
-        norm_bias = None if norm_bias is None else rng.normal(0.0, 0.1, C)
-        b_in = None if b_in is None else rng.normal(0.0, BASE_STD, b_in.shape)
-        if cfg.init != "zero":
-            b_out = rng.normal(0.0, BASE_STD, C)
-    return BlockParams(norm_weight, norm_bias, w_in, b_in, w_out, b_out, gate)
+def _draw(cfg: BlockConfig, spec: ParamSpec, rng: np.random.Generator, perturb: bool) -> np.ndarray:
+    shape = spec.shape(cfg)
+    if spec.init in ("weight", "out"):
+        return _weight(rng, shape, cfg, spec)
+    if spec.init == "ones":
+        return np.ones(shape) + (rng.normal(0.0, 0.1, shape) if perturb else 0.0)
+    if spec.init == "gate":
+        return np.array(0.0 if cfg.init == "rezero" else 1.0)
+    if spec.init == "layer_scale":
+        return np.full(shape, cfg.layer_scale)
+    if not perturb:  # zeros: biases
+        return np.zeros(shape)
+    if spec.name == "norm_bias":
+        return rng.normal(0.0, 0.1, shape)
+    if cfg.init == "zero" and spec.name in OUT_BIASES:
+        return np.zeros(shape)  # a zero-init write stays exactly zero
+    return rng.normal(0.0, BASE_STD, shape)
 
 
-def _weight(rng: np.random.Generator, shape: tuple[int, int], cfg: BlockConfig, is_output: bool) -> np.ndarray:
-    if cfg.init == "zero" and is_output:
+OUT_BIASES = ("bo", "b_down", "b_out")
+
+
+def _weight(rng: np.random.Generator, shape: tuple[int, int], cfg: BlockConfig, spec: ParamSpec) -> np.ndarray:
+    if cfg.init == "zero" and spec.init == "out":
         return np.zeros(shape)
     if cfg.init == "deepnorm":
-        return _deepnorm_weight(rng, shape, cfg, is_output)
-    std = BASE_STD
-    if cfg.init == "gpt2" and is_output:
-        std = BASE_STD / np.sqrt(2.0 * cfg.depth)  # GPT-2: residual writes scaled by 1/sqrt(number of writes)
-    return rng.normal(0.0, std, shape)
+        # DeepNet: Xavier-normal, times beta on FFN, value and output projections
+        w = rng.normal(0.0, np.sqrt(2.0 / sum(shape)), shape)
+        return w * cfg.deepnorm_beta if spec.deepnorm_beta else w
+    return rng.normal(0.0, expected_std(cfg, spec.init), shape)
 
 
-def _deepnorm_weight(rng: np.random.Generator, shape: tuple[int, int], cfg: BlockConfig, is_output: bool) -> np.ndarray:
-    """DeepNet: Xavier-normal, with gain beta on FFN, value and output projections (not on q, k)."""
-    fan_in, fan_out = shape
-    if cfg.branch == "attention" and not is_output:
-        fan_out = fan_out // 3  # q, k, v are three (C, C) projections packed side by side
-    w = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape)
-    if cfg.branch == "attention" and not is_output:
-        w[:, 2 * cfg.d_model:] *= cfg.deepnorm_beta  # only the value part
-    else:
-        w *= cfg.deepnorm_beta
-    return w
-
-
-def expected_std(cfg: BlockConfig, name: str) -> float:
-    """The std the scheme prescribes for weight `name` (for checking a backend's own initializer)."""
-    if cfg.init == "zero" and name == "w_out":
+def expected_std(cfg: BlockConfig, role: str) -> float:
+    """The std scheme cfg.init prescribes for a weight of role "weight" or "out" (nanoGPT for gpt2:
+    0.02 / sqrt(number of residual writes) on every projection that writes to the stream)."""
+    if cfg.init == "zero" and role == "out":
         return 0.0
-    if cfg.init == "gpt2" and name == "w_out":
-        return BASE_STD / np.sqrt(2.0 * cfg.depth)
+    if cfg.init == "gpt2" and role == "out":
+        return BASE_STD / np.sqrt(cfg.n_writes)
     return BASE_STD
+
+
+def role_of(name: str) -> str:
+    """The init role ("weight", "out", ...) of a full tensor name."""
+    short = name.split(".", 1)[1]
+    return next(spec.init for spec in PARAMS if spec.name == short)

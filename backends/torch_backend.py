@@ -13,10 +13,10 @@ import torch
 
 from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads, StackTrace,
                                    dtype_error)
-from resconf.backends.config import DTYPES, FUSED_KINDS, BlockConfig
+from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.fused_args import residual_dtype
-from resconf.backends.params import BlockParams
-from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params
+from resconf.backends.params import LayerParams
+from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params, output
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
                 "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,7 +27,8 @@ AddNorm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch: F.layer_norm / F.rms_norm / F.linear / F.gelu / F.scaled_dot_product_attention."""
+    """Eager PyTorch: nn.LayerNorm / nn.RMSNorm / nn.Linear / F.gelu, F.relu, F.silu /
+    F.scaled_dot_product_attention; every layer-model feature (config.FEATURES)."""
 
     name = "torch"
     devices = ("cpu", "cuda")
@@ -40,10 +41,12 @@ class TorchBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(dtypes=self._device_dtypes(), fused_kinds=frozenset(FUSED_KINDS))
+        return Capabilities(features=frozenset(FEATURES), dtypes=self._device_dtypes(),
+                            fused_kinds=frozenset(FUSED_KINDS))
 
     def _device_dtypes(self) -> frozenset[str]:
-        # Checked on torch 2.13 CPU: SDPA, rms_norm, layer_norm and gelu run forward and backward in float16.
+        # Checked on torch 2.13 CPU: SDPA (enable_gqa too), rms_norm, layer_norm, gelu, relu and silu run
+        # forward and backward in float16 and bfloat16.
         if self.device == "cuda" and not torch.cuda.is_bf16_supported():
             return frozenset(DTYPES) - {"bfloat16"}
         return frozenset(DTYPES)
@@ -52,29 +55,28 @@ class TorchBackend(Backend):
         return {"torch": torch.__version__}
 
     # --- blocks ---
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         td = self._dtype(dtype)
         _check_stream(cfg, x)
         stack = build_stack(cfg, params, td, self.device)
         with torch.no_grad():
-            states, branches = stack(self._tensor(x, td))
-        return StackTrace(states=_numpy(torch.stack(states)), branches=_numpy(_stack_or_empty(branches, states[0])))
+            states, writes, final = stack(self._tensor(x, td))
+        return StackTrace(states=_numpy(torch.stack(states)), branches=_numpy(_stack_or_empty(writes, states[0])),
+                          final=None if final is None else _numpy(final))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
         td = self._dtype(dtype)
         _check_stream(cfg, x)
         _check_same_shape("g", g, "x", x)
         stack = build_stack(cfg, params, td, self.device)
         x0 = self._tensor(x, td).requires_grad_()
-        states, _ = stack(x0)
-        named = [dict(block.named_parameters()) for block in stack.blocks]
-        leaves = [x0] + [t for block_params in named for t in block_params.values()]
-        grads = iter(torch.autograd.grad(states[-1], leaves, self._tensor(g, td), allow_unused=True))
-        dx = _or_zeros(next(grads), x0)
-        dparams = tuple(grads_as_params(cfg, p, {name: next(grads) for name in block_params})
-                        for p, block_params in zip(params, named))
-        return StackGrads(dx=_numpy(dx), dparams=dparams)
+        states, _, final = stack(x0)
+        named = dict(stack.named_parameters())
+        dx, *dweights = torch.autograd.grad(output(states, final), [x0, *named.values()], self._tensor(g, td),
+                                            allow_unused=True)
+        dparams = grads_as_params(cfg, params, stack, dict(zip(named, dweights)))
+        return StackGrads(dx=_numpy(_or_zeros(dx, x0)), dparams=dparams)
 
     # --- fused add+norm ---
     def _add_norm(self, kind: str, with_bias: bool, residual_in_fp32: bool) -> AddNorm:
@@ -151,15 +153,16 @@ class TorchBackend(Backend):
 
         return forward_backward if backward else forward
 
-    def bench_stack(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str):
-        """f(x, g): the stack forward and the backward to x_0 and every parameter; returns the gradients."""
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        """f(x, g): the stack forward and the backward of <g, output> to x_0 and every parameter; returns the
+        gradients (x_0's first)."""
         stack = build_stack(cfg, params, self._dtype(dtype), self.device)
         weights = list(stack.parameters())
 
         def forward_backward(x, g):
             x = x.detach().requires_grad_()
-            states, _ = stack(x)
-            return torch.autograd.grad(states[-1], [x, *weights], g, allow_unused=True)
+            states, _, final = stack(x)
+            return torch.autograd.grad(output(states, final), [x, *weights], g, allow_unused=True)
 
         return forward_backward
 

@@ -1,166 +1,299 @@
-"""The residual block as idiomatic eager PyTorch modules (nanoGPT's model.py style).
+"""The residual layer model as idiomatic eager PyTorch modules (nanoGPT's model.py, Llama's layer names).
 
-Kept apart from the adapter (torch_backend.py) so it reads as a model would: `x = x + branch(norm(x))`.
+Kept apart from the adapter (torch_backend.py) so it reads as a model would: a pre-norm update is
+`x = x + branch(norm(x))`, here `x = s x + sum_k w_k(N_k(x))` for the general layer (config.py says what
+each placement computes; numpy_ref.update_forward is the spec this follows line by line).
 Also here: the unfused add+norm composition that fused kernels replace (the torch backends' fused ops).
-Modules are built from the suite's BlockParams (w of shape (in, out); nn.Linear keeps (out, in), so the
-weight is transposed on the way in and its gradient on the way out).
+
+Modules are named after the parameter table (params.PARAMS), so `parameter_path` maps a tensor's name to
+its module parameter by rule; the table stays the one list of names. Weights are stored (in, out) in the
+suite's records and (out, in) in nn.Linear, so they are transposed on the way in and their gradients on
+the way out.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
+import functools
+import re
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resconf.backends.config import BlockConfig
-from resconf.backends.params import BlockParams
+from resconf.backends.params import ANY, LayerParams, ParamSpec, check_params, layer_specs
 
+
+def make_norm(cfg: BlockConfig) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.eps, bias=cfg.has_norm_bias)
+    return nn.RMSNorm(cfg.d_model, eps=cfg.eps)
+
+
+def activation(cfg: BlockConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    if cfg.activation == "gelu":
+        return functools.partial(F.gelu, approximate="tanh" if cfg.gelu == "tanh" else "none")
+    return {"relu": F.relu, "silu": F.silu}[cfg.activation]
+
+
+# --- rotary position embeddings, half-split (GPT-NeoX, Llama's rotate_half) ---
+
+def rope_cos_sin(T: int, head_dim: int, base: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hd) of the angle t * base^(-2i/hd), each half of the head seeing the same angles.
+
+    The angles are computed in float64 and only cos, sin are cast: in float32 an angle t * f of t up to 256
+    is rounded by ~256 * 2^-24 rad before the cos is even taken, far more than one rounding of cos itself."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)  # (hd/2,)
+    angles = torch.arange(T, dtype=torch.float64, device=device)[:, None] * inv_freq  # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., T, hd) -> [x1 cos - x2 sin, x2 cos + x1 sin] (x1 cos + (-x2) sin rounds as x1 cos - x2 sin)."""
+    return x * cos + rotate_half(x) * sin
+
+
+# --- the branches F ---
 
 class MLP(nn.Module):
+    """down(act(up(x))), or down(act(gate(x)) * up(x)) when gated (SwiGLU with silu, GeGLU with gelu)."""
+
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.d_model, cfg.d_hidden)
-        self.c_proj = nn.Linear(cfg.d_hidden, cfg.d_model)
-        self.approximate = "tanh" if cfg.gelu == "tanh" else "none"
+        C, H = cfg.d_model, cfg.d_hidden
+        self.gate_proj = nn.Linear(C, H, bias=cfg.bias) if cfg.gated else None
+        self.up_proj = nn.Linear(C, H, bias=cfg.bias)
+        self.down_proj = nn.Linear(H, C, bias=cfg.bias)
+        self.act = activation(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        h = self.up_proj(x)  # (B, T, H)
+        h = self.act(self.gate_proj(x)) * h if self.gate_proj is not None else self.act(h)
+        return self.down_proj(h)  # (B, T, C)
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
+    """Causal or bidirectional self-attention; n_kv_heads key/value heads each serve a group of query heads.
+    Optional QK-norm (RMSNorm over each head, before RoPE, as in OLMo 2 and Qwen 3) and rotary embeddings."""
+
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
-        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # packed [q | k | v]
-        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.n_head = cfg.n_heads
+        C, hd = cfg.d_model, cfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_heads, cfg.kv_heads, hd
+        self.q_proj = nn.Linear(C, self.n_head * hd, bias=cfg.bias)
+        self.k_proj = nn.Linear(C, self.n_kv_head * hd, bias=cfg.bias)
+        self.v_proj = nn.Linear(C, self.n_kv_head * hd, bias=cfg.bias)
+        self.o_proj = nn.Linear(self.n_head * hd, C, bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(hd, eps=cfg.eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(hd, eps=cfg.eps) if cfg.qk_norm else None
+        self.rope_base = cfg.rope_base if cfg.rope else None
+        self.causal = cfg.causal
+
+    def heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = t.size()
+        return t.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale defaults to 1/sqrt(hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        q = self.heads(self.q_proj(x), self.n_head)  # (B, nh, T, hd)
+        k = self.heads(self.k_proj(x), self.n_kv_head)  # (B, nkv, T, hd)
+        v = self.heads(self.v_proj(x), self.n_kv_head)  # (B, nkv, T, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_base is not None:
+            cos, sin = rope_cos_sin(T, self.head_dim, self.rope_base, q.dtype, q.device)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # enable_gqa: kv head j serves query heads j*groups .. (j+1)*groups - 1 (repeat_interleave, not tile).
+        # Asked for only with fewer kv heads, so multi-head attention keeps the kernel it always had.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.o_proj(y)  # (B, T, C)
 
 
 class LinearBranch(nn.Module):
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
-        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(x)
+        return self.out_proj(x)
 
 
-BRANCH_MODULES = {"mlp": MLP, "attention": CausalSelfAttention, "linear": LinearBranch}
-IN_LAYER = {"mlp": "c_fc", "attention": "c_attn"}  # the branch's first Linear (w_in, b_in)
+BRANCH_MODULES = {"mlp": MLP, "attention": SelfAttention, "linear": LinearBranch}
 
 
-class Block(nn.Module):
-    """One residual block; forward returns the next stream state and the branch output F (the suite
-    records both). The norm exists in every placement, so parameters line up with BlockParams, but
-    rezero and plain never call it (its gradient is then zero)."""
+# --- a residual sublayer, a layer of them, a stack of layers ---
 
-    def __init__(self, cfg: BlockConfig, with_norm_bias: bool = True) -> None:
+class Sublayer(nn.Module):
+    """One residual sublayer's parts: its norm (unless a shared-norm parallel layer lends it another's), its
+    branch F, and what scales the write w = branch_scale * layer_scale * F. Which placement applies them is
+    the layer's business. rezero and plain keep the norm (the table has it) but never call it."""
+
+    def __init__(self, cfg: BlockConfig, kind: str) -> None:
         super().__init__()
-        C = cfg.d_model
-        if cfg.norm == "layernorm":
-            self.norm = nn.LayerNorm(C, eps=cfg.eps, bias=with_norm_bias)
-        else:
-            self.norm = nn.RMSNorm(C, eps=cfg.eps)
-        self.branch = BRANCH_MODULES[cfg.branch](cfg)
-        self.gate = nn.Parameter(torch.ones(())) if cfg.placement == "rezero" else None
+        self.norm = make_norm(cfg) if cfg.norm_owner(kind) == kind else None
+        self.branch = BRANCH_MODULES[kind](cfg)
+        self.layer_scale = nn.Parameter(torch.empty(cfg.d_model)) if cfg.layer_scale is not None else None
+        self.gate = nn.Parameter(torch.empty(())) if cfg.placement == "rezero" else None  # ReZero's a
+        self.branch_scale = cfg.branch_scale
+
+    def write(self, h: torch.Tensor) -> torch.Tensor:
+        f = self.branch(h)  # (B, T, C)
+        if self.layer_scale is not None:  # CaiT's LayerScale: a learned per-channel gain on the write
+            return (self.branch_scale * self.layer_scale) * f
+        return f if self.branch_scale == 1.0 else self.branch_scale * f
+
+
+class Layer(nn.Module):
+    """One layer: its sublayers in order, each its own update, or all in one update when parallel.
+    forward returns the stream state after each update and each update's write w (before a ReZero gate)."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__()
+        self.sublayers = nn.ModuleDict({kind: Sublayer(cfg, kind) for kind in cfg.sublayers})
+        self.updates = cfg.updates  # ((attention,), (mlp,)) or ((attention, mlp),) when parallel
+        self.owner = {kind: cfg.norm_owner(kind) for kind in cfg.sublayers}
         self.placement = cfg.placement
-        self.alpha = cfg.deepnorm_alpha
+        self.skip = cfg.skip  # s: 1, deepnorm's alpha, or skip_scale
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.placement == "pre":
-            f = self.branch(self.norm(x))  # (B, T, C)
-            return x + f, f
-        f = self.branch(x)  # (B, T, C): every other placement feeds the raw stream to the branch
-        if self.placement == "post":
-            return self.norm(x + f), f
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        states, writes = [], []
+        for kinds in self.updates:
+            x, w = self.pre(kinds, x) if self.placement == "pre" else self.update(self.sublayers[kinds[0]], x)
+            states.append(x)
+            writes.append(w)
+        return states, writes
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.skip == 1.0 else self.skip * x  # the skip path s x
+
+    def pre(self, kinds: tuple[str, ...], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = s x + sum_k w_k(N_k(x)): one sublayer, or a parallel layer's together (GPT-J, PaLM)."""
+        owners = dict.fromkeys(self.owner[k] for k in kinds)  # a shared norm (GPT-J) runs once
+        h = {owner: self.sublayers[owner].norm(x) for owner in owners}  # each (B, T, C)
+        writes = [self.sublayers[k].write(h[self.owner[k]]) for k in kinds]
+        w = sum(writes[1:], writes[0])
+        return self.scaled(x) + w, w
+
+    def update(self, sub: Sublayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = sub.write(x)  # (B, T, C): every placement but pre feeds the raw stream to the branch
+        if self.placement in ("post", "deepnorm"):
+            return sub.norm(self.scaled(x) + w), w  # N(s x + w(x)); deepnorm's s is alpha
         if self.placement == "rezero":
-            return x + self.gate * f, f
-        if self.placement == "deepnorm":
-            return self.norm(self.alpha * x + f), f
-        return f, f  # plain: no skip
+            return self.scaled(x) + sub.gate * w, w  # s x + a w(x), no norm
+        return w, w  # plain: no skip
 
 
-def _param_names(cfg: BlockConfig) -> dict[str, tuple[str, bool]]:
-    """BlockParams field -> (module parameter name, stored transposed?)."""
-    names = {"norm_weight": ("norm.weight", False), "norm_bias": ("norm.bias", False),
-             "w_out": ("branch.c_proj.weight", True), "b_out": ("branch.c_proj.bias", False),
-             "gate": ("gate", False)}
-    if cfg.branch in IN_LAYER:
-        names["w_in"] = (f"branch.{IN_LAYER[cfg.branch]}.weight", True)
-        names["b_in"] = (f"branch.{IN_LAYER[cfg.branch]}.bias", False)
-    return names
+class FinalNorm(nn.Module):
+    """The norm after the stack (GPT-2's ln_f); its tensors sit in the last layer's record as final.*."""
 
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__()
+        self.norm = make_norm(cfg)
 
-def build_block(cfg: BlockConfig, p: BlockParams, dtype: torch.dtype, device: str) -> Block:
-    """A Block whose parameters are exactly the tensors of p, cast to dtype on device (requiring grad).
-
-    Built on the meta device and then loaded with assign=True, so no random init runs (the global RNG is
-    untouched) and nothing is copied twice; every module parameter must come from p, which also catches
-    missing or misshapen tensors, named in the suite's terms.
-    """
-    with torch.device("meta"):
-        block = Block(cfg, with_norm_bias=p.norm_bias is not None)
-    shapes = {name: tuple(t.shape) for name, t in block.named_parameters()}
-    names = _param_names(cfg)
-    state = {}
-    for field, value in p.items():
-        name, transposed = names.get(field, (field, False))
-        if name not in shapes:
-            raise ValueError(f"parameter {field} (shape {tuple(value.shape)}) is not used by {cfg.describe()}; "
-                             f"set it to None")
-        want = shapes[name][::-1] if transposed else shapes[name]
-        if tuple(value.shape) != want:
-            raise ValueError(f"parameter {field} has shape {tuple(value.shape)}, expected {want} for {cfg.describe()}")
-        t = torch.as_tensor(value, dtype=torch.float64, device=device).to(dtype)  # exact: values are representable
-        state[name] = t.T.contiguous() if transposed else t
-    missing = sorted(set(shapes) - set(state))
-    if missing:
-        raise ValueError(f"BlockParams lacks tensors for {missing} needed by {cfg.describe()}")
-    block.load_state_dict(state, strict=True, assign=True)
-    return block
-
-
-def grads_as_params(cfg: BlockConfig, template: BlockParams, grads: dict[str, torch.Tensor | None]) -> BlockParams:
-    """Map per-module-parameter gradients (None where unused) back into BlockParams layout, float64."""
-    names = _param_names(cfg)
-
-    def grad_of(field: str, value):
-        name, transposed = names[field]
-        g = grads[name]
-        if g is None:  # the parameter never reached the output (the norm of a rezero or plain block)
-            return torch.zeros(tuple(value.shape), dtype=torch.float64).numpy()
-        return (g.T if transposed else g).detach().to("cpu", torch.float64).numpy()
-
-    return dataclasses.replace(template, **{field: grad_of(field, v) for field, v in template.items()})
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
 
 
 class Stack(nn.Module):
-    """L blocks in sequence; forward returns every stream state x_0..x_L and every branch output."""
+    """depth layers, then the optional final norm. forward returns every stream state x_0 .. x_U, every
+    update's write and the final norm's output (None without one)."""
 
-    def __init__(self, blocks: list[Block]) -> None:
+    def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(blocks)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.depth))
+        self.final = FinalNorm(cfg) if cfg.final_norm else None
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        states, branches = [x], []
-        for block in self.blocks:
-            x, f = block(x)  # e.g. pre: x = x + branch(norm(x))
-            states.append(x)
-            branches.append(f)
-        return states, branches
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+        states, writes = [x], []
+        for layer in self.layers:
+            layer_states, layer_writes = layer(states[-1])  # e.g. pre: x = x + branch(norm(x)), per sublayer
+            states += layer_states
+            writes += layer_writes
+        return states, writes, None if self.final is None else self.final(states[-1])
 
 
-def build_stack(cfg: BlockConfig, params: Sequence[BlockParams], dtype: torch.dtype, device: str) -> Stack:
-    return Stack([build_block(cfg, p, dtype, device) for p in params])
+def output(states: list[torch.Tensor], final: torch.Tensor | None) -> torch.Tensor:
+    """What the stack's cotangent is on (StackTrace.output): the final norm's output, else x_U."""
+    return states[-1] if final is None else final
+
+
+# --- the parameter table <-> module parameters ---
+
+_LINEAR = re.compile(r"([wb])_?([a-z]+)")  # wq, bq, w_up, b_down: a Linear's weight or bias
+
+
+def _local_path(short: str) -> tuple[str, bool]:
+    """A short table name -> (its path inside the owning module, transposed?)."""
+    linear = _LINEAR.fullmatch(short)
+    if linear:  # w<X> / w_<X> -> <X>_proj.weight, stored (out, in) by nn.Linear
+        return f"{linear[2]}_proj.{'weight' if linear[1] == 'w' else 'bias'}", linear[1] == "w"
+    if short.endswith(("_weight", "_bias")):  # norm_weight -> norm.weight, q_norm_weight -> q_norm.weight
+        module, _, attr = short.rpartition("_")
+        return f"{module}.{attr}", False
+    return short, False  # layer_scale, gate: parameters of the sublayer itself
+
+
+def parameter_path(layer: int, name: str, spec: ParamSpec) -> tuple[str, bool]:
+    """Tensor `name` of layer `layer`'s record -> (the Stack's parameter holding it, stored transposed?).
+
+    Rows every sublayer has (ANY: norm, layer_scale, gate) live on the Sublayer, a branch's own rows in its
+    branch module, and the final norm's rows on the Stack's `final`."""
+    kind, short = name.split(".", 1)
+    local, transposed = _local_path(short)
+    if spec.kind == "final":
+        return f"final.{local}", transposed
+    owner = "" if spec.kind == ANY else "branch."
+    return f"layers.{layer}.sublayers.{kind}.{owner}{local}", transposed
+
+
+def _paths(cfg: BlockConfig, params: Sequence[LayerParams]):
+    """(layer, tensor name, module path, transposed?) for every tensor of every record, in record order."""
+    for layer, p in enumerate(params):
+        specs = dict(layer_specs(cfg, last=layer == len(params) - 1))
+        for name, _ in p.items():
+            yield (layer, name, *parameter_path(layer, name, specs[name]))
+
+
+def build_stack(cfg: BlockConfig, params: Sequence[LayerParams], dtype: torch.dtype, device: str) -> Stack:
+    """A Stack whose parameters are exactly the tensors of params, cast to dtype on device (requiring grad).
+
+    The records are checked against the table first (a ValueError naming the tensor and its expected shape).
+    The Stack is built on the meta device and loaded with assign=True, so no random init runs (the global
+    RNG is untouched) and nothing is copied twice; strict loading catches a module that disagrees with the
+    table (a bug here, not in the caller's records).
+    """
+    check_params(cfg, params)
+    with torch.device("meta"):
+        stack = Stack(cfg)
+    state = {}
+    for layer, name, path, transposed in _paths(cfg, params):
+        t = torch.as_tensor(np.asarray(params[layer][name]), dtype=torch.float64, device=device).to(dtype)  # exact
+        state[path] = t.T.contiguous() if transposed else t
+    stack.load_state_dict(state, strict=True, assign=True)
+    return stack
+
+
+def grads_as_params(cfg: BlockConfig, params: Sequence[LayerParams], stack: Stack,
+                    grads: dict[str, torch.Tensor | None]) -> tuple[LayerParams, ...]:
+    """Per-module-parameter gradients (None where unused) as one LayerParams per layer with the records'
+    names, weights back to (in, out), float64; zeros for a tensor that never reached the output (the norm of
+    a rezero or plain sublayer)."""
+    named = dict(stack.named_parameters())
+    out: list[dict[str, np.ndarray]] = [{} for _ in params]
+    for layer, name, path, transposed in _paths(cfg, params):
+        g = grads[path]
+        g = torch.zeros_like(named[path]) if g is None else g
+        out[layer][name] = (g.T if transposed else g).detach().to("cpu", torch.float64).numpy()
+    return tuple(LayerParams(tensors) for tensors in out)
 
 
 # --- add + norm, unfused: what a fused kernel replaces ---

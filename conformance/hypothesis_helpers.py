@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from resconf.backends.base import Backend
 from resconf.backends.config import GELUS, BlockConfig
 from resconf.backends.dtypes import max_finite, numpy_dtype, round_to, unit_roundoff
-from resconf.backends.params import BlockParams, draw_params
+from resconf.backends.params import LayerParams, draw_params
+from resconf.backends.presets import PRESETS, preset
 
 SHAPES = ((2, 4, 16), (1, 7, 8), (3, 5, 32))  # (B, T, C)
 JACOBIAN_SHAPES = ((1, 3, 8), (2, 2, 8))  # dense Jacobians: N = B*T*C stays small
@@ -24,11 +26,16 @@ seeds = st.integers(0, 2**32 - 1)
 scales = st.sampled_from((1e-2, 1.0, 1e2))
 
 
-# Structure (shape, depth, norm, branch, GELU) decides what a compiling backend must compile. The `ci`
-# and `smoke` profiles fix it per test case, rotating through the combinations across cases, so every
+# Structure (shape, depth, norm, branch, GELU, layer preset) decides what a compiling backend must compile. The
+# `ci` and `smoke` profiles fix it per test case, rotating through the combinations across cases, so every
 # example of a case reuses one compiled program and only values, seeds and magnitudes are drawn; `dev`
 # and `nightly` draw the structure per example too. The plugin sets this from the profile.
 STRUCTURE_PER_EXAMPLE = True
+
+# A structure-drawing property runs twice per dtype: on single-sublayer blocks (every norm x branch x GELU) and
+# on the layer presets (GPT-2, Llama, GPT-J, encoder, modern; backends/presets.py). In the fixed profiles the
+# four dtypes of a case take four consecutive presets, so every property meets (nearly) every preset in `ci`.
+LAYERS = ("block", "preset")
 
 
 def _structure_combos(backend: Backend, placement: str, init: str, shapes, depths, branches, norms):
@@ -41,24 +48,58 @@ def _structure_combos(backend: Backend, placement: str, init: str, shapes, depth
             if branch == "mlp" or gelu == GELUS[0]]  # GELU matters only in the mlp
 
 
+def _preset_combos(backend: Backend, placement: str, init: str, shapes, depths, norms):
+    """[(preset name, [(shape, config), ...]), ...] for every preset the backend can run at this placement."""
+    found = []
+    for name in PRESETS:
+        combos = [(shape, preset(name, placement=placement, init=init, depth=depth, d_model=shape[-1]))
+                  for shape in shapes for depth in depths]
+        combos = [(shape, cfg) for shape, cfg in combos
+                  if backend.capabilities.supports(cfg) and (norms is None or cfg.norm in norms)]
+        if combos:
+            found.append((name, combos))
+    return found
+
+
+def _combos(backend, placement, init, shapes, depths, branches, norms, layer):
+    if layer == "block":
+        return _structure_combos(backend, placement, init, shapes, depths, branches, norms)
+    presets = _preset_combos(backend, placement, init, shapes, depths, norms)
+    if not presets:
+        pytest.skip(f"{backend.name} does not claim what any layer preset needs at placement={placement} "
+                    f"(it claims features {sorted(backend.capabilities.features)}, "
+                    f"norms {sorted(backend.capabilities.norms)})")
+    return presets
+
+
 def fixed_structure(backend: Backend, case: int, placement: str, init: str, shapes=SHAPES, depths=(1,),
-                    branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None
-                    ) -> tuple[tuple[int, int, int], BlockConfig]:
+                    branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None,
+                    layer: str = "block") -> tuple[tuple[int, int, int], BlockConfig]:
     """The (shape, config) this case gets in the fixed-structure profiles, rotating across cases."""
-    combos = _structure_combos(backend, placement, init, shapes, depths, branches, norms)
+    combos = _combos(backend, placement, init, shapes, depths, branches, norms, layer)
     if not combos:
         raise ValueError(f"{backend.name} claims no norm/branch among norms={norms}, branches={branches}; "
                          f"the test should have skipped (conformance.requirements)")
-    return combos[case % len(combos)]
+    family, dtype_index = divmod(case, 4)  # plugin.case: the dtypes of a family take consecutive structures
+    if layer == "block":
+        return combos[(family + dtype_index) % len(combos)]
+    _, preset_combos = combos[(family + dtype_index) % len(combos)]
+    return preset_combos[family % len(preset_combos)]
 
 
 def structures(backend: Backend, case: int, placement: str, init: str, shapes=SHAPES, depths=(1,),
-               branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None
+               branches: tuple[str, ...] | None = None, norms: tuple[str, ...] | None = None, layer: str = "block"
                ) -> st.SearchStrategy[tuple[tuple[int, int, int], BlockConfig]]:
-    """(shape, config) pairs the backend claims, placement and init fixed by the test."""
+    """(shape, config) pairs the backend claims, placement and init fixed by the test; `layer` is "block"
+    (one sublayer of each branch) or "preset" (the layers people ship)."""
+    if layer not in LAYERS:
+        raise ValueError(f"layer={layer!r} is not one of {LAYERS}")
     if STRUCTURE_PER_EXAMPLE:
-        return st.sampled_from(_structure_combos(backend, placement, init, shapes, depths, branches, norms))
-    return st.just(fixed_structure(backend, case, placement, init, shapes, depths, branches, norms))
+        combos = _combos(backend, placement, init, shapes, depths, branches, norms, layer)
+        if layer == "preset":
+            combos = [c for _, preset_combos in combos for c in preset_combos]
+        return st.sampled_from(combos)
+    return st.just(fixed_structure(backend, case, placement, init, shapes, depths, branches, norms, layer))
 
 
 def identity_domain(dtype: str, d_model: int) -> float:
@@ -88,7 +129,7 @@ def normal_input(seed: int, shape: tuple[int, ...], scale: float, dtype: str) ->
 
 
 def params_for(backend: Backend, cfg: BlockConfig, seed: int, dtype: str, perturb: bool = False
-               ) -> tuple[BlockParams, ...]:
+               ) -> tuple[LayerParams, ...]:
     """The backend's own initializer when it offers one (then it is under test too), else the suite's;
     rounded to dtype so backend and oracle compute the same function."""
     try:

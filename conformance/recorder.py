@@ -105,9 +105,18 @@ def relative_error(got: np.ndarray, ref: np.ndarray, scale: float | None = None)
     """||got - ref|| / ||ref|| (or / scale), normwise; inf if got has a NaN/Inf where ref is finite."""
     if not np.all(np.isfinite(got)):
         return math.inf
-    denom = float(np.linalg.norm(ref)) if scale is None else float(scale)
-    diff = float(np.linalg.norm(got - ref))
+    denom = _norm(ref) if scale is None else float(scale)
+    diff = _norm(got - ref)
     return diff / denom if denom > 0 else (0.0 if diff == 0 else math.inf)
+
+
+def _norm(a: np.ndarray) -> float:
+    """The 2-norm without overflow in the sum of squares (a difference of 1e154 squared is inf)."""
+    a = np.asarray(a, dtype=np.float64)
+    peak = float(np.max(np.abs(a), initial=0.0))
+    if peak == 0.0 or not math.isfinite(peak):
+        return peak
+    return peak * float(np.linalg.norm(a / peak))
 
 
 def baseline_error(draws: list[np.ndarray], want: np.ndarray, scale: float | None = None) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from resconf.backends.base import Backend
+from resconf.backends.config import BlockConfig
 
 
 def require_placement(backend: Backend, *placements: str) -> None:
@@ -29,3 +30,13 @@ def require_cpu(backend: Backend) -> None:
 def require_fused(backend: Backend, kind: str) -> None:
     if kind not in backend.capabilities.fused_kinds:
         pytest.skip(f"{backend.name} does not claim fused add+{kind}")
+
+
+def require_config(backend: Backend, cfg: BlockConfig) -> None:
+    """The backend claims everything cfg needs: placement, norm, every sublayer and every layer feature."""
+    caps = backend.capabilities
+    require_placement(backend, cfg.placement)
+    if not caps.supports(cfg):
+        missing = sorted((set(cfg.sublayers) - caps.branches) | (cfg.features - caps.features)
+                         | ({cfg.norm} - caps.norms))
+        pytest.skip(f"{backend.name} does not claim {', '.join(missing)} (needed by {cfg.describe()})")

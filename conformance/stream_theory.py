@@ -28,26 +28,38 @@ from numpy.polynomial.hermite_e import hermegauss
 from resconf.backends.config import BlockConfig
 
 
-def gelu(z: np.ndarray, approximate: str) -> np.ndarray:
-    if approximate == "tanh":
+def activation(z: np.ndarray, cfg: BlockConfig) -> np.ndarray:
+    """The mlp's activation, written out independently of the oracle."""
+    if cfg.activation == "relu":
+        return np.maximum(z, 0.0)
+    if cfg.activation == "silu":
+        return z / (1.0 + np.exp(-z))
+    if cfg.gelu == "tanh":
         return 0.5 * z * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
     erf = np.vectorize(math.erf)
     return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
 
 
-def gelu_second_moment(variance: float, approximate: str, nodes: int = 80) -> float:
-    """E[gelu(z)^2] for z ~ N(0, variance), by Gauss-Hermite quadrature (probabilists' weight)."""
+def second_moment(variance: float, cfg: BlockConfig, nodes: int = 80) -> float:
+    """E[act(z)^2] for z ~ N(0, variance), by Gauss-Hermite quadrature (probabilists' weight). For ReLU the
+    closed form is variance / 2 (He et al. 2015); the quadrature agrees to 1e-3 relative (its kink), which
+    tests/test_stream_theory.py checks."""
     x, w = hermegauss(nodes)
-    return float(np.sum(w * gelu(math.sqrt(variance) * x, approximate) ** 2) / math.sqrt(2.0 * math.pi))
+    return float(np.sum(w * activation(math.sqrt(variance) * x, cfg) ** 2) / math.sqrt(2.0 * math.pi))
 
 
 def write_variance(cfg: BlockConfig, std_in: float, std_out: float) -> float:
-    """Var(F(N(x))) per element for zero biases, unit norm gain, and a unit-variance normalised input:
-    linear: C s_out^2; mlp: H s_out^2 E[gelu(z)^2] with z ~ N(0, C s_in^2)."""
+    """Var(w(N(x))) per element for zero biases, unit norm gain, and a unit-variance normalised input:
+    linear: C s_out^2; mlp: H s_out^2 E[act(z)^2] with z ~ N(0, C s_in^2); gated mlp: H s_out^2 E[act(z)^2]
+    E[u^2], u ~ N(0, C s_in^2) the independent up projection."""
+    if cfg.sublayers != (cfg.branch,) or cfg.layer_scale is not None or cfg.branch_scale != 1.0:
+        raise ValueError(f"write_variance covers single linear or mlp sublayers, not {cfg.describe()}")
     if cfg.branch == "linear":
         return cfg.d_model * std_out**2
     if cfg.branch == "mlp":
-        return cfg.d_hidden * std_out**2 * gelu_second_moment(cfg.d_model * std_in**2, cfg.gelu)
+        z_var = cfg.d_model * std_in**2
+        moment = second_moment(z_var, cfg) * (z_var if cfg.gated else 1.0)
+        return cfg.d_hidden * std_out**2 * moment
     raise ValueError(f"no closed-form write variance for branch {cfg.branch!r}")
 
 

@@ -3,6 +3,7 @@ only where the maths sends them; empty inputs give empty outputs; large magnitud
 from __future__ import annotations
 
 import dataclasses
+
 import math
 import re
 
@@ -43,6 +44,10 @@ def _check_rejected(prop, what: str, call, shapes) -> None:
                  f"shapes not named", len(unnamed), 0)
 
 
+OUTPUT_PROJECTION = {"linear": ("w_out", "b_out"), "mlp": ("w_down", "b_down"), "attention": ("wo", "bo")}
+INPUT_PROJECTION = {"mlp": "w_up", "attention": "wq"}  # the query projection: see the torch BI-3 finding
+
+
 @pytest.mark.property("BI-1")
 @pytest.mark.parametrize("placement", ["pre", "post"])
 def test_block_shape_mismatch(subject, case, dtype, placement, prop):
@@ -52,12 +57,12 @@ def test_block_shape_mismatch(subject, case, dtype, placement, prop):
     shape, cfg = hh.fixed_structure(subject, case, placement, "standard")
     prop.example(cfg=cfg.describe(), shape=shape)
     (p,) = hh.params_for(subject, cfg, 0, dtype)
-    wide = dataclasses.replace(p, w_out=np.zeros(p.w_out.shape[:-1] + (cfg.d_model + 3,)),
-                               b_out=np.zeros(cfg.d_model + 3))
+    w_name, b_name = (f"{cfg.branch}.{name}" for name in OUTPUT_PROJECTION[cfg.branch])
+    wide = p.replace({w_name: np.zeros(p[w_name].shape[:-1] + (cfg.d_model + 3,)), b_name: np.zeros(cfg.d_model + 3)})
     x = hh.normal_input(0, shape, 1.0, dtype)
     _check_rejected(prop, "a branch writing d_model + 3 features",
                     lambda: subject.stack_forward(cfg, (wide,), x, dtype),
-                    ([wide.w_out.shape, wide.b_out.shape], (cfg.d_model,)))
+                    ([wide[w_name].shape, wide[b_name].shape], (cfg.d_model,)))
 
 
 @pytest.mark.property("BI-1")
@@ -104,15 +109,20 @@ def test_dtype_errors_and_no_silent_downcast(subject, dtype, prop):
 
 
 @pytest.mark.property("BI-3")
-@pytest.mark.parametrize("branch", ["mlp", "linear", "attention"])
+@pytest.mark.parametrize("branch", ["mlp", "linear", "attention", "preset"])
 @pytest.mark.parametrize("special", ["nan", "inf"])
 @given(data=st.data())
 def test_nan_and_inf_locality(subject, case, dtype, branch, special, prop, data):
     """A NaN or Inf in token t reaches token t's output, and no other token for per-token branches
-    (mlp, linear), no earlier token for causal attention. Never silently replaced."""
+    (mlp, linear), no earlier token for causal attention (and for every preset layer, made causal). Never
+    silently replaced."""
     require_placement(subject, "pre")
-    require_branch(subject, branch)
-    shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", branches=(branch,)), label="structure")
+    if branch == "preset":
+        shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", layer="preset"), label="structure")
+        cfg = dataclasses.replace(cfg, causal=True)  # every preset layer with causal attention: no token sees later ones
+    else:
+        require_branch(subject, branch)
+        shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", branches=(branch,)), label="structure")
     B, T, C = shape
     t, feature = data.draw(st.integers(0, T - 1), label="token"), data.draw(st.integers(0, C - 1), label="feature")
     prop.example(cfg=cfg.describe(), shape=shape, token=t, feature=feature, special=special)
@@ -121,9 +131,9 @@ def test_nan_and_inf_locality(subject, case, dtype, branch, special, prop, data)
     y = subject.stack_forward(cfg, hh.params_for(subject, cfg, 0, dtype, perturb=True), x, dtype).states[-1]
     bad = ~np.isfinite(y).all(axis=-1)  # (B, T): tokens with a non-finite output
     prop.at_most(f"batch rows where token {t}'s {special} vanished", int((~bad[:, t]).sum()), 0)
-    reach = slice(0, t) if branch == "attention" else np.arange(T) != t
-    prop.at_most(f"{'earlier' if branch == 'attention' else 'other'} tokens the {special} reached",
-                 int(bad[:, reach].sum()), 0)
+    attends = "attention" in cfg.sublayers
+    reach = slice(0, t) if attends else np.arange(T) != t
+    prop.at_most(f"{'earlier' if attends else 'other'} tokens the {special} reached", int(bad[:, reach].sum()), 0)
 
 
 @pytest.mark.property("BI-3")
@@ -141,15 +151,17 @@ def test_nan_in_a_weight_surfaces(subject, oracle, case, dtype, placement, where
         pytest.skip("the linear branch has no input projection")
     shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", branches=(branch,)), label="structure")
     (p,) = hh.params_for(subject, cfg, 0, dtype, perturb=True)
-    weight = getattr(p, where).copy()
+    name = {"norm_weight": "norm_weight", "w_in": INPUT_PROJECTION.get(branch), "w_out": OUTPUT_PROJECTION[branch][0]}
+    name = f"{branch}.{name[where]}"
+    weight = p[name].copy()
     element = data.draw(st.integers(0, weight.size - 1), label="element")
     prop.example(cfg=cfg.describe(), shape=shape, where=where, element=element)
     weight.flat[element] = math.nan
-    p = dataclasses.replace(p, **{where: weight})
+    p = p.replace({name: weight})
     x = hh.normal_input(element, shape, 1.0, dtype)
     y, want = (b.stack_forward(cfg, (p,), x, dtype).states[-1] for b in (subject, oracle))
     reached = ~np.isfinite(want)
-    prop.at_most(f"outputs the NaN in {where}[{np.unravel_index(element, weight.shape)}] reaches in the maths "
+    prop.at_most(f"outputs the NaN in {name}[{np.unravel_index(element, weight.shape)}] reaches in the maths "
                  f"({int(reached.sum())} of {y.size}) that came out finite", int((reached & np.isfinite(y)).sum()), 0)
 
 

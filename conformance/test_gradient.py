@@ -27,42 +27,51 @@ from resconf.conformance.requirements import require_placement
 
 
 @pytest.mark.property("GR-1")
+@pytest.mark.parametrize("layer", hh.LAYERS)
 @pytest.mark.parametrize("placement", ["pre", "rezero", "post"])
 @given(data=st.data())
-def test_gradient_decomposition(subject, baseline, case, dtype, placement, prop, data):
-    """pre/rezero: VJP = g + J_write^T g; post: VJP = J_N^T g + J_F^T J_N^T g (the skip passes the norm)."""
+def test_gradient_decomposition(subject, baseline, case, dtype, placement, layer, prop, data):
+    """Per sublayer, from the last to the first: pre/rezero g <- g + J_write^T g; post g <- J_N^T g +
+    J_F^T J_N^T g (the skip passes the norm). One layer: a block, or a preset's sublayers in turn."""
     require_placement(subject, placement)
-    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard"), label="structure")
+    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", layer=layer), label="structure")
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
-    (p,) = hh.params_for(subject, cfg, seed, dtype, perturb=True)
-    dx = subject.stack_vjp(cfg, (p,), x, g, dtype).dx
-    base = baseline.stack_vjp(cfg, (p,), x, g, dtype).pick(lambda grads: grads.dx)
-    if placement == "post":
-        g_norm = ref.norm_vjp(cfg, p, x + ref.branch(cfg, p, x), g)[0]  # J_N^T g
-        expected = g_norm + ref.branch_vjp(cfg, p, x, g_norm)[0]  # skip path + branch path
-    else:
-        expected = g + ref.residual_write_vjp(cfg, p, x, g)  # identity path + branch path
-    prop.within_budget("the input VJP against skip + branch", dx, expected, base, "gradient", dtype)
+    params = hh.params_for(subject, cfg, seed, dtype, perturb=True)
+    dx = subject.stack_vjp(cfg, params, x, g, dtype).dx
+    base = baseline.stack_vjp(cfg, params, x, g, dtype).pick(lambda grads: grads.dx)
+    states = ref.stack_forward(cfg, params, x).states
+    expected = g
+    for u, (_, p, kinds) in reversed(list(enumerate(ref.layer_updates(cfg, params)))):
+        s, xu = p.sub(kinds[0]), states[u]
+        if placement == "post":
+            g_norm = ref.norm_vjp(cfg, s, cfg.skip * xu + ref.write(cfg, kinds[0], s, xu), expected)[0]  # J_N^T g
+            expected = cfg.skip * g_norm + ref.write_vjp(cfg, kinds[0], s, xu, g_norm)[0]  # skip + branch path
+        else:
+            expected = cfg.skip * expected + ref.residual_write_vjp(cfg, p, kinds, xu, expected)  # skip + branch
+    prop.within_budget("the input VJP against skip + branch, sublayer by sublayer", dx, expected, base, "gradient",
+                       dtype, cfg.n_updates)
 
 
 def _spectral_norms(cfg: BlockConfig, params, x: np.ndarray) -> list[float]:
-    """rho_l = ||J_l||_2 of each block's residual write, at the oracle's own trajectory."""
+    """rho_u = ||J_u||_2 of each update's residual write, at the oracle's own trajectory."""
     states = ref.stack_forward(cfg, params, x).states
-    return [float(np.linalg.norm(ref.branch_jacobian(cfg, p, s), 2)) for p, s in zip(params, states)]
+    return [float(np.linalg.norm(ref.branch_jacobian(cfg, p, kinds, s), 2))
+            for (_, p, kinds), s in zip(ref.layer_updates(cfg, params), states)]
 
 
 @pytest.mark.property("GR-2")
+@pytest.mark.parametrize("layer", hh.LAYERS)
 @profiles.heavy()
 @given(data=st.data())
-def test_gradient_bounds(subject, oracle, baseline, case, dtype, prop, data):
+def test_gradient_bounds(subject, oracle, baseline, case, dtype, layer, prop, data):
     """Pre stack: prod(1 - rho_l) <= ||grad x_0|| / ||g|| <= prod(1 + rho_l); the plain stack on the same
     weights: ||grad x_0|| / ||g|| <= prod rho_l. Theorems, so the only slack is the dtype's gradient
     budget. A detached or dropped skip breaks the lower bound."""
     require_placement(subject, "pre", "plain")
     shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", shapes=hh.JACOBIAN_SHAPES,
-                                         depths=(2, 4, 8)), label="structure")
+                                         depths=(2, 4, 8), layer=layer), label="structure")
     depth = cfg.depth
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
@@ -74,6 +83,8 @@ def test_gradient_bounds(subject, oracle, baseline, case, dtype, prop, data):
     ratio = np.linalg.norm(subject.stack_vjp(cfg, params, x, g, dtype).dx) / np.linalg.norm(g)
     prop.at_least("||grad x_0|| / ||g|| against prod(1 - rho)", ratio, math.prod(1 - r for r in rho) * (1 - tol))
     prop.at_most("||grad x_0|| / ||g|| against prod(1 + rho)", ratio, math.prod(1 + r for r in rho) * (1 + tol))
+    if cfg.parallel:
+        return  # a parallel layer is pre-norm by construction: it has no plain counterpart on the same weights
     plain = dataclasses.replace(cfg, placement="plain")
     rho_plain = _spectral_norms(plain, params, x)
     ratio_plain = np.linalg.norm(subject.stack_vjp(plain, params, x, g, dtype).dx) / np.linalg.norm(g)
@@ -86,7 +97,7 @@ def _norm_budget(cfg, params, x, g, dtype, oracle, baseline) -> float:
     grad x_0, so that comparison's gradient budget."""
     want = oracle.stack_vjp(cfg, params, x, g, dtype).dx
     base = baseline.stack_vjp(cfg, params, x, g, dtype).pick(lambda grads: grads.dx)()
-    return budgets.budget("gradient", dtype, baseline_error(base, want), cfg.depth).allowed
+    return budgets.budget("gradient", dtype, baseline_error(base, want), cfg.n_updates).allowed
 
 
 SWEEP_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -115,8 +126,9 @@ def test_gradient_depth_sweep(subject, baseline, dtype, prop):
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     params = hh.params_for(subject, cfg, seed, dtype)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
-    zero = lambda p: dataclasses.replace(p, w_out=np.zeros_like(p.w_out), b_out=np.zeros_like(p.b_out))
-    eye = lambda p: dataclasses.replace(p, w_out=np.eye(cfg.d_model), b_out=np.zeros_like(p.b_out))
+    zero = lambda p: p.replace({"linear.w_out": np.zeros_like(p["linear.w_out"]),
+                                "linear.b_out": np.zeros_like(p["linear.b_out"])})
+    eye = lambda p: p.replace({"linear.w_out": np.eye(cfg.d_model), "linear.b_out": np.zeros_like(p["linear.b_out"])})
     tiny = float(np.finfo(np.float32).tiny if dtype == "bfloat16" else np.finfo(dtype).tiny)
     curves = {}
     for label, c, identity in (("residual", cfg, zero), ("plain", plain, eye)):
@@ -139,21 +151,26 @@ def test_gradient_depth_sweep(subject, baseline, dtype, prop):
 
 
 @pytest.mark.property("GR-4")
+@pytest.mark.parametrize("layer", hh.LAYERS)
 @pytest.mark.parametrize("placement", ["pre", "post", "rezero", "deepnorm", "plain"])
 @given(data=st.data())
-def test_vjp_finite_differences(subject, case, dtype, placement, prop, data):
+def test_vjp_finite_differences(subject, case, dtype, placement, layer, prop, data):
     """<g, J v> by fourth-order central differences of the backend's own forward against <VJP(g), v>,
     relative error <= 1e-6 (ref.FD_REL_TOL) plus the stencil's rounding noise. float64 only: in a
     narrower dtype the differences drown in rounding."""
     if dtype != "float64":
         pytest.skip("finite differences need float64")
     require_placement(subject, placement)
-    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", depths=(2,)), label="structure")
+    shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", depths=(2,), layer=layer),
+                           label="structure")
+    if layer == "preset" and placement == "pre":
+        cfg = dataclasses.replace(cfg, final_norm=True)
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
     params = hh.params_for(subject, cfg, seed, dtype, perturb=True)
-    forward = lambda z: subject.stack_forward(cfg, params, z, dtype).states[-1]
-    check = ref.fd_directional_check(forward, x, g, subject.stack_vjp(cfg, params, x, g, dtype).dx, seed)
+    forward = lambda z: subject.stack_forward(cfg, params, z, dtype).output
+    check = ref.fd_directional_check(forward, x, g, subject.stack_vjp(cfg, params, x, g, dtype).dx, seed,
+                                     ref.fd_step(cfg))
     slack = ref.FD_REL_TOL * max(abs(check.fd), abs(check.vjp)) + check.noise
     prop.at_most(f"|FD - VJP| along a random direction ({check})", abs(check.fd - check.vjp), slack)

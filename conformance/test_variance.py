@@ -10,23 +10,25 @@ from hypothesis import strategies as st
 
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import round_to
-from resconf.backends.params import BASE_STD, draw_params, expected_std
+from resconf.backends.params import BASE_STD, OUT_BIASES, draw_params, expected_std, role_of
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance import stream_theory as theory
-from resconf.conformance.requirements import require_branch, require_placement
+from resconf.conformance.requirements import require_branch, require_config, require_placement
 from resconf.conformance import budgets
 
 STAT_SHAPE = (4, 32, 64)  # (B, T, C): n = 8192 elements per state, enough for 6-sigma bands to bite
 
 
 @pytest.mark.property("VG-1")
+@pytest.mark.parametrize("layer", hh.LAYERS)
 @given(data=st.data())
-def test_stream_is_sum_of_writes(subject, case, dtype, prop, data):
-    """x_L == x_0 + sum_l F_l for a pre stack, up to the rounding of L additions: |error| <= bound *
-    sum of |terms| elementwise (recursive summation; budgets.py, 3.)."""
+def test_stream_is_sum_of_writes(subject, case, dtype, layer, prop, data):
+    """x_U == x_0 + sum_u w_u for a pre stack, up to the rounding of U additions: |error| <= bound *
+    sum of |terms| elementwise (recursive summation; budgets.py, 3.). U counts every sublayer's update."""
     require_placement(subject, "pre")
-    shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", depths=hh.DEPTHS[:3]), label="structure")
-    depth = cfg.depth
+    shape, cfg = data.draw(hh.structures(subject, case, "pre", "standard", depths=hh.DEPTHS[:3], layer=layer),
+                           label="structure")
+    depth = cfg.n_updates
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)
@@ -42,7 +44,7 @@ def _seeds_example_params(cfg: BlockConfig, seed: int, dtype: str, write_var: fl
     sqrt(write_var / C) (a unit-variance normalised input times C weights)."""
     scale = np.sqrt(write_var / cfg.d_model) / BASE_STD
     return tuple(p.map(lambda t: round_to(t, dtype)) for p in
-                 (dataclasses.replace(p, w_out=p.w_out * scale) for p in draw_params(cfg, seed)))
+                 (p.replace({"linear.w_out": p["linear.w_out"] * scale}) for p in draw_params(cfg, seed)))
 
 
 @pytest.mark.property("VG-2")
@@ -72,16 +74,25 @@ def test_uncorrelated_growth(subject, dtype, prop):
 VG3_DEPTHS = (6, 12, 24, 48, 96)
 
 
-def _zero_block(p):
-    return dataclasses.replace(p, w_out=np.zeros_like(p.w_out), b_out=np.zeros_like(p.b_out))
+def _zero_writes(p):
+    """The layer with every output projection and its bias zero: it writes exactly nothing."""
+    return p.replace({name: np.zeros_like(t) for name, t in p.items()
+                      if role_of(name) == "out" or name.split(".")[1] in OUT_BIASES})
+
+
+# The MLP variants whose write variance stream_theory computes (He et al. for ReLU; quadrature for the rest).
+VG3_BRANCHES = {"linear": dict(branch="linear"), "mlp": dict(branch="mlp"),
+                "relu": dict(branch="mlp", activation="relu"), "silu": dict(branch="mlp", activation="silu"),
+                "swiglu": dict(branch="mlp", activation="silu", gated=True)}
 
 
 @pytest.mark.property("VG-3")
-@pytest.mark.parametrize("branch", ["linear", "mlp"])
+@pytest.mark.parametrize("branch", list(VG3_BRANCHES))
 @pytest.mark.parametrize("init", ["gpt2", "standard"])
 def test_gpt2_scaling(subject, dtype, branch, init, prop):
-    """Var(x_L) - Var(x_0) against theory L * v(std_out): with `gpt2` init std_out = 0.02 / sqrt(2L), so the
-    growth is v/2 whatever L (a band independent of depth); with `standard` it is linear in L. When the
+    """Var(x_L) - Var(x_0) against theory L * v(std_out): with `gpt2` init std_out = 0.02 / sqrt(L) for L
+    one-sublayer layers (L writes), so the growth is v(0.02) whatever L (a band independent of depth);
+    with `standard` it is linear in L. When the
     backend brings its own initializer, each tensor's sample std is checked against the scheme first
     (relative sd of a sample std over m values: 1/sqrt(2m)). Every depth runs as a 96-block stack whose
     blocks past L write exactly zero, so a compiling backend compiles one shape. Statistical, so kept
@@ -89,24 +100,24 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
     if dtype not in ("float64", "float32"):
         pytest.skip("VG-3 is checked in float64 and float32 only")
     require_placement(subject, "pre")
-    require_branch(subject, branch, "layernorm")
     C = STAT_SHAPE[-1]
     x = hh.normal_input(3, STAT_SHAPE, 1.0, dtype)
     for depth in VG3_DEPTHS:
-        cfg = BlockConfig(placement="pre", norm="layernorm", branch=branch, init=init, depth=depth, d_model=C)
+        cfg = BlockConfig(placement="pre", norm="layernorm", init=init, depth=depth, d_model=C, **VG3_BRANCHES[branch])
+        require_config(subject, cfg)
         prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=depth)
         params = hh.params_for(subject, cfg, depth, dtype)
-        for name in ("w_in", "w_out"):
-            weights = [getattr(p, name) for p in params if getattr(p, name) is not None]
+        for role in ("weight", "out"):
+            weights = [t for p in params for name, t in p.items() if role_of(name) == role]
             if weights:
                 sample = np.concatenate([w.ravel() for w in weights])
-                want = expected_std(cfg, name)
-                prop.at_most(f"|std({name}) / scheme - 1| in sampling sds at L={depth}",
+                want = expected_std(cfg, role)
+                prop.at_most(f"|std({role} projections) / scheme - 1| in sampling sds at L={depth}",
                              abs(sample.std() / want - 1.0) * np.sqrt(2.0 * sample.size), budgets.Z)
-        padded = params + tuple(_zero_block(params[-1]) for _ in range(VG3_DEPTHS[-1] - depth))
+        padded = params + tuple(_zero_writes(params[-1]) for _ in range(VG3_DEPTHS[-1] - depth))
         trace = subject.stack_forward(dataclasses.replace(cfg, depth=len(padded)), padded, x, dtype)
         state_vars, _, _ = theory.stream_variances(trace.states[:depth + 1], trace.branches[:depth])
-        v = theory.write_variance(cfg, BASE_STD, expected_std(cfg, "w_out"))
+        v = theory.write_variance(cfg, BASE_STD, expected_std(cfg, "out"))
         growth = state_vars[-1] - state_vars[0]
         sd = theory.growth_sd(state_vars[:-1], np.full(depth, v), x.size, C)
         prop.curve(f"{init} measured", [depth], [state_vars[-1] / state_vars[0]])
@@ -115,14 +126,15 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
 
 
 @pytest.mark.property("VG-4")
+@pytest.mark.parametrize("layer", hh.LAYERS)
 @given(data=st.data())
-def test_post_normalises(subject, baseline, case, dtype, prop, data):
+def test_post_normalises(subject, baseline, case, dtype, layer, prop, data):
     """Every state of a post stack (gain 1, bias 0) has per-token mean 0 and variance s2 / (s2 + eps),
     s2 the variance of that token's norm input x_{l-1} + F_l, which the trace holds. How far a correct
     backend's rounded output strays from both is measured on the baseline's own trace (budgets.py, 1.)."""
     require_placement(subject, "post")
-    shape, cfg = data.draw(hh.structures(subject, case, "post", "standard", depths=hh.DEPTHS[:2], norms=("layernorm",)),
-                           label="structure")
+    shape, cfg = data.draw(hh.structures(subject, case, "post", "standard", depths=hh.DEPTHS[:2], norms=("layernorm",),
+                                         layer=layer), label="structure")
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)

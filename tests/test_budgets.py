@@ -5,6 +5,8 @@ bfloat16 fall far outside, and the baseline that measures each case rounds indep
 The nightly-sized calibration is `resconf calibrate` (docs/spec.md); this is its quick form."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from resconf.backends.config import DTYPES, BlockConfig
 from resconf.backends.dtypes import round_to, unit_roundoff
 from resconf.backends.params import draw_params
 from resconf.backends.registry import installed_builtins, load_backend
+from resconf.backends.presets import preset
 from resconf.conformance import budgets
 from resconf.conformance.baseline import Baselines
 from resconf.conformance.recorder import baseline_error, relative_error
@@ -20,7 +23,9 @@ from tests.mutants import Bfloat16WeightGradient
 MARGIN = 1.5  # a correct backend's worst error must stay below budget / MARGIN
 SEEDS = range(6)
 STRUCTURES = [BlockConfig(placement="pre", norm="layernorm", branch="mlp", depth=4, d_model=32),
-              BlockConfig(placement="post", norm="rmsnorm", branch="attention", depth=4, d_model=32)]
+              BlockConfig(placement="post", norm="rmsnorm", branch="attention", depth=4, d_model=32),
+              preset("llama", depth=2, d_model=32), preset("modern", depth=2, d_model=32),
+              preset("gpt2", placement="post", depth=2, d_model=32)]
 ORACLE, BASELINE = load_backend("numpy"), Baselines()
 
 
@@ -40,8 +45,8 @@ def _slacks(backend, cfg: BlockConfig, seed: int, dtype: str):
     got, want = (b.stack_vjp(cfg, params, x, g, dtype) for b in (backend, ORACLE))
     draws = BASELINE.stack_vjp(cfg, params, x, g, dtype)
     pairs = [("dx", got.dx, want.dx, draws.pick(lambda gr: gr.dx))]
-    pairs += [(f"d{name}[{layer}]", a, getattr(want.dparams[layer], name),
-               draws.pick(lambda gr, layer=layer, name=name: getattr(gr.dparams[layer], name)))
+    pairs += [(f"d{name}[{layer}]", a, want.dparams[layer][name],
+               draws.pick(lambda gr, layer=layer, name=name: gr.dparams[layer][name]))
               for layer, p in enumerate(got.dparams) for name, a in p.items()]
     for what, a, b, base in pairs:
         yield what, relative_error(a, b) / budgets.budget("gradient", dtype, baseline_error(base(), b), 4).allowed
@@ -59,10 +64,10 @@ def test_correct_backends_sit_well_inside_their_budgets(name, dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_a_skip_scaled_by_one_plus_2_to_the_minus_10_is_far_outside(dtype):
     """y = (1 + 2^-10) x + F instead of x + F: relative error ~ 2^-10 ||x|| / ||y|| ~ 1e-3 per block."""
-    cfg = STRUCTURES[0]
+    cfg = dataclasses.replace(STRUCTURES[0], depth=1)
     x, _, params = _case(cfg, 0, dtype)
-    y = ORACLE.stack_forward(cfg, params[:1], x, dtype).states[-1]
-    base = BASELINE.stack_forward(cfg, params[:1], x, dtype).pick(lambda t: t.states[-1])()
+    y = ORACLE.stack_forward(cfg, params, x, dtype).states[-1]
+    base = BASELINE.stack_forward(cfg, params, x, dtype).pick(lambda t: t.states[-1])()
     allowed = budgets.budget("forward", dtype, baseline_error(base, y)).allowed
     assert relative_error(y + 2.0**-10 * x, y) > 100 * allowed
 
@@ -72,9 +77,9 @@ def test_a_weight_gradient_summed_in_bfloat16_is_outside_over_many_tokens():
     is set by float32 accumulation (the baseline), so the mutant lands several budgets out."""
     cfg = BlockConfig(placement="pre", norm="rmsnorm", branch="mlp", d_model=16)
     x, g, params = _case(cfg, 1, "bfloat16", shape=(32, 256, 16))
-    got, want = (b.stack_vjp(cfg, params, x, g, "bfloat16").dparams[0].w_out
+    got, want = (b.stack_vjp(cfg, params, x, g, "bfloat16").dparams[0]["mlp.w_down"]
                  for b in (Bfloat16WeightGradient(), ORACLE))
-    base = BASELINE.stack_vjp(cfg, params, x, g, "bfloat16").pick(lambda gr: gr.dparams[0].w_out)()
+    base = BASELINE.stack_vjp(cfg, params, x, g, "bfloat16").pick(lambda gr: gr.dparams[0]["mlp.w_down"])()
     allowed = budgets.budget("gradient", "bfloat16", baseline_error(base, want)).allowed
     assert relative_error(got, want) > 2 * allowed, f"{relative_error(got, want):.3g} vs budget {allowed:.3g}"
 

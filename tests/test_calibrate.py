@@ -16,7 +16,7 @@ def test_correct_backends_calibrate_clean(tmp_path):
     lines = [line.split() for line in proc.stdout.splitlines() if line.startswith(("numpy ", "control_pairwise "))
              and " XB-1 " in line]
     assert {(cols[0], cols[3], cols[4], cols[5]) for cols in lines} == {
-        ("numpy", "5", "15", "0"), ("control_pairwise", "5", "15", "0")}, proc.stdout  # 5 placements x 3 seeds
+        ("numpy", "10", "30", "0"), ("control_pairwise", "10", "30", "0")}, proc.stdout  # 5 placements x 2 layers x 3 seeds
     worst = {cols[0]: float(cols[7]) for cols in lines}
     assert worst["numpy"] == 0.0 and 0.0 < worst["control_pairwise"] < 1.0, "the oracle is exact; a control rounds"
     assert "false failures: 0" in proc.stdout
@@ -24,7 +24,7 @@ def test_correct_backends_calibrate_clean(tmp_path):
 
 def test_a_broken_backend_calibrates_with_false_failures(tmp_path):
     proc = resconf("calibrate", "--backend", "tests.mutants:ResidualScaled", "--seeds", "2",
-                   "-k", "test_forward_matches_oracle and float64 and pre", "--output", str(tmp_path / "c.parquet"))
+                   "-k", "test_forward_matches_oracle and float64 and pre and not preset", "--output", str(tmp_path / "c.parquet"))
     assert proc.returncode == 1, proc.stdout[-3000:]
     row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("tests.mutants:ResidualScaled")
                and " XB-1 " in line)

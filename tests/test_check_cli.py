@@ -30,8 +30,9 @@ def test_mutant_fails_with_property_counterexample_and_rerun(tmp_path):
     table = read_results(out)
     assert table.schema.names == SCHEMA.names
     outcomes = {(r["config"], r["outcome"]) for r in table.to_pylist()}
-    assert outcomes == {("placement=pre,init=zero", "failed"), ("placement=rezero,init=zero", "passed"),
-                        ("placement=rezero,init=rezero", "passed")}, "only the pre block lost its skip"
+    assert outcomes == {(f"placement={p},init={i},layer={layer}", "failed" if p == "pre" else "passed")
+                        for p, i in (("pre", "zero"), ("rezero", "zero"), ("rezero", "rezero"))
+                        for layer in ("block", "preset")}, "only the pre sublayers lost their skip"
     assert (tmp_path / "_r.summary.txt").read_text().startswith("property ")
 
 

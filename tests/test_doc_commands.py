@@ -110,6 +110,7 @@ COMMANDS = {
     "resconf check --backend torch -k 'test_long_sequence_vjp and layernorm' --skip-xfails":
         Run(status=1, heavy=True),  # ~25 s; as above
     "N, C = 8192, 16": Run(),
+    "resconf check --backend torch -k 'test_vjp_matches_oracle and bfloat16' --skip-xfails": Parse(),  # ~1 min
     # docs/report.md
     "resconf report reports/results --run 20261204T134254-838da9 --out reports/out": Parse(),  # an example run id
     "resconf report reports/results --all-runs --out reports/out": Run("fixtures", creates=REPORT),

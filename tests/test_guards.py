@@ -10,7 +10,7 @@ from pathlib import Path
 from resconf.conformance.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK_F64 = "test_identity_block and float64"  # 3 quick cases: pre/zero, rezero/zero, rezero/rezero
+BLOCK_F64 = "test_identity_block and float64 and not preset"  # 3 quick cases: pre/zero, rezero/zero, rezero/rezero
 
 
 def resconf(*args: str) -> subprocess.CompletedProcess:
@@ -133,10 +133,10 @@ def test_skip_xfails_turns_expected_failures_back_into_failures(tmp_path):
     skipped = resconf(*args, "--skip-xfails", "--output", str(tmp_path / "s.parquet"))
     assert skipped.returncode == 1
     outcome = {r["config"]: r["outcome"] for r in rows(tmp_path / "x.parquet")}
-    assert outcome["placement=pre,init=zero"] == "xfailed"
+    assert outcome["placement=pre,init=zero,layer=block"] == "xfailed"
     outcome = {r["config"]: r["outcome"] for r in rows(tmp_path / "s.parquet")}
-    assert outcome == {"placement=pre,init=zero": "failed", "placement=rezero,init=zero": "passed",
-                       "placement=rezero,init=rezero": "passed"}
+    assert outcome == {"placement=pre,init=zero,layer=block": "failed", "placement=rezero,init=zero,layer=block": "passed",
+                       "placement=rezero,init=rezero,layer=block": "passed"}
 
 
 def test_entry_without_reason_is_a_one_line_usage_error(tmp_path):

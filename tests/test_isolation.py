@@ -50,7 +50,7 @@ def crashed(tmp_path_factory):
     out = tmp_path_factory.mktemp("crash") / "r.parquet"
     proc = resconf("check", "--backend", "numpy", "--backend", BROKEN + "Raises", "--backend", BROKEN + "Exits",
                    "--backend", BROKEN + "Segfaults", "--profile", "smoke", "--output", str(out),
-                   "-k", "test_identity_block and (float64 or float32) and not rezero-zero")
+                   "-k", "test_identity_block and (float64 or float32) and not rezero-zero and not preset")
     return proc, rows_by_backend(out)
 
 
@@ -74,12 +74,12 @@ def test_dead_worker_names_the_case_and_resumes(crashed, name, how):
     culprit = outcome_of(got, "float64-rezero-rezero")
     assert culprit["outcome"] == "failed" and culprit["property"] == "ID-1"
     assert how in culprit["message"] and "test_identity_block[" in culprit["message"]
-    assert culprit["rerun"].endswith(f"-k 'test_identity_block[{name}-float64-rezero-rezero]'")
+    assert culprit["rerun"].endswith(f"-k 'test_identity_block[{name}-float64-rezero-rezero-block]'")
     # the cases after it ran in a resumed worker, each exactly once
     assert sorted(r["test"].split("[")[1] for r in got if r["outcome"] == "passed") == [
-        f"{name}-float32-pre-zero]", f"{name}-float32-rezero-rezero]", f"{name}-float64-pre-zero]"]
+        f"{name}-float32-pre-zero-block]", f"{name}-float32-rezero-rezero-block]", f"{name}-float64-pre-zero-block]"]
     assert f"backend {BROKEN}{name}: the worker" in proc.stdout and "restarted" in proc.stdout
-    assert "Workers:" in proc.stdout and "config=placement=rezero,init=rezero" in proc.stdout
+    assert "Workers:" in proc.stdout and "config=placement=rezero,init=rezero,layer=block" in proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def hung(tmp_path_factory):
     out = tmp_path_factory.mktemp("hang") / "r.parquet"
     proc = resconf("check", "--backend", "numpy", "--backend", BROKEN + "Hangs",
                    "--backend", BROKEN + "HangsUninterruptibly", "--timeout", "2", "--output", str(out),
-                   "-k", "test_identity_block and (float64 or float32) and not rezero-zero")
+                   "-k", "test_identity_block and (float64 or float32) and not rezero-zero and not preset")
     return proc, rows_by_backend(out)
 
 
@@ -122,7 +122,7 @@ def test_killed_check_leaves_the_old_results_or_the_new_ones(tmp_path):
     dies with its parent instead of running on."""
     out = tmp_path / "date=2026-01-01" / "r.parquet"
     cmd = [sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", "numpy", "--output", str(out),
-           "-k", "test_identity_block and float64"]
+           "-k", "test_identity_block and float64 and not preset"]
     env = {**ENV, "TMPDIR": str(tmp_path)}  # a killed run leaves its work folder: keep it in tmp_path
     started = time.monotonic()
     assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == 0

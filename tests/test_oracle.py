@@ -16,7 +16,8 @@ from resconf.backends import numpy_ops as ops
 from resconf.backends import numpy_ref as ref
 from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
 from resconf.backends.dtypes import numpy_dtype, round_to
-from resconf.backends.params import draw_params
+from resconf.backends.params import LayerParams, draw_params, expected_std
+from resconf.backends.presets import PRESETS, preset
 from resconf.backends.registry import load_backend
 
 B, T, C, DEPTH = 2, 3, 8, 2
@@ -83,37 +84,87 @@ def test_softmax():
     assert_fd(ops.softmax, s, g, ops.softmax_vjp(ops.softmax(s), g), 10, "softmax")
 
 
-@pytest.mark.parametrize("n_heads", [1, 2])
-def test_causal_attention(n_heads):
-    qkv, g = rand(B, 4, 3 * C, seed=1), rand(B, 4, C, seed=2)
-    dqkv = ops.causal_attention_vjp(qkv, n_heads, g)
-    for seed in range(3):
-        assert_fd(lambda a: ops.causal_attention(a, n_heads), qkv, g, dqkv, seed, f"attention nh={n_heads}")
-    for part, name in enumerate("qkv"):  # each of q, k, v on its own, so a small part cannot hide behind v
-        mask = np.zeros_like(qkv)
-        mask[..., part * C:(part + 1) * C] = 1.0
-        assert_fd(lambda a: ops.causal_attention(qkv + mask * (a - qkv), n_heads), qkv, g, mask * dqkv, 7,
-                  f"attention d{name}")
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention(causal):
+    q, k, v, g = (rand(B, 2, 4, 3, seed=i) for i in range(1, 5))  # (B, nh, T, hd)
+    dq, dk, dv = ops.attention_vjp(q, k, v, ops.attention(q, k, v, causal), causal, g)
+    assert_fd(lambda a: ops.attention(a, k, v, causal), q, g, dq, 10, "attention dq")
+    assert_fd(lambda a: ops.attention(q, a, v, causal), k, g, dk, 11, "attention dk")
+    assert_fd(lambda a: ops.attention(q, k, a, causal), v, g, dv, 12, "attention dv")
 
 
-# --- stacks: every placement x norm x branch x gelu ---
+def test_bidirectional_attention_sees_later_tokens():
+    q, k, v = (rand(B, 2, 5, 4, seed=i) for i in range(1, 4))
+    later = v.copy()
+    later[:, :, 4] += 1.0
+    assert not np.array_equal(ops.attention(q, k, v, False)[:, :, 0], ops.attention(q, k, later, False)[:, :, 0])
+    np.testing.assert_array_equal(ops.attention(q, k, v, True)[:, :, :4], ops.attention(q, k, later, True)[:, :, :4])
+
+
+def test_repeat_kv_groups_consecutive_query_heads():
+    k = rand(B, 2, 3, 4, seed=1)
+    r = ops.repeat_kv(k, 3)
+    assert r.shape == (B, 6, 3, 4)
+    for head in range(6):
+        np.testing.assert_array_equal(r[:, head], k[:, head // 3])  # query head h reads kv head h // groups
+    g = rand(B, 6, 3, 4, seed=2)
+    assert_fd(lambda a: ops.repeat_kv(a, 3), k, g, ops.repeat_kv_vjp(g, 3), 10, "repeat_kv")
+
+
+def test_rope():
+    x, g = rand(B, 2, 6, 4, seed=1), rand(B, 2, 6, 4, seed=2)
+    assert_fd(lambda a: ops.rope(a, 10000.0), x, g, ops.rope_vjp(x, 10000.0, g), 10, "rope")
+    y = ops.rope(x, 10000.0)
+    np.testing.assert_array_equal(y[..., 0, :], x[..., 0, :])  # position 0 is not rotated
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-14)  # a rotation
+    # half-split: dimension i pairs with i + hd/2 (GPT-NeoX, Llama), not with i + 1 (GPT-J's interleaved form)
+    one = np.zeros((1, 1, 2, 4))
+    one[..., 1, 0] = 1.0  # position 1, first dimension of the first pair
+    rotated = ops.rope(one, 10000.0)[0, 0, 1]
+    np.testing.assert_allclose(rotated, [np.cos(1.0), 0.0, np.sin(1.0), 0.0], atol=1e-15)
+
+
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_activations(act):
+    forward, vjp = {"relu": (ops.relu, ops.relu_vjp), "silu": (ops.silu, ops.silu_vjp)}[act]
+    x, g = rand(B, T, C, seed=1, scale=2.0), rand(B, T, C, seed=2)
+    if act == "relu":
+        x = np.where(np.abs(x) < 1e-2, 0.5, x)  # finite differences are not derivatives across the kink
+    assert_fd(forward, x, g, vjp(x, g), 10, act)
+
+
+def test_silu_is_x_times_the_logistic_function():
+    x = np.linspace(-30, 30, 121)
+    np.testing.assert_allclose(ops.silu(x), x / (1.0 + np.exp(-x)), rtol=1e-14, atol=1e-300)
+
+
+# --- stacks: every placement x norm x branch x GELU, and every layer preset in every placement ---
 
 def configs():
     for placement, norm, branch in itertools.product(PLACEMENTS, NORMS, BRANCHES):
         for gelu in (("tanh", "exact") if branch == "mlp" else ("tanh",)):
             yield BlockConfig(placement=placement, norm=norm, branch=branch, gelu=gelu, depth=DEPTH, d_model=C,
                               n_heads=2)
+    for name, placement in itertools.product(PRESETS, PLACEMENTS):
+        yield preset(name, placement=placement, depth=DEPTH, d_model=C, final_norm=placement == "pre")
+    yield preset("llama", activation="gelu", gelu="exact", depth=DEPTH, d_model=C)  # GeGLU
+    yield preset("gpt2", skip_scale=0.9, branch_scale=0.5, depth=DEPTH, d_model=C)  # He et al.'s lambda
+    yield preset("encoder", placement="deepnorm", skip_scale=1.7, depth=DEPTH, d_model=C)  # a free alpha
+    yield preset("gpt2", qk_norm=True, n_kv_heads=1, activation="relu", rope=True, rope_base=500.0, depth=DEPTH,
+                 d_model=C, n_heads=2)
 
 
 def perturbed_params(cfg, seed=0):
+    """Random gains and biases; a ReZero gate and LayerScale away from 1 and from each other, which would
+    otherwise hide a missing factor."""
     params = draw_params(cfg, seed, perturb=True)
-    if cfg.placement == "rezero":  # a gate of 1 would hide a missing factor of the gate
-        params = tuple(dataclasses.replace(p, gate=np.array(0.7 - 0.2 * i)) for i, p in enumerate(params))
-    return params
+    rng = np.random.default_rng(seed + 1)
+    return tuple(p.replace({name: t * rng.uniform(0.5, 0.9, t.shape) for name, t in p.items()
+                            if name.endswith((".gate", ".layer_scale"))}) for p in params)
 
 
 def with_tensor(params, layer, name, value):
-    return tuple(dataclasses.replace(p, **{name: value}) if i == layer else p for i, p in enumerate(params))
+    return tuple(p.replace({name: value}) if i == layer else p for i, p in enumerate(params))
 
 
 @pytest.mark.parametrize("cfg", list(configs()), ids=BlockConfig.describe)
@@ -121,13 +172,17 @@ def test_stack_vjp(cfg):
     params = perturbed_params(cfg)
     x, g = rand(B, T, C, seed=1), rand(B, T, C, seed=2)
     grads = ref.stack_vjp(cfg, params, x, g)
-    out = lambda ps, x0: ref.stack_forward(cfg, ps, x0).states[-1]  # noqa: E731
-    assert_fd(lambda a: out(params, a), x, g, grads.dx, 3, "dx")
+    out = lambda ps, x0: ref.stack_forward(cfg, ps, x0).output  # noqa: E731
+    step = ref.fd_step(cfg)
+    check = ref.fd_directional_check(lambda a: out(params, a), x, g, grads.dx, 3, step)
+    assert check.ok, f"dx: {check}"
     for layer, dp in enumerate(grads.dparams):
+        assert [n for n, _ in dp.items()] == [n for n, _ in params[layer].items()], "gradients named as the parameters"
         for name, dt in dp.items():
-            assert dt.shape == getattr(params[layer], name).shape, f"block {layer} d{name}"
-            assert_fd(lambda a: out(with_tensor(params, layer, name, a), x), getattr(params[layer], name), g, dt,
-                      layer, f"block {layer} d{name}")
+            assert dt.shape == params[layer][name].shape, f"layer {layer} d{name}"
+            check = ref.fd_directional_check(lambda a: out(with_tensor(params, layer, name, a), x),
+                                             params[layer][name], g, dt, layer, step)
+            assert check.ok, f"layer {layer} d{name}: {check}"
 
 
 @pytest.mark.parametrize("placement", ["rezero", "plain"])
@@ -135,7 +190,7 @@ def test_unused_norm_parameters_get_zero_gradient(placement):
     cfg = BlockConfig(placement=placement, depth=DEPTH, d_model=C)
     grads = ref.stack_vjp(cfg, perturbed_params(cfg), rand(B, T, C, seed=1), rand(B, T, C, seed=2))
     for dp in grads.dparams:
-        assert not dp.norm_weight.any() and not dp.norm_bias.any()
+        assert not dp["mlp.norm_weight"].any() and not dp["mlp.norm_bias"].any()
 
 
 def test_stack_trace_records_branch_before_gate():
@@ -144,8 +199,61 @@ def test_stack_trace_records_branch_before_gate():
     trace = ref.stack_forward(cfg, params, x)
     assert trace.states.shape == (DEPTH + 1, B, T, C) and trace.branches.shape == (DEPTH, B, T, C)
     for layer, p in enumerate(params):
-        np.testing.assert_array_equal(trace.branches[layer], ref.branch(cfg, p, trace.states[layer]))
-        np.testing.assert_array_equal(trace.states[layer + 1], trace.states[layer] + p.gate * trace.branches[layer])
+        s = p.sub("mlp")
+        np.testing.assert_array_equal(trace.branches[layer], ref.mlp(cfg, s, trace.states[layer]))
+        np.testing.assert_array_equal(trace.states[layer + 1], trace.states[layer] + s.gate * trace.branches[layer])
+
+
+def test_trace_has_one_state_per_sublayer_and_one_per_parallel_layer():
+    x = rand(B, T, C, seed=1)
+    for cfg, updates in ((preset("gpt2", depth=3, d_model=C), 6), (preset("gptj", depth=3, d_model=C), 3)):
+        trace = ref.stack_forward(cfg, draw_params(cfg, 0), x)
+        assert cfg.n_updates == updates and trace.states.shape[0] == updates + 1 and trace.final is None
+        np.testing.assert_allclose(trace.states[-1], x + trace.branches.sum(axis=0), rtol=1e-12, atol=1e-14)
+
+
+def test_parallel_layer_is_x_plus_both_branches_of_one_norm():
+    cfg = preset("gptj", depth=1, d_model=C, final_norm=True)
+    (p,), x = perturbed_params(cfg), rand(B, T, C, seed=1)
+    h = ref.norm(cfg, p.sub("attention"), x)  # the one shared norm
+    y = x + ref.attention(cfg, p.sub("attention"), h) + ref.mlp(cfg, p.sub("mlp"), h)
+    trace = ref.stack_forward(cfg, (p,), x)
+    np.testing.assert_allclose(trace.states[-1], y, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(trace.final, ref.norm(cfg, p.sub("final"), y), rtol=1e-13)
+    assert "mlp.norm_weight" not in p and "final.norm_weight" in p
+
+
+def test_swiglu_is_silu_of_the_gate_times_up():
+    cfg = preset("llama", d_model=C)
+    s = perturbed_params(cfg)[0].sub("mlp")
+    h = rand(B, T, C, seed=1)
+    silu = lambda z: z / (1.0 + np.exp(-z))  # noqa: E731
+    np.testing.assert_allclose(ref.mlp(cfg, s, h), (silu(h @ s.w_gate) * (h @ s.w_up)) @ s.w_down, rtol=1e-12)
+
+
+# --- published constants (depth counted in layers) ---
+
+def test_gpt2_init_matches_nanogpt():
+    """nanoGPT: c_proj weights std 0.02 / sqrt(2 * n_layer) = 0.0040825 for GPT-2 small (12 layers)."""
+    cfg = preset("gpt2", init="gpt2", depth=12, d_model=768, n_heads=12)
+    assert cfg.n_writes == 24
+    assert expected_std(cfg, "out") == pytest.approx(0.0040825, abs=5e-8)
+    assert expected_std(cfg, "weight") == 0.02
+    (p,) = draw_params(dataclasses.replace(cfg, depth=1, d_model=64, n_heads=4), 0)  # one 2-sublayer layer
+    assert p["attention.wo"].std() == pytest.approx(0.02 / np.sqrt(2), rel=0.05)  # a 1-layer model writes twice
+
+
+def test_deepnorm_constants_match_deepnet():
+    """DeepNet, encoder of N = 12 layers: alpha = (2N)^(1/4) = 2.21336, beta = (8N)^(-1/4) = 0.31947."""
+    cfg = preset("encoder", placement="deepnorm", init="deepnorm", depth=12, d_model=64, n_heads=4)
+    assert cfg.deepnorm_alpha == pytest.approx(2.21336, abs=5e-6) and cfg.skip == cfg.deepnorm_alpha
+    assert cfg.deepnorm_beta == pytest.approx(0.31947, abs=5e-6)
+    p = draw_params(cfg, 0)[0]
+    xavier = lambda w: np.sqrt(2.0 / sum(w.shape))  # noqa: E731
+    for name in ("attention.wq", "attention.wk"):  # not scaled
+        assert p[name].std() == pytest.approx(xavier(p[name]), rel=0.1), name
+    for name in ("attention.wv", "attention.wo", "mlp.w_up", "mlp.w_down"):  # scaled by beta
+        assert p[name].std() == pytest.approx(cfg.deepnorm_beta * xavier(p[name]), rel=0.1), name
 
 
 # --- fused add + norm ---
@@ -196,11 +304,22 @@ def test_stack_rejects_a_wrong_width():
         load_backend("numpy").stack_forward(cfg, draw_params(cfg, 0), rand(B, T, 4), "float32")
 
 
+def test_stack_rejects_a_record_that_does_not_fit_the_table():
+    cfg = preset("llama", depth=1, d_model=C)
+    (p,) = draw_params(cfg, 0)
+    backend = load_backend("numpy")
+    with pytest.raises(ValueError, match=r"attention.wk has shape \(8, 8\), expected \(8, 4\)"):
+        backend.stack_forward(cfg, (p.replace({"attention.wk": np.zeros((C, C))}),), rand(B, T, C), "float32")
+    with pytest.raises(ValueError, match=r"tensors not used \['mlp.b_up'\]"):
+        backend.stack_forward(cfg, (LayerParams({**p.tensors, "mlp.b_up": np.zeros(32)}),), rand(B, T, C), "float32")
+
+
 # --- exact checks ---
 
-@pytest.mark.parametrize("norm, branch", list(itertools.product(NORMS, BRANCHES)))
-def test_zero_init_pre_stack_is_exactly_the_identity(norm, branch):
-    cfg = BlockConfig(placement="pre", norm=norm, branch=branch, init="zero", depth=4, d_model=C)
+@pytest.mark.parametrize("cfg", [BlockConfig(placement="pre", norm=norm, branch=branch, init="zero", depth=4, d_model=C)
+                                 for norm, branch in itertools.product(NORMS, BRANCHES)]
+                         + [preset(name, init="zero", depth=4, d_model=C) for name in PRESETS], ids=BlockConfig.describe)
+def test_zero_init_pre_stack_is_exactly_the_identity(cfg):
     params, x, g = draw_params(cfg, 0, perturb=True), rand(B, T, C, seed=1), rand(B, T, C, seed=2)
     np.testing.assert_array_equal(ref.stack_forward(cfg, params, x).states[-1], x)
     np.testing.assert_array_equal(ref.stack_vjp(cfg, params, x, g).dx, g)
@@ -227,13 +346,13 @@ def test_rmsnorm_gives_unit_mean_square():
 
 
 def test_causal_attention_ignores_later_tokens():
-    qkv = rand(B, 5, 3 * C, seed=1)
-    later = qkv.copy()
-    later[:, 3:] = rand(B, 2, 3 * C, seed=2)
-    later[0, 4, 2 * C] = np.nan  # a NaN in a later value must not reach earlier tokens through 0 * NaN
-    a, b = ops.causal_attention(qkv, 2), ops.causal_attention(later, 2)
-    np.testing.assert_array_equal(a[:, :3], b[:, :3])
-    assert np.isnan(b[0, 4]).any() and not np.isnan(b[1]).any()
+    q, k, v = (rand(B, 2, 5, 4, seed=i) for i in range(1, 4))
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, 3:], v2[:, :, 3:] = rand(B, 2, 2, 4, seed=5), rand(B, 2, 2, 4, seed=6)
+    v2[0, 0, 4, 0] = np.nan  # a NaN in a later value must not reach earlier tokens through 0 * NaN
+    a, b = ops.attention(q, k, v, True), ops.attention(q, k2, v2, True)
+    np.testing.assert_array_equal(a[:, :, :3], b[:, :, :3])
+    assert np.isnan(b[0, 0, 4]).any() and not np.isnan(b[1]).any()
 
 
 def test_empty_batch_and_sequence():
@@ -246,17 +365,22 @@ def test_empty_batch_and_sequence():
 
 # --- the residual write's Jacobian (used by GR-1 and GR-2) ---
 
-@pytest.mark.parametrize("placement, branch", [("pre", "attention"), ("pre", "mlp"), ("rezero", "mlp"),
-                                               ("post", "linear"), ("deepnorm", "mlp"), ("plain", "attention")])
-def test_branch_jacobian(placement, branch):
-    cfg = BlockConfig(placement=placement, branch=branch, depth=DEPTH, d_model=4, n_heads=2)
+@pytest.mark.parametrize("cfg", [BlockConfig(placement=placement, branch=branch, depth=DEPTH, d_model=4, n_heads=2)
+                                 for placement, branch in [("pre", "attention"), ("pre", "mlp"), ("rezero", "mlp"),
+                                                           ("post", "linear"), ("deepnorm", "mlp"), ("plain", "attention")]]
+                         + [preset("gptj", depth=DEPTH, d_model=4, n_heads=2),
+                            preset("llama", placement="rezero", depth=DEPTH, d_model=4, n_heads=2, n_kv_heads=1)],
+                         ids=BlockConfig.describe)
+def test_branch_jacobian(cfg):
     p, x, g = perturbed_params(cfg)[0], rand(1, 3, 4, seed=1), rand(1, 3, 4, seed=2)
-    J = ref.branch_jacobian(cfg, p, x)
-    assert J.shape == (12, 12)
-    assert_fd(lambda a: ref.residual_write(cfg, p, a), x, g, (J.T @ g.ravel()).reshape(x.shape), 5, "J^T g")
-    if placement in ("pre", "rezero"):  # GR-1 on the oracle itself: block VJP = g + J^T g
-        dx, _ = ref.block_vjp(cfg, p, x, g)
-        np.testing.assert_allclose(dx.ravel(), g.ravel() + J.T @ g.ravel(), rtol=1e-13, atol=1e-15)
+    for kinds in cfg.updates:
+        J = ref.branch_jacobian(cfg, p, kinds, x)
+        assert J.shape == (12, 12)
+        assert_fd(lambda a: ref.residual_write(cfg, p, kinds, a), x, g, (J.T @ g.ravel()).reshape(x.shape), 5,
+                  f"J^T g of {kinds}")
+        if cfg.placement in ("pre", "rezero"):  # GR-1 on the oracle itself: the update's VJP = g + J^T g
+            dx, _ = ref.update_vjp(cfg, p, kinds, x, g)
+            np.testing.assert_allclose(dx.ravel(), g.ravel() + J.T @ g.ravel(), rtol=1e-13, atol=1e-15)
 
 
 def test_backend_claims_everything():

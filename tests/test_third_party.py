@@ -60,7 +60,8 @@ def test_module_path_runs_claimed_cases_and_skips_the_rest(site, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     rows = pq.read_table(out).to_pylist()
     assert {r["backend"] for r in rows} == {ADAPTER}
-    claimed = [r for r in rows if "placement=pre" in r["config"] and r["dtype"] in ("float32", "float64")]
+    claimed = [r for r in rows if "placement=pre" in r["config"] and "layer=preset" not in r["config"]
+               and r["dtype"] in ("float32", "float64")]  # it claims no layer-model features: blocks only
     assert {(r["property"], r["dtype"], r["outcome"]) for r in claimed} == {
         (p, d, "passed") for p in ("ID-1", "GR-1") for d in ("float32", "float64")}
     unclaimed = [r for r in rows if r not in claimed]
@@ -86,7 +87,7 @@ def test_entry_point_name_finds_the_backend(site, tmp_path):
     rows = pq.read_table(out).to_pylist()
     assert {r["backend"] for r in rows} == {"user_torch_block"}
     assert {(r["dtype"], r["config"]) for r in rows if r["outcome"] == "passed"} == {
-        ("float32", "placement=pre,init=zero"), ("float64", "placement=pre,init=zero")}
+        ("float32", "placement=pre,init=zero,layer=block"), ("float64", "placement=pre,init=zero,layer=block")}
 
 
 def test_expected_failure_file_turns_a_known_failure_into_xfailed(site, tmp_path):

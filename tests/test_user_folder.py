@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = "backends.adapter:UserReference"
-FAST = "test_identity_block and float64 and pre"
+FAST = "test_identity_block and float64 and pre and not preset"
 USER_ADAPTER = '''
 from resconf.backends.numpy_ref import NumpyReference
 

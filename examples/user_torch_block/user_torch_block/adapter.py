@@ -1,27 +1,28 @@
 """resconf adapter for MyPreLNBlock: the one file that knows both the suite and the user's model.
 
 It uses only resconf's public API (the `backends` package) and claims exactly what the model can express:
-the `pre` placement, the `mlp` branch, layernorm or rmsnorm, float32 and float64, on the CPU. The suite
-skips, and records as skipped, everything else.
+the `pre` placement, layers of one `mlp` sublayer, layernorm or rmsnorm, float32 and float64, on the CPU.
+It claims no layer-model features (Capabilities.features stays empty: no second sublayer, no final norm,
+GELU only, biases everywhere). The suite skips, and records as skipped, everything else.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from resconf.backends import Backend, BlockConfig, BlockParams, Capabilities, StackGrads, StackTrace
+from resconf.backends import Backend, BlockConfig, Capabilities, LayerParams, StackGrads, StackTrace
 from user_torch_block.model import MyPreLNBlock
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 GELU_APPROXIMATION = {"tanh": "tanh", "exact": "none"}  # resconf's name -> nn.GELU(approximate=...)
-# BlockParams field -> the block's parameter. The suite stores linear weights as (in, out) for
-# y = x @ w + b; nn.Linear stores (out, in), so those two are transposed on the way in and out.
-PARAMETER_OF = {"norm_weight": "ln.weight", "norm_bias": "ln.bias", "w_in": "fc.weight", "b_in": "fc.bias",
-                "w_out": "proj.weight", "b_out": "proj.bias"}
-TRANSPOSED = frozenset({"w_in", "w_out"})
+# The suite's tensor name (LayerParams, `<sublayer>.<name>`) -> the block's parameter. The suite stores linear
+# weights as (in, out) for y = x @ w + b; nn.Linear stores (out, in), so those two are transposed on the way
+# in and out. A layernorm layer has all six; an rmsnorm one has no mlp.norm_bias.
+PARAMETER_OF = {"mlp.norm_weight": "ln.weight", "mlp.norm_bias": "ln.bias", "mlp.w_up": "fc.weight",
+                "mlp.b_up": "fc.bias", "mlp.w_down": "proj.weight", "mlp.b_down": "proj.bias"}
+TRANSPOSED = frozenset({"mlp.w_up", "mlp.w_down"})
 
 
 class UserBlockBackend(Backend):
@@ -39,17 +40,17 @@ class UserBlockBackend(Backend):
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         self.check_inputs(cfg, params, x, dtype)
         blocks = self.build_blocks(cfg, params, dtype)
-        branches: list[torch.Tensor] = []  # F_l: the output of each block's `proj`, caught by a hook
+        branches: list[torch.Tensor] = []  # each block's write F: the output of its `proj`, caught by a hook
         for block in blocks:  # the blocks live for this call only, so the hooks need no removing
             block.proj.register_forward_hook(lambda module, args, out: branches.append(out))
         with torch.no_grad():
             states = run_stack(blocks, self.tensor(x, dtype))
         return StackTrace(states=as_numpy(torch.stack(states)), branches=as_numpy(torch.stack(branches)))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, g: np.ndarray,
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
         self.check_inputs(cfg, params, x, dtype, g)
         blocks = self.build_blocks(cfg, params, dtype)
@@ -58,19 +59,19 @@ class UserBlockBackend(Backend):
         dparams = tuple(gradients_as_params(block, p) for block, p in zip(blocks, params))
         return StackGrads(dx=as_numpy(x0.grad), dparams=dparams)
 
-    def build_blocks(self, cfg: BlockConfig, params: Sequence[BlockParams], dtype: str) -> list[MyPreLNBlock]:
-        """One MyPreLNBlock per BlockParams, in `dtype`, holding exactly the suite's parameters."""
+    def build_blocks(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str) -> list[MyPreLNBlock]:
+        """One MyPreLNBlock per layer record, in `dtype`, holding exactly the suite's parameters."""
         blocks = []
         for p in params:
             block = self.block_class(cfg.d_model, cfg.d_hidden, cfg.norm, cfg.eps, GELU_APPROXIMATION[cfg.gelu])
             block = block.to(TORCH_DTYPES[dtype])
             # strict: a parameter of the block the suite did not provide (or the reverse) is an error
-            block.load_state_dict({PARAMETER_OF[field]: torch.tensor(t.T if field in TRANSPOSED else t)
-                                   for field, t in p.items()})
+            block.load_state_dict({PARAMETER_OF[name]: torch.tensor(t.T if name in TRANSPOSED else t)
+                                   for name, t in p.items()})
             blocks.append(block)
         return blocks
 
-    def check_inputs(self, cfg: BlockConfig, params: Sequence[BlockParams], x: np.ndarray, dtype: str,
+    def check_inputs(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
                      g: np.ndarray | None = None) -> None:
         """Reject what is not claimed, and wrong shapes with both shapes named (torch would broadcast some,
         and name a weight's shape transposed)."""
@@ -82,12 +83,14 @@ class UserBlockBackend(Backend):
             raise ValueError(f"x has shape {np.shape(x)}; expected (B, T, {C}) for d_model={C}")
         if g is not None and np.shape(g) != np.shape(x):
             raise ValueError(f"g has shape {np.shape(g)} but x has shape {np.shape(x)}; they must match")
-        expected = {"norm_weight": (C,), "norm_bias": (C,), "w_in": (C, H), "b_in": (H,),
-                    "w_out": (H, C), "b_out": (C,)}
+        expected = {"mlp.norm_weight": (C,), "mlp.norm_bias": (C,), "mlp.w_up": (C, H), "mlp.b_up": (H,),
+                    "mlp.w_down": (H, C), "mlp.b_down": (C,)}
         for layer, p in enumerate(params):
-            for field, t in p.items():
-                if np.shape(t) != expected[field]:
-                    raise ValueError(f"block {layer}: {field} has shape {np.shape(t)}, expected {expected[field]} "
+            for name, t in p.items():
+                if name not in expected:
+                    raise ValueError(f"block {layer}: tensor {name} is not one of MyPreLNBlock's {sorted(expected)}")
+                if np.shape(t) != expected[name]:
+                    raise ValueError(f"block {layer}: {name} has shape {np.shape(t)}, expected {expected[name]} "
                                      f"for x of shape {np.shape(x)}")
 
     def tensor(self, a: np.ndarray, dtype: str) -> torch.Tensor:
@@ -103,10 +106,10 @@ def run_stack(blocks: list[MyPreLNBlock], x: torch.Tensor) -> list[torch.Tensor]
     return states
 
 
-def gradients_as_params(block: MyPreLNBlock, p: BlockParams) -> BlockParams:
-    """The block's parameter gradients in the suite's layout (same fields as p, weights back to (in, out))."""
-    grad = {field: block.get_parameter(PARAMETER_OF[field]).grad for field, _ in p.items()}
-    return dataclasses.replace(p, **{field: as_numpy(d.T if field in TRANSPOSED else d) for field, d in grad.items()})
+def gradients_as_params(block: MyPreLNBlock, p: LayerParams) -> LayerParams:
+    """The block's parameter gradients in the suite's layout (the names of p, weights back to (in, out))."""
+    grad = {name: block.get_parameter(PARAMETER_OF[name]).grad for name, _ in p.items()}
+    return LayerParams({name: as_numpy(d.T if name in TRANSPOSED else d) for name, d in grad.items()})
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
