@@ -39,10 +39,28 @@ class Capabilities:
     dtypes: frozenset[str] = frozenset({"float64", "float32"})
     fused_kinds: frozenset[str] = frozenset()  # fused add+norm kinds: "rmsnorm", "layernorm"
     blocks: bool = True  # False for a backend that only offers fused add+norm
+    # A real module has a fixed structure: the sublayer lists its layer can have (None: any list of
+    # `branches`) and the features every layer of it uses (LlamaDecoderLayer: always gated, always RoPE).
+    layers: frozenset[tuple[str, ...]] | None = None
+    requires: frozenset[str] = frozenset()
+    tensor_parallel: frozenset[int] = frozenset()  # rank counts P its tensor-parallel layer runs on (TP-1, TP-2)
 
     def supports(self, cfg: BlockConfig) -> bool:
-        return (self.blocks and cfg.placement in self.placements and cfg.norm in self.norms
-                and set(cfg.sublayers) <= self.branches and cfg.features <= self.features)
+        return self.why_not(cfg) is None
+
+    def why_not(self, cfg: BlockConfig) -> str | None:
+        """None when the backend claims everything cfg needs, else what is missing (the skip reason)."""
+        if not self.blocks:
+            return "offers no residual blocks (fused add+norm only)"
+        missing = sorted(({cfg.placement} - self.placements) | ({cfg.norm} - self.norms)
+                         | (set(cfg.sublayers) - self.branches) | (cfg.features - self.features))
+        if missing:
+            return f"does not claim {', '.join(missing)}"
+        if self.layers is not None and tuple(cfg.sublayers) not in self.layers:
+            return f"has layers of sublayers {' or '.join('+'.join(s) for s in sorted(self.layers))} only"
+        if not self.requires <= cfg.features:
+            return f"always uses {', '.join(sorted(self.requires - cfg.features))}"
+        return None
 
 
 @dataclass(frozen=True)

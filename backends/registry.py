@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "resconf.backends"
 class BuiltinBackend:
     target: str  # "module:attr"
     requires: tuple[str, ...]  # top-level modules that must be importable
+    extra: str = ""  # the pip extra that installs them (default: the first module's name)
 
 
 BUILTIN = {
@@ -30,6 +31,14 @@ BUILTIN = {
     "jax": BuiltinBackend("resconf.backends.jax_backend:JaxBackend", ("jax",)),
     "numba_fused": BuiltinBackend("resconf.backends.numba_fused:NumbaFusedBackend", ("numba",)),
     "triton_fused": BuiltinBackend("resconf.backends.triton_fused:TritonFusedBackend", ("triton", "torch")),
+    # the real modules and kernels people run, each mapped from the suite's parameters (optional extras)
+    "torch_nn": BuiltinBackend("resconf.backends.torch_nn:TorchNnBackend", ("torch",)),
+    "hf_gpt2": BuiltinBackend("resconf.backends.hf_blocks:HfGpt2Backend", ("transformers", "torch"), "hf"),
+    "hf_llama": BuiltinBackend("resconf.backends.hf_blocks:HfLlamaBackend", ("transformers", "torch"), "hf"),
+    "hf_phi": BuiltinBackend("resconf.backends.hf_blocks:HfPhiBackend", ("transformers", "torch"), "hf"),
+    "flax_block": BuiltinBackend("resconf.backends.flax_block:FlaxBlockBackend", ("flax", "jax")),
+    "equinox_block": BuiltinBackend("resconf.backends.equinox_block:EquinoxBlockBackend", ("equinox", "jax")),
+    "liger": BuiltinBackend("resconf.backends.liger_fused:LigerFusedBackend", ("liger_kernel", "triton", "torch"), "liger"),
     # positive controls: the oracle's maths rounded differently on purpose (backends/controls.py)
     **{f"control_{order}": BuiltinBackend(f"resconf.backends.controls:{cls}", ("numpy",))
        for order, cls in (("reversed", "ReversedControl"), ("fma", "FmaControl"),
@@ -76,7 +85,7 @@ def _resolve(spec: str):
         missing = [m for m in builtin.requires if importlib.util.find_spec(m) is None]
         if missing:
             raise BackendUnavailable(f"backend {spec!r} needs {', '.join(missing)}, which is not installed "
-                                     f"(pip install 'resconf[{builtin.requires[0]}]'); installed: {', '.join(known_names())}")
+                                     f"(pip install 'resconf[{builtin.extra or builtin.requires[0]}]'); installed: {', '.join(known_names())}")
         return _import_target(builtin.target, spec)
     eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
     if eps:

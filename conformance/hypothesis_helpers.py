@@ -42,10 +42,15 @@ def _structure_combos(backend: Backend, placement: str, init: str, shapes, depth
     caps = backend.capabilities
     norms = tuple(n for n in sorted(caps.norms) if norms is None or n in norms)
     branches = tuple(b for b in sorted(caps.branches) if branches is None or b in branches)
-    return [(shape, BlockConfig(placement=placement, init=init, depth=depth, d_model=shape[-1], norm=norm,
-                                branch=branch, gelu=gelu))
-            for shape in shapes for depth in depths for norm in norms for branch in branches for gelu in GELUS
-            if branch == "mlp" or gelu == GELUS[0]]  # GELU matters only in the mlp
+    combos = [(shape, BlockConfig(placement=placement, init=init, depth=depth, d_model=shape[-1], norm=norm,
+                                  branch=branch, gelu=gelu))
+              for shape in shapes for depth in depths for norm in norms for branch in branches for gelu in GELUS
+              if branch == "mlp" or gelu == GELUS[0]]  # GELU matters only in the mlp
+    claimed = [(shape, cfg) for shape, cfg in combos if caps.supports(cfg)]
+    if combos and not claimed:  # a real module of fixed structure: its layers are the presets'
+        pytest.skip(f"{backend.name} {caps.why_not(combos[0][1])}: no single-sublayer block at "
+                    f"placement={placement}; its layers run in the layer=preset cases")
+    return claimed
 
 
 def _preset_combos(backend: Backend, placement: str, init: str, shapes, depths, norms):
@@ -100,6 +105,15 @@ def structures(backend: Backend, case: int, placement: str, init: str, shapes=SH
             combos = [c for _, preset_combos in combos for c in preset_combos]
         return st.sampled_from(combos)
     return st.just(fixed_structure(backend, case, placement, init, shapes, depths, branches, norms, layer))
+
+
+def first_layer(backend: Backend) -> str:
+    """The `layer` kind a whole-backend check (bad input) uses: single-sublayer blocks when the backend has
+    them, else the presets (a real module of fixed structure)."""
+    caps = backend.capabilities
+    block = BlockConfig(placement=sorted(caps.placements)[0], norm=sorted(caps.norms)[0],
+                        branch=sorted(caps.branches)[0])
+    return "block" if caps.supports(block) else "preset"
 
 
 def identity_domain(dtype: str, d_model: int) -> float:

@@ -34,9 +34,7 @@ def require_fused(backend: Backend, kind: str) -> None:
 
 def require_config(backend: Backend, cfg: BlockConfig) -> None:
     """The backend claims everything cfg needs: placement, norm, every sublayer and every layer feature."""
-    caps = backend.capabilities
     require_placement(backend, cfg.placement)
-    if not caps.supports(cfg):
-        missing = sorted((set(cfg.sublayers) - caps.branches) | (cfg.features - caps.features)
-                         | ({cfg.norm} - caps.norms))
-        pytest.skip(f"{backend.name} does not claim {', '.join(missing)} (needed by {cfg.describe()})")
+    reason = backend.capabilities.why_not(cfg)
+    if reason is not None:
+        pytest.skip(f"{backend.name} {reason} (needed by {cfg.describe()})")

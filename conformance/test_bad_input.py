@@ -54,15 +54,19 @@ def test_block_shape_mismatch(subject, case, dtype, placement, prop):
     """A branch writing d_model + 3 features: an error naming the branch's output weight or bias shape,
     and d_model."""
     require_placement(subject, placement)
-    shape, cfg = hh.fixed_structure(subject, case, placement, "standard")
+    shape, cfg = hh.fixed_structure(subject, case, placement, "standard", layer=hh.first_layer(subject))
     prop.example(cfg=cfg.describe(), shape=shape)
     (p,) = hh.params_for(subject, cfg, 0, dtype)
-    w_name, b_name = (f"{cfg.branch}.{name}" for name in OUTPUT_PROJECTION[cfg.branch])
-    wide = p.replace({w_name: np.zeros(p[w_name].shape[:-1] + (cfg.d_model + 3,)), b_name: np.zeros(cfg.d_model + 3)})
+    kind = cfg.sublayers[-1]
+    w_name, b_name = (f"{kind}.{name}" for name in OUTPUT_PROJECTION[kind])
+    wider = {w_name: np.zeros(p[w_name].shape[:-1] + (cfg.d_model + 3,))}
+    if cfg.bias:
+        wider[b_name] = np.zeros(cfg.d_model + 3)
+    wide = p.replace(wider)
     x = hh.normal_input(0, shape, 1.0, dtype)
     _check_rejected(prop, "a branch writing d_model + 3 features",
                     lambda: subject.stack_forward(cfg, (wide,), x, dtype),
-                    ([wide[w_name].shape, wide[b_name].shape], (cfg.d_model,)))
+                    ([a.shape for a in wider.values()], (cfg.d_model,)))
 
 
 @pytest.mark.property("BI-1")
@@ -89,7 +93,8 @@ def test_dtype_errors_and_no_silent_downcast(subject, dtype, prop):
     unknown = "float8_e4m3fn"
     calls = []
     if subject.capabilities.blocks:
-        cfg = hh.fixed_structure(subject, 0, sorted(subject.capabilities.placements)[0], "standard")[1]
+        cfg = hh.fixed_structure(subject, 0, sorted(subject.capabilities.placements)[0], "standard",
+                                 layer=hh.first_layer(subject))[1]
         params = hh.params_for(subject, cfg, 0, "float32")
         calls.append(("stack_forward", lambda: subject.stack_forward(cfg, params, np.zeros((1, 2, cfg.d_model)), unknown)))
     kinds = sorted(subject.capabilities.fused_kinds)
@@ -171,13 +176,14 @@ def test_empty_input(subject, case, dtype, empty, prop):
     """An empty batch or sequence gives empty results of the right shapes, forward and backward."""
     if subject.capabilities.blocks:
         shape, cfg = hh.fixed_structure(subject, case, sorted(subject.capabilities.placements)[0], "standard",
-                                        depths=(2,))
+                                        depths=(2,), layer=hh.first_layer(subject))
         shape = (0, shape[1], shape[2]) if empty == "batch" else (shape[0], 0, shape[2])
         prop.example(cfg=cfg.describe(), shape=shape)
         x = np.zeros(shape)
         params = hh.params_for(subject, cfg, 0, dtype)
         trace = subject.stack_forward(cfg, params, x, dtype)
-        prop.at_most(f"states shape {trace.states.shape} differs from {(3, *shape)}", int(trace.states.shape != (3, *shape)), 0)
+        states = (cfg.n_updates + 1, *shape)
+        prop.at_most(f"states shape {trace.states.shape} differs from {states}", int(trace.states.shape != states), 0)
         dx = subject.stack_vjp(cfg, params, x, x, dtype).dx
         prop.at_most(f"dx shape {dx.shape} differs from {shape}", int(dx.shape != shape), 0)
     for kind in sorted(subject.capabilities.fused_kinds):
@@ -194,7 +200,7 @@ def test_large_magnitudes(subject, oracle, case, dtype, placement, prop):
     largest magnitude with a finite output (curve 'finite'). Gated only inside the identity domain
     (no norm statistic can overflow there): a non-finite output where the oracle's is finite fails."""
     require_placement(subject, placement)
-    shape, cfg = hh.fixed_structure(subject, case, placement, "standard", norms=None)
+    shape, cfg = hh.fixed_structure(subject, case, placement, "standard", norms=None, layer=hh.first_layer(subject))
     params = hh.params_for(subject, cfg, 0, dtype)
     top = math.frexp(max_finite(dtype))[1] - 1  # the largest power of two below the maximum
     exponents = list(range(0, top + 1, max(1, top // 32)))
