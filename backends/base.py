@@ -125,6 +125,17 @@ class Backend(ABC):
         """Pull the cotangent g on the stack's output (StackTrace.output) back to x_0 and to every parameter (the framework's own autodiff)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement stack_vjp")
 
+    def tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
+                         ranks: int) -> StackTrace:
+        """stack_forward with every layer split over `ranks` tensor-parallel ranks (capabilities.tensor_parallel;
+        the split: backends/tensor_parallel.py); states and writes as one device would return them."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement tp_stack_forward")
+
+    def tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                     dtype: str, ranks: int) -> StackGrads:
+        """stack_vjp on `ranks` tensor-parallel ranks; every gradient full-shape (the ranks' shards put back)."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement tp_stack_vjp")
+
     def init_params(self, cfg: BlockConfig, seed: int) -> tuple[LayerParams, ...]:
         """Optional: the backend's own initializer for scheme cfg.init. When offered, the suite runs the
         identity and variance properties on these parameters, so the scheme itself is under test."""

@@ -26,6 +26,7 @@ from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, Fus
                                    dtype_error)
 from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.jax_tp import JaxTensorParallel
 from resconf.backends.params import LayerParams, check_params
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
@@ -86,27 +87,33 @@ def _to64(a: jax.Array) -> np.ndarray:
     return np.asarray(a).astype(np.float64)
 
 
-class JaxBackend(Backend):
+def jax_device(backend: str, device: str):
+    """JAX's first device of the kind asked for, with float64 on (process-wide, so here, not on import)."""
+    jax.config.update("jax_enable_x64", True)
+    platform = {"cpu": "cpu", "cuda": "gpu"}[device]
+    try:
+        return jax.devices(platform)[0]
+    except RuntimeError as exc:
+        raise DeviceUnavailable(f"backend {backend!r} on {device!r}: JAX sees no {platform} device ({exc}); "
+                                f"install jax[cuda12] on a machine with a GPU, or use device='cpu'") from None
+
+
+class JaxBackend(JaxTensorParallel, Backend):
     """Every placement, norm, sublayer and layer feature; float64, float32, bfloat16, float16; fused
-    add+norm (rms, layer)."""
+    add+norm (rms, layer); tensor-parallel layers on 2 or 4 host CPU devices (shard_map, jax_tp.py)."""
 
     name = "jax"
     devices = ("cpu", "cuda")
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
-        jax.config.update("jax_enable_x64", True)  # here, not on import: it is process-wide
-        platform = {"cpu": "cpu", "cuda": "gpu"}[device]
-        try:
-            self._device = jax.devices(platform)[0]
-        except RuntimeError as exc:
-            raise DeviceUnavailable(f"backend 'jax' on {device!r}: JAX sees no {platform} device ({exc}); "
-                             f"install jax[cuda12] on a machine with a GPU, or use device='cpu'") from None
+        self._device = jax_device(self.name, device)
 
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(features=frozenset(FEATURES), dtypes=frozenset(DTYPES),
-                            fused_kinds=frozenset(FUSED_KINDS))
+                            fused_kinds=frozenset(FUSED_KINDS),
+                            tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset())
 
     def versions(self) -> dict[str, str]:
         return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}

@@ -17,6 +17,7 @@ from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.params import LayerParams
 from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params, output
+from resconf.backends.torch_tp import TorchTensorParallel
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
                 "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,23 +27,29 @@ BENCH_EPS = 1e-5  # the bench hooks take no eps; nn.LayerNorm's default
 AddNorm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-class TorchBackend(Backend):
+def require_torch_device(backend: str, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"backend {backend!r}: device 'cuda' asked for, but torch "
+                                f"{torch.__version__} sees no CUDA device; use device='cpu'")
+
+
+class TorchBackend(TorchTensorParallel, Backend):
     """Eager PyTorch: nn.LayerNorm / nn.RMSNorm / nn.Linear / F.gelu, F.relu, F.silu /
-    F.scaled_dot_product_attention; every layer-model feature (config.FEATURES)."""
+    F.scaled_dot_product_attention; every layer-model feature (config.FEATURES); tensor-parallel layers on
+    2 or 4 gloo processes (CPU, torch_tp.py)."""
 
     name = "torch"
     devices = ("cpu", "cuda")
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DeviceUnavailable(f"backend {self.name!r}: device 'cuda' asked for, but torch "
-                                     f"{torch.__version__} sees no CUDA device; use device='cpu'")
+        require_torch_device(self.name, device)
 
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(features=frozenset(FEATURES), dtypes=self._device_dtypes(),
-                            fused_kinds=frozenset(FUSED_KINDS))
+                            fused_kinds=frozenset(FUSED_KINDS),
+                            tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset())
 
     def _device_dtypes(self) -> frozenset[str]:
         # Checked on torch 2.13 CPU: SDPA (enable_gqa too), rms_norm, layer_norm, gelu, relu and silu run

@@ -32,9 +32,9 @@ from resconf.reports.document import Fold  # noqa: E402
 from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
 from resconf.reports.load import load_inputs  # noqa: E402
 from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
-from resconf.reports.matrix import FAMILIES  # noqa: E402
+from resconf.reports.matrix import FAMILIES, empty_family_text  # noqa: E402
 from resconf.reports.runs import RunSelection  # noqa: E402
-from resconf.reports.spec_index import SPEC_PATH, SPEC_URL  # noqa: E402
+from resconf.reports.spec_index import SPEC_PATH, SPEC_URL, parse_spec  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 RESULTS = [FIXTURES / "run_old.parquet", FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
@@ -114,11 +114,15 @@ def test_matrix_counts_and_colours_match_the_fixtures(document):
     assert status[("jax", "VG")] == ""  # nothing ran
 
 
-def test_a_family_without_any_result_reads_not_implemented(document):
+def test_a_family_without_any_result_reads_not_run_or_not_implemented(document):
+    """TP is in the catalogue but has no rows in the fixtures: "not run"; a family the catalogue lists under
+    "Not yet implemented" reads "not implemented"."""
     assert not any(r["property"].startswith("TP-") for r in fixture_results())
     table = document.section("1.").tables()[0]
-    assert set(table.column("TP")) == {"not implemented"}
+    assert set(table.column("TP")) == {"not run"}
     assert all(row[2].text != "not implemented" for row in table.rows)  # ID has results: counts or "-"
+    later = parse_spec("## Not yet implemented\n\nQQ (a family for later).\n")
+    assert (empty_family_text("QQ", later), empty_family_text("TP", later)) == ("not implemented", "not run")
 
 
 # --- which runs are shown ---
@@ -191,7 +195,7 @@ def test_property_ids_link_to_spec_headings_with_their_statement(built, document
     assert legend.column("code") == list(FAMILIES)
     for row in legend.rows:
         assert row[2].href.split("#")[1] in anchors, row[2].href
-    assert "not implemented" in legend.rows[FAMILIES.index("TP")][1].text
+    assert legend.rows[FAMILIES.index("TP")][1].text == "tensor parallel"  # implemented: no "not implemented yet"
     page = (built / "index.html").read_text()
     assert f'<a href="{SPEC_URL}#id-identity-at-zero" title="' in page and "<details open><summary>torch" in page
     assert f"[ID-3]({SPEC_URL}#id-identity-at-zero \"" in (built / "report.md").read_text()
