@@ -6,6 +6,7 @@ configurations are drawn freely.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -107,6 +108,12 @@ def structures(backend: Backend, case: int, placement: str, init: str, shapes=SH
     return st.just(fixed_structure(backend, case, placement, init, shapes, depths, branches, norms, layer))
 
 
+def with_final_norm(backend: Backend, cfg: BlockConfig) -> BlockConfig:
+    """cfg ending in a final norm, as the layers people ship do, when the backend claims one."""
+    final = dataclasses.replace(cfg, final_norm=True)
+    return final if backend.capabilities.supports(final) else cfg
+
+
 def first_layer(backend: Backend) -> str:
     """The `layer` kind a whole-backend check (bad input) uses: single-sublayer blocks when the backend has
     them, else the presets (a real module of fixed structure)."""
@@ -140,6 +147,15 @@ def finite_arrays(dtype: str, shape: tuple[int, ...], bound: float, subnormals: 
 def normal_input(seed: int, shape: tuple[int, ...], scale: float, dtype: str) -> np.ndarray:
     """Seeded N(0, scale^2) input rounded to dtype."""
     return round_to(np.random.default_rng(seed).normal(0.0, scale, shape), dtype)
+
+
+def offset_input(seed: int, shape: tuple[int, ...], scale: float, offset: float, dtype: str) -> np.ndarray:
+    """Seeded tokens with a large common mean, as real residual streams carry (massive activations):
+    x = m_t + N(0, scale^2) with m_t = +-offset * scale (sign random per token), rounded to dtype. A norm
+    that takes Var = E[x^2] - E[x]^2 loses ~log10(offset^2) digits to cancellation; a two-pass one does not."""
+    rng = np.random.default_rng(seed)
+    sign = rng.choice((-1.0, 1.0), size=shape[:-1] + (1,))  # (B, T, 1)
+    return round_to(sign * offset * scale + rng.normal(0.0, scale, shape), dtype)
 
 
 def params_for(backend: Backend, cfg: BlockConfig, seed: int, dtype: str, perturb: bool = False

@@ -164,7 +164,7 @@ def test_vjp_finite_differences(subject, case, dtype, placement, layer, prop, da
     shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", depths=(2,), layer=layer),
                            label="structure")
     if layer == "preset" and placement == "pre":
-        cfg = dataclasses.replace(cfg, final_norm=True)
+        cfg = hh.with_final_norm(subject, cfg)
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)

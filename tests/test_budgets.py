@@ -17,8 +17,9 @@ from resconf.backends.registry import installed_builtins, load_backend
 from resconf.backends.presets import preset
 from resconf.conformance import budgets
 from resconf.conformance.baseline import Baselines
+from resconf.conformance.hypothesis_helpers import offset_input
 from resconf.conformance.recorder import baseline_error, relative_error
-from tests.mutants import Bfloat16WeightGradient
+from tests.mutants import Bfloat16WeightGradient, FastVariance
 
 MARGIN = 1.5  # a correct backend's worst error must stay below budget / MARGIN
 SEEDS = range(6)
@@ -59,6 +60,49 @@ def test_correct_backends_sit_well_inside_their_budgets(name, dtype):
     worst = max((slack, what, cfg.placement, seed) for cfg in STRUCTURES for seed in SEEDS
                 for what, slack in _slacks(backend, cfg, seed, dtype))
     assert worst[0] <= 1 / MARGIN, f"{name} {dtype}: {worst[1]} used {worst[0]:.2f} of its budget ({worst[2]}, seed {worst[3]})"
+
+
+# XB-1 on tokens with a large common mean (conformance/test_agreement.test_forward_offset_mean): Pre-LN layernorm
+# stacks, a preset with its final norm; |mean| / spread in {1e2, 1e3}, spread 1e-2 or 1.
+OFFSET_STRUCTURES = [STRUCTURES[0], BlockConfig(placement="pre", norm="layernorm", branch="attention", d_model=32),
+                     dataclasses.replace(preset("gpt2", depth=2, d_model=32), final_norm=True)]
+OFFSET_DRAWS = [(offset, scale) for offset in (1e2, 1e3) for scale in (1e-2, 1.0)]
+CONTROLS = ["control_reversed", "control_fma", "control_pairwise", "control_blocked", "control_wide"]
+
+
+def _offset_slacks(backend, cfg: BlockConfig, seed: int, dtype: str, offset: float, scale: float):
+    """measured / allowed for the final norm, x_L and the writes of one offset-mean case."""
+    x = offset_input(seed, (2, 8, 32), scale, offset, dtype)
+    params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, seed, perturb=True))
+    got, want = (b.stack_forward(cfg, params, x, dtype) for b in (backend, ORACLE))
+    base = BASELINE.stack_forward(cfg, params, x, dtype)
+    parts = {"x_L": lambda t: t.states[-1], "writes": lambda t: t.branches}
+    if cfg.final_norm:
+        parts["final norm"] = lambda t: t.final
+    for what, part in parts.items():
+        allowed = budgets.budget("forward", dtype, baseline_error(base.pick(part)(), part(want)), cfg.n_updates).allowed
+        yield what, relative_error(part(got), part(want)) / allowed
+
+
+@pytest.mark.parametrize("name", [n for n in ("torch", "jax") if n in installed_builtins()] + CONTROLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_correct_backends_sit_well_inside_their_budgets_on_offset_means(name, dtype):
+    """A two-pass (or Welford) layernorm's error grows as u_acc |mean| / spread, and so does the baseline's,
+    itself two-pass: measured, every correct backend and control stays near 1 / RATIO of its budget."""
+    backend = load_backend(name)
+    worst = max((slack, what, cfg.describe(), seed, offset, scale) for cfg in OFFSET_STRUCTURES for seed in SEEDS
+                for offset, scale in OFFSET_DRAWS for what, slack in _offset_slacks(backend, cfg, seed, dtype, offset, scale))
+    assert worst[0] <= 1 / MARGIN, (f"{name} {dtype}: {worst[1]} used {worst[0]:.2f} of its budget ({worst[2]}, "
+                                    f"seed {worst[3]}, offset {worst[4]:g}, scale {worst[5]:g})")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_one_pass_variance_is_far_outside_on_offset_means(dtype):
+    """Var = E[x^2] - E[x]^2 (flax.nnx.LayerNorm's default) loses u (mean / spread)^2 of the variance to
+    cancellation, against the two-pass u (mean / spread) sqrt(C): at 1e3, far outside."""
+    worst = max(slack for cfg in OFFSET_STRUCTURES for seed in range(2)
+                for _, slack in _offset_slacks(FastVariance(), cfg, seed, dtype, 1e3, 1.0))
+    assert worst > 10, f"the one-pass variance used only {worst:.2f} of its budget"
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
