@@ -39,6 +39,9 @@ BUILTIN = {
     "flax_block": BuiltinBackend("resconf.backends.flax_block:FlaxBlockBackend", ("flax", "jax")),
     "equinox_block": BuiltinBackend("resconf.backends.equinox_block:EquinoxBlockBackend", ("equinox", "jax")),
     "liger": BuiltinBackend("resconf.backends.liger_fused:LigerFusedBackend", ("liger_kernel", "triton", "torch"), "liger"),
+    # Liger's other casting modes (the default, "llama", is `liger`): all in float32, and none
+    **{f"liger_{mode}": BuiltinBackend(f"resconf.backends.liger_fused:Liger{mode.title()}Backend",
+                                       ("liger_kernel", "triton", "torch"), "liger") for mode in ("gemma", "none")},
     # positive controls: the oracle's maths rounded differently on purpose (backends/controls.py)
     **{f"control_{order}": BuiltinBackend(f"resconf.backends.controls:{cls}", ("numpy",))
        for order, cls in (("reversed", "ReversedControl"), ("fma", "FmaControl"),
@@ -46,8 +49,10 @@ BUILTIN = {
 }
 # What `resconf check` runs when no backend is named: the block backends (kernels are opt-in on the CPU;
 # on a GPU our Triton kernel joins them, and the oracle, a CPU reference, stands aside).
-DEFAULT_BACKENDS = ("numpy", "torch", "jax")
-DEFAULT_GPU_BACKENDS = ("torch", "jax", "triton_fused")
+# The real modules join when their packages are installed (`pip install 'resconf[real]'`).
+REAL_MODULES = ("torch_nn", "hf_gpt2", "hf_llama", "hf_phi", "flax_block", "equinox_block")
+DEFAULT_BACKENDS = ("numpy", "torch", "jax", *REAL_MODULES)
+DEFAULT_GPU_BACKENDS = ("torch", "jax", "triton_fused", "liger")
 
 
 def default_backends(device: str = "cpu") -> tuple[str, ...]:

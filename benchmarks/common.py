@@ -23,7 +23,7 @@ from resconf.backends.base import Backend
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import numpy_dtype, round_to
 from resconf.backends.params import draw_params
-from resconf.backends.registry import BackendUnavailable, load_backend
+from resconf.backends.registry import BUILTIN, BackendUnavailable, entry_point_names, load_backend
 
 from .numpy_baseline import NumpyBaseline
 
@@ -41,13 +41,47 @@ FULL = GRID == "full"
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-FUSED_BACKENDS = ("numpy", "torch", "torch_compile", "jax", "numba_fused", "triton_fused")
+BUILTIN_FUSED = ("numpy", "torch", "torch_compile", "jax", "numba_fused", "triton_fused", "liger")
 SHAPES = ((512, 1024), (2048, 4096), (8192, 4096), (8192, 8192)) if FULL else ((8192, 4096),)  # (tokens, hidden)
 WITH_BIAS = {"rmsnorm": False, "layernorm": True}  # as in the models: RMSNorm has no bias, LayerNorm has one
 
-STACK_BACKENDS = ("torch", "jax")  # torch_compile claims no blocks (too slow to compile); numpy_ref is an oracle
+BUILTIN_STACK = ("torch", "jax")  # torch_compile claims no blocks (too slow to compile); numpy_ref is an oracle
 STACK_SHAPES = ((512, 256),)  # (tokens, d_model): small, so that the stack is cheap on 2 cores
 STACK_DEPTHS = (2, 8, 32) if FULL else (4,)
+
+# More backends for both grids, without editing this file: RESCONF_BENCH_BACKENDS=name,name,... where a name
+# is what `resconf check --backend` takes (a built-in name, an entry point of the group resconf.backends, or
+# a path package.module:attr). Read here, when asv imports the suite, since asv fixes its parameter lists
+# then. Each joins both grids after the built-ins (whose benchmark ids and parameter positions stay as
+# they are): which grid it is timed in is decided by its claims (fused_kinds; blocks), checked in setup
+# like every claim, because reading them here would import its framework into asv's forkserver.
+EXTRA_ENV = "RESCONF_BENCH_BACKENDS"
+
+
+def extra_backends(value: str | None) -> tuple[str, ...]:
+    """The names in RESCONF_BENCH_BACKENDS's value, checked without importing anything they name."""
+    names = tuple(dict.fromkeys(n.strip() for n in (value or "").split(",") if n.strip()))
+    if not names:
+        return ()
+    known = set(BUILTIN) | set(entry_point_names())  # entry points listed from metadata, not loaded
+    bad = [n for n in names if n not in known and not _is_path(n)]
+    if bad:
+        raise ValueError(f"{EXTRA_ENV}: {', '.join(map(repr, bad))} is neither a built-in backend "
+                         f"({', '.join(sorted(BUILTIN))}), an entry point of the group resconf.backends, nor a "
+                         f"path package.module:attr; fix or drop it")
+    return names
+
+
+def _is_path(name: str) -> bool:
+    module, sep, attr = name.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
+
+
+EXTRA_BACKENDS = extra_backends(os.environ.get(EXTRA_ENV))
+FUSED_BACKENDS = BUILTIN_FUSED + tuple(n for n in EXTRA_BACKENDS if n not in BUILTIN_FUSED)
+STACK_BACKENDS = BUILTIN_STACK + tuple(n for n in EXTRA_BACKENDS if n not in BUILTIN_STACK)
+# Kernels that run on the CPU only in Triton's interpreter (TRITON_INTERPRET=1): for tests, never timed there.
+INTERPRETED_ON_CPU = ("triton_fused", "liger")
 
 
 @dataclass(frozen=True)
@@ -125,8 +159,8 @@ def stack_case(backend_name: str, device: str, dtype: str, shape: tuple[int, int
 
 def _fused_backend(name: str, device: str) -> Backend:
     """`numpy` is the plain NumPy composition (benchmarks/numpy_baseline.py), not the float64 oracle."""
-    if name == "triton_fused" and device == "cpu":  # only Triton's interpreter (TRITON_INTERPRET=1) runs there
-        raise NotImplementedError("triton_fused on the CPU is Triton's interpreter: for tests, not for timing")
+    if name in INTERPRETED_ON_CPU and device == "cpu":  # only Triton's interpreter (TRITON_INTERPRET=1) runs there
+        raise NotImplementedError(f"{name} on the CPU is Triton's interpreter: for tests, not for timing")
     if name != "numpy":
         return load(name, device)
     if device not in NumpyBaseline.devices:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from resconf.backends.registry import DEFAULT_BACKENDS, installed_builtins
+from resconf.backends.registry import installed_builtins
 from resconf.conformance.results import SCHEMA, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,9 @@ def test_backend_that_cannot_load_is_reported_not_crashed(tmp_path):
     assert {r["backend"] for r in rows if r["outcome"] == "passed"} == {"numpy"}
 
 
-@pytest.mark.parametrize("name", [n for n in DEFAULT_BACKENDS if n in installed_builtins()])
+# The oracle only: the main job (`resconf check`, which CI runs right after the tests) gates torch, jax and
+# every other installed backend the same way, and repeating their minutes here doubled CI's time.
+@pytest.mark.parametrize("name", ["numpy"])
 def test_correct_backend_passes_every_property(name, tmp_path):
     """The main job for one backend: every implemented property has passing rows, nothing fails."""
     out = tmp_path / "r.parquet"
@@ -70,10 +72,10 @@ def test_correct_backend_passes_every_property(name, tmp_path):
     assert expected <= properties, f"no passing rows for {sorted(expected - properties)}"
 
 
-@pytest.mark.parametrize("name", [n for n in ("numba_fused", "triton_fused") if n in installed_builtins()])
+@pytest.mark.parametrize("name", [n for n in ("numba_fused", "triton_fused", "liger") if n in installed_builtins()])
 def test_kernel_backend_passes_the_fused_properties(name, tmp_path):
-    """Our own kernels (fused add+norm only; Triton through its CPU interpreter) pass the fused
-    contract, determinism and bad-input properties, and skip the block properties they do not claim."""
+    """The fused add+norm kernels (ours and Liger-Kernel's; Triton through its CPU interpreter) pass the
+    fused contract, determinism and bad-input properties, and skip the block properties they do not claim."""
     out = tmp_path / "r.parquet"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", name, "--output", str(out)],

@@ -19,13 +19,9 @@ from resconf.backends.jax_backend import TRACES, JaxBackend  # noqa: E402
 from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
 from resconf.backends.params import draw_params  # noqa: E402
 from resconf.backends.presets import PRESETS, preset  # noqa: E402
+from tests import oracle_errors  # noqa: E402
 
 RTOL_FLOAT64 = 1e-12  # the same function in float64: only summation order differs
-# A gradient that cancels to far below the others of its layer is rounding noise of the terms cancelled, not
-# of itself: the key bias without RoPE (exactly 0, softmax ignores q.b_k), or q and k of a plain stack's
-# second layer (its input nearly the same for every token, so the logits nearly constant). Its error is
-# measured against this fraction of the layer's largest gradient instead.
-CANCELLED = 1e-3
 RTOL_FLOAT32 = 1e-4  # float32: a sanity bound, the error budgets are the suite's business
 SHAPE = (2, 3, 8)  # (B, T, C): d_model 8, two heads of 4
 PRESET_SHAPE = (2, 5, 16)  # llama's four heads of 4 (RoPE on two pairs), modern's odd d_ff of 49
@@ -44,35 +40,11 @@ def ref() -> NumpyReference:
 
 
 def _inputs(seed: int, shape=SHAPE, dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return round_to(rng.standard_normal(shape), dtype), round_to(rng.standard_normal(shape), dtype)
-
-
-def _rel_error(got: np.ndarray, want: np.ndarray, floor: float = 0.0) -> float:
-    """max |got - want| over max |want| (or the floor, if larger): one number per tensor."""
-    scale = max(float(np.max(np.abs(want), initial=0.0)), floor)
-    diff = float(np.max(np.abs(got - want), initial=0.0))
-    return diff / scale if scale else diff
+    return oracle_errors.inputs(seed, shape, dtype)
 
 
 def _errors(jx, ref, cfg: BlockConfig, shape, dtype: str = "float64", seed: int = 3) -> dict[str, float]:
-    """Relative error vs the oracle of every output: states, writes, final norm, dx, each parameter gradient."""
-    params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, seed=seed, perturb=True))
-    x, g = _inputs(seed + 1, shape, dtype)
-    got, want = jx.stack_forward(cfg, params, x, dtype), ref.stack_forward(cfg, params, x, dtype)
-    assert (got.final is None) == (want.final is None) == (not cfg.final_norm)
-    assert got.states.shape == want.states.shape == (cfg.n_updates + 1, *shape)
-    assert got.branches.shape == want.branches.shape == (cfg.n_updates, *shape)
-    errors = {"states": _rel_error(got.states, want.states), "branches": _rel_error(got.branches, want.branches)}
-    if cfg.final_norm:
-        errors["final"] = _rel_error(got.final, want.final)
-    got_g, want_g = jx.stack_vjp(cfg, params, x, g, dtype), ref.stack_vjp(cfg, params, x, g, dtype)
-    errors["dx"] = _rel_error(got_g.dx, want_g.dx)
-    for layer, (gp, wp) in enumerate(zip(got_g.dparams, want_g.dparams, strict=True)):
-        assert [n for n, _ in gp.items()] == [n for n, _ in wp.items()], f"layer {layer}'s gradient names"
-        floor = CANCELLED * max(float(np.max(np.abs(t), initial=0.0)) for _, t in wp.items())
-        errors |= {f"d{name}[{layer}]": _rel_error(gp[name], t, floor) for name, t in wp.items()}
-    return errors
+    return oracle_errors.errors(jx, ref, cfg, shape, dtype, seed)
 
 
 def _assert_agree(errors: dict[str, float], rtol: float, cfg: BlockConfig) -> None:
@@ -153,10 +125,10 @@ def test_fused_add_norm_matches_reference_float64(jx, ref, kind, with_bias):
     w, b = rng.standard_normal(16), (rng.standard_normal(16) if with_bias else None)
     args = (x, r, w, b, 1e-5, kind, "float64")
     for got, want, name in zip(jx.fused_add_norm(*args), ref.fused_add_norm(*args), ("out", "residual")):
-        assert _rel_error(got, want) <= RTOL_FLOAT64, name
+        assert oracle_errors.rel_error(got, want) <= RTOL_FLOAT64, name
     got_g, want_g = jx.fused_add_norm_vjp(*args, g_out, g_res), ref.fused_add_norm_vjp(*args, g_out, g_res)
     for name in ("dx", "dresidual", "dweight") + (("dbias",) if with_bias else ()):
-        assert _rel_error(getattr(got_g, name), getattr(want_g, name)) <= RTOL_FLOAT64, name
+        assert oracle_errors.rel_error(getattr(got_g, name), getattr(want_g, name)) <= RTOL_FLOAT64, name
     assert (got_g.dbias is None) == (not with_bias)
 
 

@@ -1,0 +1,157 @@
+"""The shared half of the adapters for real PyTorch modules (torch_nn.py, hf_*.py): parameters in, trace out.
+
+A real module has its own parameter names and packing (one in_proj for q, k and v; Conv1D's (in, out)
+weights beside nn.Linear's (out, in)), so each adapter lists `Slot`s: which of the suite's tensors fill
+which module parameter. Stream states and writes are read from the module while it runs, by forward hooks
+and pre-hooks on its submodules (never recomputed); the adapter says where (`watch`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from resconf.backends.base import Backend, StackGrads, StackTrace, dtype_error
+from resconf.backends.config import BlockConfig
+from resconf.backends.params import LayerParams, check_params
+from resconf.backends.torch_backend import (TORCH_DTYPES, _check_same_shape, _check_stream, _numpy,
+                                            require_torch_device)
+
+
+BUILT_KEPT = 4  # modules kept per backend instance (one conformance case reuses one structure)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Module parameter `path` = the named tensors concatenated along their last (output) axis, transposed
+    when the module stores (out, in). A missing name (an absent bias) leaves the slot out."""
+
+    path: str
+    names: tuple[str, ...]
+    transposed: bool = False
+
+    def pack(self, p: LayerParams) -> np.ndarray:
+        t = np.concatenate([np.asarray(p[n]) for n in self.names], axis=-1)
+        return t.T if self.transposed else t
+
+    def unpack(self, g: np.ndarray, p: LayerParams) -> dict[str, np.ndarray]:
+        g = g.T if self.transposed else g
+        cuts = np.cumsum([np.shape(p[n])[-1] for n in self.names])[:-1]
+        return dict(zip(self.names, np.split(g, cuts, axis=-1)))
+
+
+@dataclass
+class Record:
+    """What the hooks saw, in stream order: one state per update after x_0, one write per update."""
+
+    states: list[torch.Tensor] = field(default_factory=list)
+    writes: list[torch.Tensor] = field(default_factory=list)
+
+
+def first(out):
+    """A module's output tensor: HF attention returns (output, weights), MHA returns (output, None)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+class RealModuleBackend(Backend):
+    """Runs `build(cfg, dtype)` with the suite's parameters loaded by `slots`; subclasses say how."""
+
+    devices = ("cpu", "cuda")
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        require_torch_device(self.name, device)
+
+    # --- what a subclass provides ---
+    def build(self, cfg: BlockConfig, dtype: torch.dtype) -> nn.Module:
+        """The real module (a stack of cfg.depth layers, its final norm when cfg.final_norm), on the meta
+        device or anywhere: every mapped parameter is replaced."""
+        raise NotImplementedError
+
+    def slots(self, cfg: BlockConfig, layer: int, p: LayerParams) -> list[Slot]:
+        raise NotImplementedError
+
+    def watch(self, module: nn.Module, cfg: BlockConfig, record: Record) -> list:
+        """Hooks that append each update's state and write to `record`; returns their handles."""
+        raise NotImplementedError
+
+    def run(self, module: nn.Module, cfg: BlockConfig, x: torch.Tensor) -> torch.Tensor:
+        """The module's output on x (B, T, C): the final norm's when cfg.final_norm, else x_U."""
+        raise NotImplementedError
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    # --- the adapter API ---
+    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+        module, x0 = self._prepare(cfg, params, x, dtype)
+        record = Record()
+        handles = self.watch(module, cfg, record)
+        try:
+            with torch.no_grad():
+                out = self.run(module, cfg, x0)
+        finally:
+            for h in handles:
+                h.remove()
+        return self._trace(cfg, x0, record, out)
+
+    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                  dtype: str) -> StackGrads:
+        _check_same_shape("g", g, "x", x)
+        module, x0 = self._prepare(cfg, params, x, dtype)
+        x0.requires_grad_()
+        out = self.run(module, cfg, x0)
+        named = dict(module.named_parameters())
+        slots = [(layer, s) for layer, p in enumerate(params) for s in self.slots(cfg, layer, p)]
+        leaves = [named[s.path] for _, s in slots]
+        dx, *dw = torch.autograd.grad(out, [x0, *leaves], self._tensor(g, x0.dtype), allow_unused=True)
+        grads: list[dict[str, np.ndarray]] = [{name: np.zeros_like(t) for name, t in p.items()} for p in params]
+        for (layer, s), d, leaf in zip(slots, dw, leaves):
+            grads[layer].update(s.unpack(_numpy(torch.zeros_like(leaf) if d is None else d), params[layer]))
+        return StackGrads(dx=_numpy(torch.zeros_like(x0) if dx is None else dx),
+                          dparams=tuple(LayerParams({n: grads[i][n] for n, _ in p.items()})
+                                        for i, p in enumerate(params)))
+
+    # --- helpers ---
+    def _prepare(self, cfg, params, x, dtype) -> tuple[nn.Module, torch.Tensor]:
+        if dtype not in self.capabilities.dtypes:
+            raise dtype_error(self, dtype)
+        reason = self.capabilities.why_not(cfg)
+        if reason is not None:
+            raise ValueError(f"backend {self.name!r} {reason}: cannot run {cfg.describe()}")
+        _check_stream(cfg, x)
+        check_params(cfg, params)
+        td = TORCH_DTYPES[dtype]
+        module = self._module(cfg, td)
+        state = {s.path: self._tensor(s.pack(p), td)
+                 for layer, p in enumerate(params) for s in self.slots(cfg, layer, p)}
+        missing = [name for name, _ in module.named_parameters() if name not in state]
+        for name in missing:  # parameters the suite has no tensor for (embeddings): zeros, never used
+            state[name] = torch.zeros_like(module.get_parameter(name), device=self.device, dtype=td)
+        module.load_state_dict(state, strict=False, assign=True)
+        module.requires_grad_(True).eval()
+        return module, self._tensor(x, td)
+
+    def _module(self, cfg: BlockConfig, dtype: torch.dtype) -> nn.Module:
+        """build(cfg, dtype), kept for the next call of the same structure: every mapped parameter is
+        reassigned on each call, and building is the slow part (a 128-layer HF model takes seconds)."""
+        cache = self.__dict__.setdefault("_built", {})
+        key = (cfg, dtype)
+        if key not in cache:
+            if len(cache) >= BUILT_KEPT:
+                cache.pop(next(iter(cache)))
+            cache[key] = self.build(cfg, dtype)
+        return cache[key]
+
+    def _trace(self, cfg: BlockConfig, x0: torch.Tensor, record: Record, out: torch.Tensor) -> StackTrace:
+        if len(record.states) != cfg.n_updates or len(record.writes) != cfg.n_updates:
+            raise RuntimeError(f"backend {self.name!r}: its hooks saw {len(record.states)} states and "
+                               f"{len(record.writes)} writes, expected {cfg.n_updates} each for {cfg.describe()}")
+        return StackTrace(states=_numpy(torch.stack([x0, *record.states])), branches=_numpy(torch.stack(record.writes)),
+                          final=_numpy(out) if cfg.final_norm else None)
+
+    def _tensor(self, a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(np.asarray(a, dtype=np.float64), device=self.device).to(dtype)  # exact: representable
