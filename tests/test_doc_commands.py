@@ -49,6 +49,9 @@ COMMANDS = {
     "resconf check --max-examples 50": Parse(),
     "resconf check -n 4": Parse(),
     "resconf check --shard 2/3 --output shard-2.parquet": Parse(),
+    'pip install -e ".[real]"': NotRun(INSTALLS),
+    "resconf check --backend hf_llama --backend flax_block": Parse(),
+    "TRITON_INTERPRET=1 resconf check --backend liger": Parse(),
     # docs/scaling.md
     "resconf check -n": NotRun(NAMED_ONLY),
     # docs/findings.md (the JAX crash: minutes, and it did not recur on a fresh cache)
