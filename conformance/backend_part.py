@@ -55,7 +55,8 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
             already.write_text("".join(f"{test}\n" for test in sorted(done | dead)))
         cmd = worker.worker_command(name, opts, run_id, rows_path, events, junit, already if attempt else None,
                                     shard)
-        exit = worker.run_worker(cmd, log_path, events, deadline, opts.hung_after_s, progress, opts.profile)
+        exit = worker.run_worker(cmd, log_path, events, deadline, opts.hung_after_s, progress, opts.profile,
+                                 opts.device)
         logs.append(log_path)
         got = rows_from_jsonl(rows_path)
         worker_rows += got

@@ -30,7 +30,7 @@ CACHED_PROFILES = ("ci", "smoke")  # derandomised: every run compiles the same p
 JAX_CACHE_BYTES = 4 * 2**30
 
 
-def worker_defaults(profile: str) -> dict[str, str]:
+def worker_defaults(profile: str, device: str = "cpu") -> dict[str, str]:
     """Environment defaults for a worker; the user's own settings win.
 
     The suite's tensors are tiny: one intra-op thread is faster than two fighting over them, and
@@ -39,8 +39,11 @@ def worker_defaults(profile: str) -> dict[str, str]:
     compile cache turns a rerun's compiles into loads. A size limit turns on the cache's file lock (JAX
     writes entries unlocked when unlimited), which parallel workers sharing it need. The randomised profiles
     leave the cache off: their programs rarely recur, and a nightly run with it on crashed twice in JAX's
-    executable (de)serialisation (docs/findings.md)."""
+    executable (de)serialisation (docs/findings.md). Triton has no CPU target: on the CPU its kernels (ours,
+    Liger's) run in Triton's interpreter, which must be on before triton is first imported."""
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
     if profile in CACHED_PROFILES and importlib.util.find_spec("filelock") is not None:
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
         env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -80,13 +83,13 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
 
 
 def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float,
-               progress: WorkerProgress | None = None, profile: str = "ci") -> WorkerExit:
+               progress: WorkerProgress | None = None, profile: str = "ci", device: str = "cpu") -> WorkerExit:
     """Run a worker to its end, killing it if one case outlives `hung_after_s` or the worker its deadline."""
     watch = _CaseWatch(events, progress or WorkerProgress("-"))
     killed_for = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                env={**worker_defaults(profile), **os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**worker_defaults(profile, device), **os.environ, "PYTHONUNBUFFERED": "1"})
         while True:
             try:
                 status = proc.wait(timeout=POLL_S)
