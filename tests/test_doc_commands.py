@@ -121,6 +121,7 @@ COMMANDS = {
     "resconf check --backend flax_block -k 'test_vjp_matches_oracle and float64' --skip-xfails": Parse(),
     "resconf check --backend flax_block -k 'test_forward_offset_mean and float32' --skip-xfails": Parse(),
     "pytest tests/test_flax_equinox.py": Parse(),
+    "resconf check --backend flax_block -k 'test_identity_stack and float64' --skip-xfails": Parse(),
     "resconf check --backend equinox_block -k test_empty_input --skip-xfails": Parse(),
     "resconf check --backend liger -k test_fused_add_norm --skip-xfails": Parse(),
     "resconf check --backend liger_none -k test_fused_add_norm": Parse(),
