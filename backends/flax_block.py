@@ -176,7 +176,10 @@ class FlaxBlockBackend(ModuleBackend):
     # float16 on the CPU: nnx.MultiHeadAttention's jax.nn.dot_product_attention asks for the dot algorithm
     # F16_F16_F32, which XLA:CPU rejects when the jitted layer is compiled ("The precision 'F16_F16_F32' is
     # not supported by dot_general on CPU"; its try/except fallback only catches errors while tracing).
-    dtypes_on = {"cpu": frozenset({"float64", "float32", "bfloat16"})}
+    # float64 nowhere: the same function's softmax is always float32 (jax.nn.dot_product_attention), so a
+    # float64 layer is float32-accurate (3.7e-9 relative), and at large |x| LayerNorm's clamped fast variance
+    # turns a rounded mean into outputs of 1e22 that overflow that float32 softmax (docs/findings.md).
+    dtypes_on = {"cpu": frozenset({"float32", "bfloat16"}), "cuda": frozenset({"float32", "bfloat16", "float16"})}
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "flax": flax.__version__}
