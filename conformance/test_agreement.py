@@ -143,16 +143,21 @@ def _gate_scales(cfg, params, x, g) -> dict[tuple[int, str], float]:
 LONG_SHAPES = {"attention": (2, 256, 16), "mlp": (32, 256, 16)}
 
 
-def _long_case(data, backend, dtype, branch, norm, prop):
-    require_placement(backend, "pre")
-    require_branch(backend, branch, norm)
-    shape = LONG_SHAPES[branch]
-    cfg = BlockConfig(placement="pre", norm=norm, branch=branch, d_model=shape[-1])
+def _seeded_case(data, backend, cfg, shape, dtype, prop):
+    """A fixed structure the backend must claim, with seeded unit-scale x, cotangent and parameters."""
     require_config(backend, cfg)
     seed = data.draw(hh.seeds, label="seed")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
     return cfg, x, g, hh.params_for(backend, cfg, seed, dtype, perturb=True)
+
+
+def _long_case(data, backend, dtype, branch, norm, prop):
+    require_placement(backend, "pre")
+    require_branch(backend, branch, norm)
+    shape = LONG_SHAPES[branch]
+    cfg = BlockConfig(placement="pre", norm=norm, branch=branch, d_model=shape[-1])
+    return _seeded_case(data, backend, cfg, shape, dtype, prop)
 
 
 @pytest.mark.property("XB-1")
@@ -194,11 +199,7 @@ def _realistic_case(data, backend, dtype, name, prop):
     if not hh.STRUCTURE_PER_EXAMPLE:
         pytest.skip("realistic sizes run in the dev, nightly and calibrate profiles")
     cfg, shape = REALISTIC[name]
-    require_config(backend, cfg)
-    seed = data.draw(hh.seeds, label="seed")
-    prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
-    x, g = hh.normal_input(seed, shape, 1.0, dtype), hh.normal_input(seed + 1, shape, 1.0, dtype)
-    return cfg, x, g, hh.params_for(backend, cfg, seed, dtype, perturb=True)
+    return _seeded_case(data, backend, cfg, shape, dtype, prop)
 
 
 @pytest.mark.property("XB-1")
