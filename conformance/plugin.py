@@ -3,7 +3,7 @@
 Registered as a `pytest11` entry point, so it loads in every pytest session of an environment that has
 resconf installed; it acts only when the session runs the suite (its folder or `--pyargs
 resconf.conformance` among the arguments, or a `--backend` given). `resconf check` is a thin front over
-this; `pytest --pyargs resconf.conformance --backend torch` works from any folder as well.
+this; `pytest --pyargs resconf.conformance --resconf-backend torch` works from any folder as well.
 """
 from __future__ import annotations
 
@@ -38,27 +38,28 @@ OUTCOME = pytest.StashKey[dict]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("resconf", "resconf conformance")
-    group.addoption("--backend", action="append", default=[], metavar="NAME",
+    group.addoption("--resconf-backend", action="append", default=[], metavar="NAME",
                     help="backend to check: a built-in name, an entry point, or package.module:attr (repeatable)")
-    group.addoption("--device", default="cpu", choices=DEVICES, help="device the backends run on (default cpu)")
-    group.addoption("--max-examples", type=int, default=None, metavar="N",
+    group.addoption("--resconf-device", default="cpu", choices=DEVICES,
+                    help="device the backends run on (default cpu)")
+    group.addoption("--resconf-max-examples", type=int, default=None, metavar="N",
                     help="examples per property, overriding the profile's (heavy properties run a fraction)")
-    group.addoption("--profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
+    group.addoption("--resconf-profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
                     help=f"hypothesis profile (default {profiles.DEFAULT}, as for resconf check)")
-    group.addoption("--xfails", action="append", default=[], metavar="FILE",
+    group.addoption("--resconf-xfails", action="append", default=[], metavar="FILE",
                     help="expected-failure file (TOML) on top of the backend's built-in one (repeatable)")
-    group.addoption("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
-    group.addoption("--results-jsonl", default=None, metavar="FILE",
+    group.addoption("--resconf-skip-xfails", action="store_true", help="ignore every expected-failure entry")
+    group.addoption("--resconf-results-jsonl", default=None, metavar="FILE",
                     help="append one JSON result row per test to FILE (resconf check merges them into Parquet)")
-    group.addoption("--run-id", default=None, help="run id written into every result row")
-    group.addoption("--events-jsonl", default=None, metavar="FILE",
+    group.addoption("--resconf-run-id", default=None, help="run id written into every result row")
+    group.addoption("--resconf-events-jsonl", default=None, metavar="FILE",
                     help="append what was collected and which case starts and ends to FILE (for resconf check)")
-    group.addoption("--shard", default=None, metavar="K/N",
-                    help="run shard K of N: the selected cases split in N, balanced by --durations-file")
-    group.addoption("--durations-file", default=None, metavar="FILE",
+    group.addoption("--resconf-shard", default=None, metavar="K/N",
+                    help="run shard K of N: the selected cases split in N, balanced by --resconf-durations-file")
+    group.addoption("--resconf-durations-file", default=None, metavar="FILE",
                     help=f"recorded case durations that balance the shards (default {shards.DURATIONS_FILE} "
                          "in the folder pytest runs from, when present)")
-    group.addoption("--already-run", default=None, metavar="FILE",
+    group.addoption("--resconf-already-run", default=None, metavar="FILE",
                     help="node ids (one a line) to leave out: resuming a worker that crashed")
 
 
@@ -68,7 +69,7 @@ ACTIVE = pytest.StashKey[bool]()
 
 def _runs_the_suite(config: pytest.Config) -> bool:
     """Whether this session runs the conformance suite (else every hook below stands aside)."""
-    if config.getoption("--backend"):
+    if config.getoption("--resconf-backend"):
         return True
     for arg in config.args:
         target = arg.split("::", 1)[0]
@@ -92,9 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     # The nightly example database lives in the folder the user ran from, not beside the install.
     profiles.register(config.invocation_params.dir / ".hypothesis" / "resconf")
-    profile = config.getoption("--profile")
+    profile = config.getoption("--resconf-profile")
     settings.load_profile(profile)
-    max_examples = config.getoption("--max-examples")
+    max_examples = config.getoption("--resconf-max-examples")
     if max_examples is not None:
         if max_examples < 1:
             raise pytest.UsageError(f"--max-examples must be at least 1, got {max_examples}")
@@ -103,22 +104,22 @@ def pytest_configure(config: pytest.Config) -> None:
     hh.STRUCTURE_PER_EXAMPLE = profile in profiles.STRUCTURE_DRAWN
     recording.LAZY_BASELINE = profile != "calibrate"
     config.stash[OUTCOME] = {}
-    shard = config.getoption("--shard")
+    shard = config.getoption("--resconf-shard")
     if shard:
         try:
             chosen = shards.Shard.parse(shard)
-            given = config.getoption("--durations-file")
+            given = config.getoption("--resconf-durations-file")
             durations = shards.load_durations(Path(given) if given else config.invocation_params.dir
                                               / shards.DURATIONS_FILE)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
         config.pluginmanager.register(shards.ShardSelector(chosen, durations), "resconf-shard")
-    events = config.getoption("--events-jsonl")
+    events = config.getoption("--resconf-events-jsonl")
     if events:
-        already = config.getoption("--already-run")
+        already = config.getoption("--resconf-already-run")
         done = frozenset(Path(already).read_text().splitlines()) if already else frozenset()
-        name = (config.getoption("--backend") or ["numpy"])[0]
-        device = config.getoption("--device")
+        name = (config.getoption("--resconf-backend") or ["numpy"])[0]
+        device = config.getoption("--resconf-device")
         claimed = lambda: tuple(sorted(_LOADED[(name, device)].capabilities.dtypes))  # noqa: E731  loaded later
         config.pluginmanager.register(EventWriter(Path(events), name, claimed, _case_of, done), "resconf-events")
 
@@ -127,7 +128,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not _active(metafunc.config):
         return
     if "backend_name" in metafunc.fixturenames:
-        names = metafunc.config.getoption("--backend") or ["numpy"]
+        names = metafunc.config.getoption("--resconf-backend") or ["numpy"]
         metafunc.parametrize("backend_name", names, ids=[_short(n) for n in names], scope="session")
     if "dtype" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("dtypes")
@@ -148,8 +149,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if not _active(config):
         return
-    device = config.getoption("--device")
-    for name in config.getoption("--backend") or ["numpy"]:
+    device = config.getoption("--resconf-device")
+    for name in config.getoption("--resconf-backend") or ["numpy"]:
         try:
             _LOADED[(name, device)] = load_backend(name, device=device)
         except DeviceUnavailable as exc:
@@ -161,7 +162,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def backend(backend_name: str, request: pytest.FixtureRequest):
-    device = request.config.getoption("--device")
+    device = request.config.getoption("--resconf-device")
     return _LOADED[(backend_name, device)]
 
 
@@ -215,14 +216,14 @@ def _params_of(item: pytest.Item) -> dict:
 
 def _subject_of(item: pytest.Item) -> str:
     p = _params_of(item)
-    return f"backend={p.get('backend_name', '-')} device={item.config.getoption('--device')} dtype={p.get('dtype', '-')}"
+    return f"backend={p.get('backend_name', '-')} device={item.config.getoption('--resconf-device')} dtype={p.get('dtype', '-')}"
 
 
 def _rerun_of(item: pytest.Item) -> str:
     p = _params_of(item)
     cfg = item.config
-    return (f"resconf check --backend {p.get('backend_name', 'numpy')} --device {cfg.getoption('--device')} "
-            f"--profile {cfg.getoption('--profile')} -k '{item.name}'")
+    return (f"resconf check --backend {p.get('backend_name', 'numpy')} --device {cfg.getoption('--resconf-device')} "
+            f"--profile {cfg.getoption('--resconf-profile')} -k '{item.name}'")
 
 
 def _case_of(item: pytest.Item) -> Case:
@@ -243,7 +244,7 @@ def junit_properties(item: pytest.Item) -> list[tuple[str, str]]:
     """What a JUnit reader needs to group a case without parsing its id (pytest writes item.user_properties
     as the testcase's <properties>)."""
     p = _params_of(item)
-    values = (_property_of(item), str(p.get("backend_name", "-")), item.config.getoption("--device"),
+    values = (_property_of(item), str(p.get("backend_name", "-")), item.config.getoption("--resconf-device"),
               str(p.get("dtype", "-")), _fixed_config(item))
     return list(zip(JUNIT_PROPERTIES, values))
 
@@ -253,11 +254,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     for item in items:
         item.user_properties.extend(junit_properties(item))
-    if config.getoption("--skip-xfails"):
+    if config.getoption("--resconf-skip-xfails"):
         return
     filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
-    names = config.getoption("--backend") or ["numpy"]
-    entries = xfails.load(names, [Path(p) for p in config.getoption("--xfails")])
+    names = config.getoption("--resconf-backend") or ["numpy"]
+    entries = xfails.load(names, [Path(p) for p in config.getoption("--resconf-xfails")])
     entries = [e for e in entries if e.backend is None or e.backend in names]  # a shared file names others too
     unmatched = xfails.apply(entries, items, _params_of, _property_of)
     collected = {_property_of(item) for item in items}
@@ -350,7 +351,7 @@ def _counterexample(report: pytest.TestReport) -> tuple[str, str]:
 
 
 def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) -> None:
-    path = item.config.getoption("--results-jsonl")
+    path = item.config.getoption("--resconf-results-jsonl")
     if not path:
         return
     params = _params_of(item)
@@ -358,12 +359,12 @@ def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) ->
     outcome = _outcome(report)
     assert outcome in OUTCOMES
     counterexample, blob = _counterexample(report) if report.failed else ("", "")
-    backend = _LOADED.get((params.get("backend_name", ""), item.config.getoption("--device")))
+    backend = _LOADED.get((params.get("backend_name", ""), item.config.getoption("--resconf-device")))
     versions = backend.versions() if backend is not None else {}
     curves = recorder.curves if recorder else []
     row = ResultRow(
-        run_id=item.config.getoption("--run-id") or "adhoc",
-        backend=str(params.get("backend_name", "-")), device=item.config.getoption("--device"),
+        run_id=item.config.getoption("--resconf-run-id") or "adhoc",
+        backend=str(params.get("backend_name", "-")), device=item.config.getoption("--resconf-device"),
         dtype=str(params.get("dtype", "-")), property=_property_of(item), test=item.nodeid,
         config=_fixed_config(item), outcome=outcome,
         measured=recorder.measured if recorder else None, bound=recorder.bound if recorder else None,

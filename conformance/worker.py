@@ -69,16 +69,17 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
     # -o addopts=: the ini file pytest finds (this repo's, or the user's project's) must not change how a
     # worker runs; e.g. `-n auto` there would hand the cases to xdist and blind the crash attribution.
     cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-o", "addopts=", "-p", "no:cacheprovider", "-q",
-           "--no-header", "-rN", "--backend", name, "--device", opts.device, "--profile", opts.profile,
-           "--results-jsonl", str(rows), "--events-jsonl", str(events), "--run-id", run_id, "--junitxml", str(junit),
+           "--no-header", "-rN", "--resconf-backend", name, "--resconf-device", opts.device,
+           "--resconf-profile", opts.profile, "--resconf-results-jsonl", str(rows),
+           "--resconf-events-jsonl", str(events), "--resconf-run-id", run_id, "--junitxml", str(junit),
            "-o", f"junit_suite_name={junit_suite_name(name)}",
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
-    cmd += ["--already-run", str(already)] if already else []
-    cmd += ["--shard", shard] if shard else []
-    cmd += ["--durations-file", str(opts.durations_file)] if opts.durations_file else []
-    cmd += ["--max-examples", str(opts.max_examples)] if opts.max_examples else []
-    cmd += [arg for path in opts.xfails for arg in ("--xfails", str(path))]
-    cmd += ["--skip-xfails"] if opts.skip_xfails else []
+    cmd += ["--resconf-already-run", str(already)] if already else []
+    cmd += ["--resconf-shard", shard] if shard else []
+    cmd += ["--resconf-durations-file", str(opts.durations_file)] if opts.durations_file else []
+    cmd += ["--resconf-max-examples", str(opts.max_examples)] if opts.max_examples else []
+    cmd += [arg for path in opts.xfails for arg in ("--resconf-xfails", str(path))]
+    cmd += ["--resconf-skip-xfails"] if opts.skip_xfails else []
     return cmd + list(opts.pytest_args)
 
 

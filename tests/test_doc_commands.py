@@ -62,14 +62,14 @@ COMMANDS = {
     "resconf check --store-durations": Parse(),  # the whole suite: minutes
     "resconf merge shard-1.parquet shard-2.parquet shard-3.parquet -o merged.parquet": Parse(),
     "resconf merge shard-*.parquet -o merged.parquet": Parse(),
-    "pytest --pyargs resconf.conformance --backend numpy -n 2": Parse(),
+    "pytest --pyargs resconf.conformance --resconf-backend numpy -n 2": Parse(),
     "resconf check --shard ${{ matrix.shard }}/3 --output shard-${{ matrix.shard }}.parquet --junitxml "
     "junit-${{ matrix.shard }}.xml": NotRun("a GitHub Actions template: ${{ }} is filled in by the runner"),
     "resconf report merged.parquet --out report": Parse(),
     "bash benchmarks/check_timing.sh": Parse(),  # bash -n: about 15 minutes
     "resconf calibrate --backend torch --seeds 100": Parse(),
     CHECK: Run("checked", creates=("reports/results",)),  # ~12 s: numpy, torch and jax; run once, as the fixture
-    "pytest --pyargs resconf.conformance --backend torch": Parse(),
+    "pytest --pyargs resconf.conformance --resconf-backend torch": Parse(),
     "bash benchmarks/calibrate.sh 200": Parse(),  # bash -n: hours of calibration
     "resconf report reports/results --out reports/out": Run("fixtures", creates=REPORT),
     "asv machine --yes": Parse(),  # writes ~/.asv-machine.json

@@ -20,9 +20,10 @@ FLOAT64 = "(float64 or silent_downcast) and not long_sequence and not preset"
 
 
 def _failed_properties(mutants: list[type], selection: str, rows: Path) -> dict[str, set[str]]:
-    backends = [arg for m in mutants for arg in ("--backend", f"tests.mutants:{m.__name__}")]
+    backends = [arg for m in mutants for arg in ("--resconf-backend", f"tests.mutants:{m.__name__}")]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-p", "no:cacheprovider", "-q",
-           "--profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning", "--results-jsonl", str(rows),
+           "--resconf-profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning",
+           "--resconf-results-jsonl", str(rows),
            *backends]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1, f"the mutant run should fail (status 1), got {proc.returncode}:\n{proc.stdout[-3000:]}"

@@ -195,8 +195,9 @@ def test_fast_path_causal_hint_without_mask():
 
 def _suite_rows(mutant: str, selection: str, rows: Path) -> tuple[int, list[dict]]:
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-p", "no:cacheprovider", "-q",
-           "--profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning", "--results-jsonl", str(rows),
-           "--backend", f"tests.real_mutants:{mutant}"]
+           "--resconf-profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning",
+           "--resconf-results-jsonl", str(rows),
+           "--resconf-backend", f"tests.real_mutants:{mutant}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return proc.returncode, [json.loads(line) for line in rows.read_text().splitlines()]
 

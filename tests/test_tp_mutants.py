@@ -38,9 +38,10 @@ def tagged_processes(tag: str) -> list[str]:
 
 
 def _rows(mutants: list[type], selection: str, rows: Path) -> dict[str, list[dict]]:
-    backends = [arg for m in mutants for arg in ("--backend", f"tests.tp_mutants:{m.__name__}")]
+    backends = [arg for m in mutants for arg in ("--resconf-backend", f"tests.tp_mutants:{m.__name__}")]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance" / "test_tensor_parallel.py"), "-o", "addopts=",
-           "-p", "no:cacheprovider", "-q", "--profile", "smoke", "-k", selection, "--results-jsonl", str(rows),
+           "-p", "no:cacheprovider", "-q", "--resconf-profile", "smoke", "-k", selection,
+           "--resconf-results-jsonl", str(rows),
            *backends]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RESCONF_TP_TAG": TAG}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)

@@ -50,7 +50,32 @@ def test_resconf_check_runs_the_users_backend(project):
 
 
 def test_pytest_pyargs_runs_the_users_backend(project):
-    run([sys.executable, "-m", "pytest", "--pyargs", "resconf.conformance", "--backend", ADAPTER, "-k", FAST,
-         "--results-jsonl", "rows.jsonl", "-p", "no:cacheprovider", "-q"], project)
+    run([sys.executable, "-m", "pytest", "--pyargs", "resconf.conformance", "--resconf-backend", ADAPTER,
+         "-k", FAST,
+         "--resconf-results-jsonl", "rows.jsonl", "-p", "no:cacheprovider", "-q"], project)
     rows = [json.loads(line) for line in (project / "rows.jsonl").read_text().splitlines()]
     assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [(ADAPTER, "ID-1", "passed")]
+
+
+USER_CONFTEST = '''
+def pytest_addoption(parser):
+    # Options a kernel repo's own conftest commonly defines: resconf's plugin must not take these names.
+    parser.addoption("--device", default="cpu")
+    parser.addoption("--backend", default="mine")
+    parser.addoption("--profile", action="store_true")
+'''
+USER_TEST = '''
+def test_own(request):
+    assert request.config.getoption("--device") == "cuda"
+    assert request.config.getoption("--backend") == "mine"
+'''
+
+
+def test_a_users_own_tests_run_with_resconf_installed(tmp_path):
+    """resconf's pytest11 plugin loads in every pytest session of the environment: its options are
+    prefixed (--resconf-*), so a project defining --device or --backend itself still starts."""
+    (tmp_path / "conftest.py").write_text(USER_CONFTEST)
+    (tmp_path / "test_own.py").write_text(USER_TEST)
+    proc = run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--device", "cuda"], tmp_path)
+    assert "1 passed" in proc.stdout
+    assert not (tmp_path / ".hypothesis").exists() and not (tmp_path / "reports").exists()
