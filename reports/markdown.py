@@ -17,9 +17,14 @@ def escape(text: str) -> str:
     return SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
+def _fence(text: str, shortest: int) -> str:
+    """A run of backticks longer than any in `text`: nothing inside can close it."""
+    return "`" * max(shortest, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+
+
 def code_span(text: str) -> str:
     text = " ".join(text.split())
-    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    fence = _fence(text, 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
 
@@ -51,8 +56,9 @@ def table_md(table: Table) -> str:
 def detail_md(detail: Detail) -> str:
     lines = [f"#### {escape(detail.title)}", ""]
     lines += [f"- {escape(k)}: {code_span(v)}" for k, v in detail.fields]
-    if detail.command:
-        lines += ["", "```sh", detail.command, "```"]
+    if detail.command:  # verbatim, newlines kept (a rerun line may be continued with a backslash)
+        fence = _fence(detail.command, 3)
+        lines += ["", f"{fence}sh", detail.command, fence]
     return "\n".join(lines)
 
 

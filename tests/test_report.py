@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,11 @@ from resconf.conformance.results import SCHEMA, read_results  # noqa: E402
 from resconf.reports import stream_plots  # noqa: E402
 from resconf.reports.build import build_document  # noqa: E402
 from resconf.reports.cli import main  # noqa: E402
-from resconf.reports.document import Fold  # noqa: E402
+from resconf.reports.document import Detail, Fold  # noqa: E402
 from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
 from resconf.reports.load import load_inputs  # noqa: E402
 from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
+from resconf.reports.markdown import detail_md  # noqa: E402
 from resconf.reports.matrix import FAMILIES, empty_family_text  # noqa: E402
 from resconf.reports.runs import RunSelection  # noqa: E402
 from resconf.reports.spec_index import SPEC_PATH, SPEC_URL, parse_spec  # noqa: E402
@@ -487,3 +489,28 @@ def test_pyarrow_reads_the_fixtures_as_results():
     for path in RESULTS:
         assert read_results(path).schema.equals(SCHEMA, check_metadata=False)
     assert isinstance(pq.read_table(BENCH), pa.Table)
+
+
+def _fenced_blocks(markdown: str) -> list[str]:
+    """The contents of the fenced code blocks, closed as CommonMark closes them: a line of at least as many
+    backticks as opened the block, and nothing else."""
+    blocks, lines, i = [], markdown.splitlines(), 0
+    while i < len(lines):
+        opening = re.match(r" {0,3}(`{3,})", lines[i])
+        if not opening:
+            i += 1
+            continue
+        closing = re.compile(rf" {{0,3}}`{{{len(opening.group(1))},}}\s*$")
+        end = next((j for j in range(i + 1, len(lines)) if closing.match(lines[j])), len(lines))
+        blocks.append("\n".join(lines[i + 1:end]))
+        i = end + 1
+    return blocks
+
+
+@pytest.mark.parametrize("rerun", ["resconf check --backend numpy -k 'a or b'",
+                                   "resconf check --backend numpy \\\n  -k 'a'\n```\n# Injected heading",
+                                   "echo ````` && echo `x`\n``````"], ids=["one-line", "fence-inside", "long-fences"])
+def test_a_rerun_line_stays_inside_its_code_fence(rerun):
+    """A multi-line rerun value, even one holding a fence of its own, is one code block, verbatim."""
+    detail = Detail("GR-2 failed: numpy on cpu, float64", (("test", "t"),), command=rerun)
+    assert _fenced_blocks(detail_md(detail)) == [rerun]
