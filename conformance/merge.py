@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from resconf.conformance import guard, summary
 from resconf.conformance.harness_rows import harness_row
 from resconf.conformance.options import CheckOptions
+from resconf.conformance.shards import Shard
 from resconf.conformance.results import COVERAGE_KEY, ResultRow, read_results, row_from_record, to_table, \
     write_parquet_atomic
 
@@ -30,13 +31,50 @@ class Incomplete(ValueError):
 
 
 def read_shards(paths: list[Path]) -> tuple[list[ResultRow], dict[str, dict]]:
+    """Every file's rows and coverage; a file that is not one shard's results is an Incomplete naming it."""
     rows, coverage = [], {}
     for path in paths:
-        rows += [row_from_record(r) for r in read_results(path).to_pylist()]
-        meta = pq.read_schema(path).metadata or {}
-        for backend, cover in json.loads(meta.get(COVERAGE_KEY, b"{}")).items():
-            coverage.setdefault(backend, cover)
+        try:
+            mine, cover = _read_shard(path)
+        except (OSError, ValueError) as exc:
+            text = str(getattr(exc, "strerror", None) or exc)
+            text = "cannot read it" if text == str(path) else text  # pyarrow's FileNotFoundError says only the name
+            raise Incomplete(text if text.startswith(f"{path}:") else f"{path}: {text}") from None
+        rows += mine
+        for backend, entry in cover.items():
+            coverage.setdefault(backend, entry)
     return rows, coverage
+
+
+def _read_shard(path: Path) -> tuple[list[ResultRow], dict[str, dict]]:
+    rows = [row_from_record(r) for r in read_results(path).to_pylist()]
+    if not rows:
+        raise ValueError(f"{path}: holds no result rows; expected the results of a `resconf check --shard K/N` run")
+    for shard in sorted({r.shard for r in rows} - {""}):  # "" (an unsharded run) is check_complete's to refuse
+        try:
+            Shard.parse(shard)
+        except ValueError:
+            raise ValueError(f"{path}: shard {shard!r} in its rows; expected K/N with 1 <= K <= N, as "
+                             f"`resconf check --shard K/N` writes it") from None
+    return rows, _coverage(path, pq.read_schema(path).metadata or {})
+
+
+def _coverage(path: Path, meta: dict[bytes, bytes]) -> dict[str, dict]:
+    """The file's coverage metadata: {backend: {"expected": [[property, dtype], ...], "filtered": bool}}."""
+    try:
+        coverage = json.loads(meta.get(COVERAGE_KEY, b"{}"))
+    except ValueError:
+        coverage = None
+    ok = isinstance(coverage, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("filtered"), bool) and isinstance(entry.get("expected"), list)
+        and all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+                for pair in entry["expected"])
+        for entry in coverage.values())
+    if not ok:
+        raise ValueError(f"{path}: coverage metadata ({COVERAGE_KEY.decode()}) is not what `resconf check` writes; "
+                         f"expected a JSON object {{backend: {{\"expected\": [[property, dtype], ...], "
+                         f"\"filtered\": true|false}}}}")
+    return coverage
 
 
 def check_complete(rows: list[ResultRow]) -> None:
