@@ -27,20 +27,45 @@ def merge_junit(parts: list[JunitPart], target: Path) -> None:
     the supervisor's own rows (dead cases, RUN, GUARD), suites made from the rows, one per backend.
     Valid against the JUnit schema pytest tests itself with (xunit2), plus per-testcase <properties>
     as pytest writes them for record_property (tests/test_junit.py checks both)."""
-    root = ET.Element("testsuites")
+    suites = []
     for part in parts:
         if part.xml is not None and part.xml.exists():
             tree = ET.parse(part.xml).getroot()
-            root.extend(tree.iter("testsuite") if tree.tag == "testsuites" else [tree])
+            suites.extend(tree.iter("testsuite") if tree.tag == "testsuites" else [tree])
         else:
             for backend in sorted({r.backend for r in part.rows}):
-                root.append(_junit_suite(tuple(r for r in part.rows if r.backend == backend)))
+                suites.append(_junit_suite(tuple(r for r in part.rows if r.backend == backend)))
+    root = ET.Element("testsuites")
+    root.extend(_one_per_name(suites))
     for total in ("tests", "failures", "errors"):
         root.set(total, str(sum(int(suite.get(total, "0")) for suite in root)))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
     os.replace(tmp, target)
+
+
+COUNTS = ("tests", "failures", "errors", "skipped")
+
+
+def _one_per_name(suites: list[ET.Element]) -> list[ET.Element]:
+    """A backend split in parts under -n (and the supervisor's own rows) gives several suites of one name:
+    one suite each, its testcases in order, its counts and time summed (a CI view then shows one group)."""
+    merged: dict[str, ET.Element] = {}
+    for suite in suites:
+        name = suite.get("name", "")
+        if name not in merged:
+            merged[name] = suite
+            continue
+        into = merged[name]
+        for count in COUNTS:
+            into.set(count, str(int(into.get(count, "0")) + int(suite.get(count, "0"))))
+        into.set("time", f"{float(into.get('time', '0')) + float(suite.get('time', '0')):.3f}")
+        cases = suite.findall("testcase")
+        last = max((i for i, child in enumerate(into) if child.tag in ("testcase", "properties")), default=-1)
+        for i, case in enumerate(cases, last + 1):  # before any suite-level system-out (the schema's order)
+            into.insert(i, case)
+    return list(merged.values())
 
 
 def _junit_suite(rows: tuple[ResultRow, ...]) -> ET.Element:

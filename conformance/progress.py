@@ -22,17 +22,20 @@ class WorkerProgress:
     done: int = 0
     total: int | None = None  # known once the worker has collected
     running: str = ""  # property ID of the case running now
+    started: bool = True  # False for a worker expected but not started yet
     finished: bool = False
 
 
 class Progress:
     """Shared by the threads that watch workers (they update their WorkerProgress) and the reporter thread."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, expect: list[str] = ()) -> None:
+        """`expect`: the labels of every worker the run will start, so that the ETA knows of the ones
+        not started yet."""
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.started = time.monotonic()
-        self.workers: dict[str, WorkerProgress] = {}
+        self.workers = {label: WorkerProgress(label, started=False) for label in expect}
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._report, daemon=True)
@@ -63,13 +66,13 @@ class Progress:
         with self.lock:
             active = [w for w in self.workers.values() if not w.finished]
             done = sum(w.done for w in self.workers.values())
-            totals = [w.total for w in self.workers.values()]
             parts = [f"{w.label} {w.done}/{w.total if w.total is not None else '?'}"
-                     + (f" {w.running}" if w.running else "") for w in active]
-        known = None not in totals and totals
+                     + (f" {w.running}" if w.running else "") for w in active if w.started]
         eta = ""
-        if known and done:
-            left = sum(totals) - done
+        if any(w.total is None for w in active):  # not started or not collected: the work left is unknown
+            eta = ", ETA ?"
+        elif done:
+            left = sum(w.total - w.done for w in active)
             eta = f", ETA {left * elapsed / done:.0f} s"
         return f"[{elapsed:.0f} s{eta}] " + " | ".join(parts)
 

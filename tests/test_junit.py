@@ -32,7 +32,7 @@ def junit(tmp_path_factory) -> ET.Element:
     tmp = tmp_path_factory.mktemp("junit")
     proc = subprocess.run(
         [sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", "numpy",
-         "--backend", "tests.broken_backends:Exits", "--backend", "no_such_backend", "--profile", "smoke",
+         "--backend", "tests.broken_backends:Exits", "--backend", "no_such_backend", "--profile", "smoke", "-n", "2",
          "--output", str(tmp / "r.parquet"), "--junitxml", str(tmp / "junit.xml"),
          "-k", "test_identity_block and float64 and not preset"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
@@ -57,8 +57,18 @@ def test_valid_against_pytests_schema(junit):
 
 
 def test_one_suite_per_backend(junit):
+    """-n 2 splits each backend into two workers, each writing a suite, plus the supervisor's rows: one
+    suite per backend all the same, its counts those of its own testcases."""
     names = [suite.get("name") for suite in junit.iter("testsuite")]
-    assert set(names) == {"resconf.numpy", "resconf.tests.broken_backends:Exits", "resconf.no_such_backend"}
+    assert sorted(names) == ["resconf.no_such_backend", "resconf.numpy", "resconf.tests.broken_backends:Exits"]
+    for suite in junit.iter("testsuite"):
+        cases = suite.findall("testcase")
+        assert int(suite.get("tests")) == len(cases), suite.get("name")
+        assert int(suite.get("failures")) == sum(c.find("failure") is not None for c in cases), suite.get("name")
+        assert int(suite.get("skipped")) == sum(c.find("skipped") is not None for c in cases), suite.get("name")
+    numpy = {c.get("name").split("[")[-1] for s in junit.iter("testsuite") if s.get("name") == "resconf.numpy"
+             for c in s.iter("testcase")}
+    assert numpy == {f"numpy-float64-{p}-block]" for p in ("pre-zero", "rezero-zero", "rezero-rezero")}
     assert int(junit.get("tests")) == sum(int(s.get("tests")) for s in junit.iter("testsuite"))
 
 
