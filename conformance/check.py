@@ -131,9 +131,12 @@ def _run_backends(names: list[str], opts: CheckOptions, run_id: str, tmp: Path) 
     count = parts_per_backend(opts)
     durations = shards.load_durations(opts.durations_file or shards.DURATIONS_FILE)
     units = [(name, k) for name in sorted(names, key=lambda n: -_expected_s(n, durations)) for k in range(count)]
-    with Progress() as progress, ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+    label_of = {(name, k): name if count == 1 else f"{name} {k + 1}/{count}" for name, k in units}
+    with Progress(expect=list(label_of.values())) as progress, \
+            ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
         def run(name: str, k: int) -> PartRun:
-            label = name if count == 1 else f"{name} {k + 1}/{count}"
+            label = label_of[(name, k)]
+            progress.worker(label).started = True
             progress.say(f"resconf: checking backend {label} on {opts.device} (profile {opts.profile}) ...")
             started = time.monotonic()
             workdir = tmp / f"{names.index(name)}.{k}"

@@ -39,17 +39,25 @@ def worker_defaults(profile: str, device: str = "cpu") -> dict[str, str]:
     compile cache turns a rerun's compiles into loads. A size limit turns on the cache's file lock (JAX
     writes entries unlocked when unlimited), which parallel workers sharing it need. The randomised profiles
     leave the cache off: their programs rarely recur, and a nightly run with it on crashed twice in JAX's
-    executable (de)serialisation (docs/findings.md). Triton has no CPU target: on the CPU its kernels (ours,
-    Liger's) run in Triton's interpreter, which must be on before triton is first imported."""
+    executable (de)serialisation (docs/findings.md). A cache the user set up (JAX_COMPILATION_CACHE_DIR) is
+    theirs: we set none of its variables, so no limit of ours makes JAX evict their entries. Triton has no
+    CPU target: on the CPU its kernels (ours, Liger's) run in Triton's interpreter, which must be on before
+    triton is first imported."""
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
-    if profile in CACHED_PROFILES and importlib.util.find_spec("filelock") is not None:
+    users_cache = "JAX_COMPILATION_CACHE_DIR" in os.environ
+    if profile in CACHED_PROFILES and not users_cache and importlib.util.find_spec("filelock") is not None:
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
         env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
                 "JAX_COMPILATION_CACHE_MAX_SIZE": str(JAX_CACHE_BYTES)}
     return env
+
+
+def worker_env(profile: str, device: str) -> dict[str, str]:
+    """The environment a worker starts with: our defaults under the user's own settings."""
+    return {**worker_defaults(profile, device), **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_af
     killed_for = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                env={**worker_defaults(profile, device), **os.environ, "PYTHONUNBUFFERED": "1"})
+                                env=worker_env(profile, device))
         while True:
             try:
                 status = proc.wait(timeout=POLL_S)
