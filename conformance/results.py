@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2  # 2: provenance columns, a typed timestamp (version 1 files are upgraded on reading)
+SCHEMA_VERSION = 3  # 2: provenance columns, a typed timestamp; 3: suite_commit, ci_job (older files upgraded on reading)
 SPEC_VERSION = "2026.11"  # the property catalogue (docs/spec.md) these IDs refer to
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 # File metadata: per backend, every (property, dtype) the whole selection covers; `resconf merge` checks
@@ -49,7 +49,7 @@ class ResultRow:
     curve_x: list[float] = field(default_factory=list)  # recorded curves (GR-3, VG-3): depth
     curve_y: list[float] = field(default_factory=list)  # ... and value
     curve_label: list[str] = field(default_factory=list)  # ... and which series each point belongs to
-    suite_version: str = ""
+    suite_version: str = ""  # resconf's version (from git: setuptools-scm)
     spec_version: str = SPEC_VERSION
     schema_version: int = SCHEMA_VERSION
     backend_versions: str = ""  # JSON object: framework -> version
@@ -60,7 +60,9 @@ class ResultRow:
     profile: str = ""  # hypothesis profile: ci, nightly, ...
     selection: str = ""  # what narrowed the run: -k/-m and extra pytest arguments; "" = the whole suite
     shard: str = ""  # "K/N" for one shard of a split run; "" = not split
-    code_commit: str = ""  # git commit of the folder the check ran in (the code under test); "-dirty" if edited
+    code_commit: str = ""  # git commit of the folder the check ran in (the user's project); "-dirty" if edited
+    suite_commit: str = ""  # resconf's own commit (the suite that checked it)
+    ci_job: str = ""  # the URL of the CI job that ran the check; "" outside CI
     cpu_model: str = ""
     blas: str = ""  # the BLAS NumPy was built with
     gpu: str = ""  # GPU model and driver when one was asked for (--device cuda); "" otherwise
@@ -81,7 +83,7 @@ SCHEMA = pa.schema([
     ("backend_versions", pa.string()), ("python_version", pa.string()), ("machine", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
     ("profile", pa.string()), ("selection", pa.string()), ("shard", pa.string()), ("code_commit", pa.string()),
-    ("cpu_model", pa.string()), ("blas", pa.string()), ("gpu", pa.string()),
+    ("suite_commit", pa.string()), ("ci_job", pa.string()), ("cpu_model", pa.string()), ("blas", pa.string()), ("gpu", pa.string()),
 ], metadata={"resconf_schema_version": str(SCHEMA_VERSION)})
 
 assert SCHEMA.names == [f.name for f in dataclasses.fields(ResultRow)], "schema and ResultRow drifted apart"
@@ -143,20 +145,22 @@ def read_results(path: Path) -> pa.Table:
     """Read a results file in the current schema; an older version's file is upgraded (docs/results.md)."""
     table = pq.read_table(path)
     version = int((table.schema.metadata or {}).get(b"resconf_schema_version", b"0"))
-    if version == 1:
-        return upgrade_v1(table)
+    if version in (1, 2):
+        return upgrade(table, version)
     if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: results schema version {version}; this resconf reads versions 1 and "
+        raise ValueError(f"{path}: results schema version {version}; this resconf reads versions 1 to "
                          f"{SCHEMA_VERSION} (a newer resconf wrote it? upgrade resconf)")
     return table
 
 
-def upgrade_v1(table: pa.Table) -> pa.Table:
-    """Version 1 -> 2: the ISO 8601 timestamp string becomes a typed timestamp; provenance columns, which
-    version 1 did not record, are empty; schema_version keeps saying what the file was written as."""
-    text = table["timestamp"]
+def upgrade(table: pa.Table, version: int) -> pa.Table:
+    """Version 1 -> current: the ISO 8601 timestamp string becomes a typed timestamp. Versions 1 and 2 -> current:
+    the columns they did not record (provenance; suite_commit and ci_job) are empty; schema_version keeps
+    saying what the file was written as."""
     columns = {name: table[name] for name in table.column_names if name in SCHEMA.names}
-    columns["timestamp"] = pc.if_else(pc.equal(text, ""), None, text).cast(pa.timestamp("us", tz="UTC"))
+    if version == 1:
+        text = table["timestamp"]
+        columns["timestamp"] = pc.if_else(pc.equal(text, ""), None, text).cast(pa.timestamp("us", tz="UTC"))
     for name in SCHEMA.names:
         columns.setdefault(name, pa.array([""] * table.num_rows, pa.string()))
     return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)

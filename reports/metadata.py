@@ -90,9 +90,10 @@ def provenance_table(rows: list[ResultRow], view: View) -> Table:
             "whole suite" if recorded else "-")
         table_rows.append((Cell(run.run_id), Cell(_joined({r.profile for r in mine})), Cell(selection),
                            *(Cell(_joined({getattr(r, name) for r in mine}))
-                             for name in ("shard", "code_commit", "cpu_model", "blas", "gpu"))))
-    return Table("Where each run ran", ("run", "profile", "selection", "shard", "code commit", "CPU", "BLAS", "GPU"),
-                 tuple(table_rows))
+                             for name in ("shard", "code_commit", "suite_commit", "ci_job", "cpu_model", "blas",
+                                          "gpu"))))
+    return Table("Where each run ran", ("run", "profile", "selection", "shard", "code commit", "resconf commit",
+                                        "CI job", "CPU", "BLAS", "GPU"), tuple(table_rows))
 
 
 def bench_table(rows: list[BenchRow]) -> Table:

@@ -13,17 +13,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from resconf.conformance import summary
+from resconf.conformance import provenance, summary
 from resconf.conformance.results import SCHEMA, ResultRow, read_results, to_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "test_identity_block and float64 and pre and not preset"  # one case
+JOB = "https://gitlab.example.org/o/r/-/jobs/7"
+CI_VARIABLES = ("GITHUB_ACTIONS", *provenance.CI_URL_VARIABLES)
 
 
-def check(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def check(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k not in CI_VARIABLES}, "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", "numpy", *args],
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=300)
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     return proc
 
@@ -37,7 +39,7 @@ def project(tmp_path_factory) -> Path:
     (folder / "model.py").write_text("x = 1\n")
     subprocess.run(["git", "add", "model.py"], cwd=folder, check=True)
     subprocess.run([*git, "commit", "-qm", "first"], cwd=folder, check=True)
-    check(folder, "-k", FAST)
+    check(folder, "-k", FAST, env={"CI_JOB_URL": JOB})  # as in a GitLab job
     check(folder, "--profile", "smoke", "-k", FAST)
     return folder
 
@@ -45,7 +47,7 @@ def project(tmp_path_factory) -> Path:
 def test_the_folder_reads_as_one_dataset(project):
     pandas = pytest.importorskip("pandas")
     duckdb = pytest.importorskip("duckdb")
-    results = project / "reports" / "results"
+    results = project / ".resconf" / "results"
     assert list(results.rglob("_run-*.summary.txt")), "each run writes its summary beside it"
     frame = pandas.read_parquet(results)
     assert len(frame) == 2 and frame["run_id"].nunique() == 2
@@ -58,10 +60,14 @@ def test_the_folder_reads_as_one_dataset(project):
 
 def test_every_row_says_where_it_came_from(project):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    table = pq.read_table(project / "reports" / "results")
+    resconf_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    table = pq.read_table(project / ".resconf" / "results")
     assert table.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     for row in table.to_pylist():
         assert row["code_commit"] == commit  # the user's project, not resconf's checkout
+        assert row["suite_commit"].removesuffix("-dirty") == resconf_commit  # resconf's own, from any folder
+        assert row["suite_version"] not in ("", "unknown")
+        assert row["ci_job"] == (JOB if row["profile"] == "ci" else "")
         assert row["selection"] == f"-k '{FAST}'"
         assert row["cpu_model"] and row["blas"] and row["gpu"] == "" and row["shard"] == ""
         assert abs((datetime.now(timezone.utc) - row["timestamp"]).total_seconds()) < 600
@@ -74,7 +80,7 @@ def test_version_1_files_are_upgraded_on_reading(tmp_path):
                     timestamp="2026-11-22T10:00:00+00:00")
     v2 = to_table([row])
     old_names = [n for n in SCHEMA.names if n not in ("profile", "selection", "shard", "code_commit", "cpu_model",
-                                                      "blas", "gpu")]
+                                                      "blas", "gpu", "suite_commit", "ci_job")]
     v1 = v2.select(old_names).set_column(old_names.index("timestamp"), "timestamp",
                                          pa.array([row.timestamp])).replace_schema_metadata(
         {"resconf_schema_version": "1"})
@@ -83,7 +89,18 @@ def test_version_1_files_are_upgraded_on_reading(tmp_path):
     assert upgraded.schema.equals(SCHEMA, check_metadata=False)
     [got] = upgraded.to_pylist()
     assert got["timestamp"] == datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
-    assert got["profile"] == "" and got["schema_version"] == 2  # ResultRow's default: the file was v1
+    assert got["profile"] == "" and got["suite_commit"] == "" and got["schema_version"] == row.schema_version
+
+
+def test_version_2_files_are_upgraded_on_reading(tmp_path):
+    row = fake_row("numpy", "ID-1", "passed")
+    old_names = [n for n in SCHEMA.names if n not in ("suite_commit", "ci_job")]
+    pq.write_table(to_table([row]).select(old_names).replace_schema_metadata({"resconf_schema_version": "2"}),
+                   tmp_path / "v2.parquet")
+    upgraded = read_results(tmp_path / "v2.parquet")
+    assert upgraded.schema.equals(SCHEMA, check_metadata=False)
+    [got] = upgraded.to_pylist()
+    assert (got["suite_commit"], got["ci_job"], got["profile"]) == ("", "", row.profile)
 
 
 def fake_row(backend: str, prop: str, outcome: str, counterexample: str = "") -> ResultRow:
