@@ -47,14 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def version_text() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
+    from resconf.conformance.provenance import suite_text
     from resconf.conformance.results import SCHEMA_VERSION, SPEC_VERSION
-    try:
-        mine = version("resconf")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        mine = "unknown (not installed)"
-    return f"resconf {mine} (results schema {SCHEMA_VERSION}, property catalogue {SPEC_VERSION})"
+    return f"resconf {suite_text()}, results schema {SCHEMA_VERSION}, property catalogue {SPEC_VERSION}"
 
 
 def check_main(argv: list[str]) -> int:
