@@ -27,7 +27,7 @@ from resconf.conformance.results import write_parquet_atomic
 from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
 
 DEFAULT_RESULTS_DIR = Path(".asv/results")
-DEFAULT_OUTPUT = Path("reports/out/benchmarks.parquet")
+DEFAULT_OUTPUT = Path(".resconf/benchmarks.parquet")  # a dot-folder: no package to a flat layout's discovery
 SCHEMA_VERSION = 1  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md)
 
 SCHEMA = pa.schema([

@@ -1,5 +1,8 @@
-"""`resconf report [RESULTS ...] [--bench BENCH.parquet] [--run RUN_ID ... | --all-runs] --out DIR`: index.html
+"""`resconf report [RESULTS ...] [--bench BENCH.parquet] [--run RUN_ID ... | --all-runs] [--out DIR]`: index.html
 and report.md from conformance results and the benchmark export.
+
+Defaults under .resconf/, where `resconf check` writes: RESULTS .resconf/results (when no --bench either), DIR
+.resconf/report. A dot-folder, so that a flat-layout project's `pip install -e .` finds no extra package.
 
 Exit status: 0 when the report was written from at least one readable input (unreadable ones are listed on
 stderr, one line each, and on the page); 2 when there is nothing to read (no inputs, or none readable; the
@@ -18,15 +21,18 @@ from .runs import RunSelection, UnknownRun
 from .spec_index import SPEC_URL
 
 EXIT_OK, EXIT_UNWRITABLE, EXIT_NOTHING_READABLE = 0, 1, 2
+DEFAULT_RESULTS, DEFAULT_OUT = Path(".resconf/results"), Path(".resconf/report")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resconf report", description="Write index.html (one self-contained page) "
                                 "and report.md from conformance results and a benchmark export.")
     p.add_argument("results", nargs="*", type=Path, metavar="RESULTS",
-                   help="conformance results: Parquet files, or directories holding them")
+                   help=f"conformance results: Parquet files, or directories holding them (default: {DEFAULT_RESULTS}, "
+                        "where `resconf check` writes, unless --bench is given)")
     p.add_argument("--bench", type=Path, metavar="BENCH.parquet", help="the benchmark export (reports/bench_export.py)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where index.html and report.md go")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                   help=f"where index.html and report.md go (default: {DEFAULT_OUT})")
     runs = p.add_mutually_exclusive_group()
     runs.add_argument("--run", action="append", default=[], metavar="RUN_ID", dest="runs",
                       help="show this run (repeatable); default: the newest run of each backend and device")
@@ -40,9 +46,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.results and args.bench is None:
-        print("resconf report: no input: give results files (RESULTS ...) and/or --bench BENCH.parquet",
-              file=sys.stderr)
-        return EXIT_NOTHING_READABLE
+        if not DEFAULT_RESULTS.is_dir():
+            print(f"resconf report: no input: {DEFAULT_RESULTS} (where `resconf check` writes) does not exist here; "
+                  f"give results files (RESULTS ...) and/or --bench BENCH.parquet", file=sys.stderr)
+            return EXIT_NOTHING_READABLE
+        args.results = [DEFAULT_RESULTS]
     inputs = load_inputs(args.results, args.bench)
     for bad in inputs.unreadable:
         print(f"resconf report: skipped {bad.path}: {bad.reason}", file=sys.stderr)

@@ -21,14 +21,14 @@ from tests import doc_parsers as dp
 from tests.doc_commands import NotRun, Parse, Run
 
 FIXTURES = {  # repo path -> where the docs' commands look for it
-    "tests/fixtures/results/run_a.parquet": "reports/results/run_a.parquet",
-    "tests/fixtures/results/run_b.parquet": "reports/results/run_b.parquet",
-    "tests/fixtures/results/bench.parquet": "reports/out/benchmarks.parquet",
+    "tests/fixtures/results/run_a.parquet": ".resconf/results/run_a.parquet",
+    "tests/fixtures/results/run_b.parquet": ".resconf/results/run_b.parquet",
+    "tests/fixtures/results/bench.parquet": ".resconf/benchmarks.parquet",
     "tests/fixtures/asv_results": ".asv/results",
     "tests/fixtures/make_results_fixtures.py": "tests/fixtures/make_results_fixtures.py",
 }
 CHECK = "resconf check -k test_identity_block"  # README's; its folder (results, summaries) is the "checked" one
-REPORT, EXPORT = ("reports/out/index.html", "reports/out/report.md"), ("reports/out/benchmarks.parquet",)
+REPORT, EXPORT = (".resconf/report/index.html", ".resconf/report/report.md"), (".resconf/benchmarks.parquet",)
 INSTALLS = "installs packages (network, minutes); the venv running this test already has them"
 SERVER = "a web server: runs until stopped"
 NAMED_ONLY = "prose naming an option, its arguments left out"
@@ -68,14 +68,14 @@ COMMANDS = {
     "resconf report merged.parquet --out report": Parse(),
     "bash benchmarks/check_timing.sh": Parse(),  # bash -n: about 15 minutes
     "resconf calibrate --backend torch --seeds 100": Parse(),
-    CHECK: Run("checked", creates=("reports/results",)),  # ~12 s: numpy, torch and jax; run once, as the fixture
+    CHECK: Run("checked", creates=(".resconf/results",)),  # ~12 s: numpy, torch and jax; run once, as the fixture
     "pytest --pyargs resconf.conformance --resconf-backend torch": Parse(),
     "bash benchmarks/calibrate.sh 200": Parse(),  # bash -n: hours of calibration
-    "resconf report reports/results --out reports/out": Run("fixtures", creates=REPORT),
+    "resconf report": Run("fixtures", creates=REPORT),  # .resconf/results -> .resconf/report
     "asv machine --yes": Parse(),  # writes ~/.asv-machine.json
     "asv run --python=same --quick --set-commit-hash $(git rev-parse HEAD)": Parse(),  # minutes
-    "resconf bench-export -o reports/out/benchmarks.parquet": Run("fixtures", creates=EXPORT),
-    "resconf report reports/results --bench reports/out/benchmarks.parquet --out reports/out":
+    "resconf bench-export": Run("fixtures", creates=EXPORT),
+    "resconf report .resconf/results --bench .resconf/benchmarks.parquet --out .resconf/report":
         Run("fixtures", creates=REPORT),
     # docs/adapter.md
     "class MyBackend(Backend):": Run(),
@@ -86,7 +86,7 @@ COMMANDS = {
     "resconf check --backend mybackend": Parse(),
     'pip install "resconf @ git+https://github.com/OWNER/resconf" -e .': NotRun(INSTALLS + "; OWNER is a placeholder"),
     "resconf check --backend mybackend --xfails resconf-xfails.toml --junitxml junit.xml "
-    "--output resconf/results.parquet": Parse(),
+    "--output .resconf/results.parquet": Parse(),
     "resconf check --backend ...": Parse(),
     "resconf report RESULTS --out DIR": Parse(),
     # docs/benchmarks.md
@@ -97,7 +97,7 @@ COMMANDS = {
     "asv publish": Parse(),
     "asv preview": Parse(),  # serves HTTP until stopped
     "python -m http.server -d .asv/html": NotRun(SERVER),
-    "resconf report --bench reports/out/benchmarks.parquet --out DIR": Run("fixtures", creates=("DIR/index.html",)),
+    "resconf report --bench .resconf/benchmarks.parquet --out DIR": Run("fixtures", creates=("DIR/index.html",)),
     'asv continuous --factor 1.3 --split -a rounds=4 -b "^bench_(fused|roofline)" HEAD~1 HEAD': Parse(),
     "resconf bench-export [RESULTS_DIR] [-o OUT.parquet]": NotRun("a usage synopsis: [brackets] mark options"),
     "python -m resconf.reports.bench_export": Run("fixtures", creates=EXPORT),
@@ -105,7 +105,7 @@ COMMANDS = {
     "pip install torch==2.13.0 <wheel>[torch,jax,numba,triton]": NotRun("what asv runs when it builds a commit"),
     "asv compare --split": NotRun(NAMED_ONLY),
     "asv run --python=same --quick --set-commit-hash ...": Parse(),
-    "SELECT * FROM 'reports/out/*.parquet'": Run("fixtures"),
+    "SELECT * FROM '.resconf/*.parquet'": Run("fixtures"),
     # docs/findings.md
     "resconf check --backend torch -k 'test_nan_in_a_weight_surfaces and attention and w_in' --skip-xfails":
         Run(status=1, heavy=True),  # ~7 s; exits 1: the deviation shows once its xfail is skipped
@@ -126,12 +126,12 @@ COMMANDS = {
     "torch.manual_seed(0)": Run(),  # the fast path's tanh GELU: prints the 9.5e-05 difference
     "@triton.jit": NotRun("raises on purpose (the interpreter's gaps); tests/test_liger.py reproduces both unpatched"),
     # docs/report.md
-    "resconf report reports/results --run 20261204T134254-838da9 --out reports/out": Parse(),  # an example run id
-    "resconf report reports/results --all-runs --out reports/out": Run("fixtures", creates=REPORT),
+    "resconf report --run 20261204T134254-838da9": Parse(),  # an example run id
+    "resconf report --all-runs": Run("fixtures", creates=REPORT),
     "python -m http.server": NotRun(SERVER),
     "python tests/fixtures/make_results_fixtures.py DIR": Run("fixtures", creates=("DIR/run_a.parquet",)),
-    "resconf report --bench reports/out/benchmarks.parquet --out reports/out": Parse(),  # as the DIR one above
-    'cat reports/out/report.md >> "$GITHUB_STEP_SUMMARY"': NotRun("appends to a CI job summary"),
+    "resconf report --bench .resconf/benchmarks.parquet": Parse(),  # as the DIR one above
+    'cat .resconf/report/report.md >> "$GITHUB_STEP_SUMMARY"': NotRun("appends to a CI job summary"),
     "pip install 'resconf[report]'": NotRun(INSTALLS),
     "resconf check ...": NotRun(NAMED_ONLY),
     "asv continuous --factor 1.3": NotRun(NAMED_ONLY),
@@ -141,9 +141,10 @@ COMMANDS = {
         Run("fixtures", creates=("tests/fixtures/results/run_a.parquet", "tests/fixtures/results/bench.parquet")),
     "apt-get install chromium": NotRun("a system package (root, network)"),
     # docs/results.md
-    'runs = pd.read_parquet("reports/results")': Run("checked"),
-    "SELECT * FROM read_parquet('reports/results/**/*.parquet')": Run("checked"),
-    'for path in Path("reports/results").rglob("*.parquet"):': Run("checked"),
+    "pip install git+URL@REF": NotRun(NAMED_ONLY),
+    'runs = pd.read_parquet(".resconf/results")': Run("checked"),
+    "SELECT * FROM read_parquet('.resconf/results/**/*.parquet')": Run("checked"),
+    'for path in Path(".resconf/results").rglob("*.parquet"):': Run("checked"),
     # docs/spec.md
     "resconf calibrate --backend B --seeds N": NotRun("placeholders: B a backend, N a number"),
     "bash benchmarks/calibrate.sh SEEDS": Parse(),

@@ -377,9 +377,23 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, err
 
 
-def test_no_inputs_is_exit_2_with_one_line(tmp_path, capsys):
+def test_no_inputs_is_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no .resconf/results here
     code, err = run_cli(["--out", str(tmp_path / "out")], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "no input" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no input" in err and ".resconf/results" in err
+
+
+def test_by_default_it_reads_and_writes_under_dot_resconf(tmp_path, capsys, monkeypatch):
+    """`resconf report` alone: the results `resconf check` wrote (.resconf/results) in, .resconf/report out; no
+    top-level folder that a flat-layout project's `pip install -e .` would take for a package."""
+    monkeypatch.chdir(tmp_path)
+    day = tmp_path / ".resconf" / "results" / "date=2026-11-22"
+    day.mkdir(parents=True)
+    shutil.copy(RESULTS[1], day / "run-a.parquet")
+    code, _ = run_cli([], capsys)
+    assert code == 0 and (tmp_path / ".resconf" / "report" / "index.html").is_file()
+    assert (tmp_path / ".resconf" / "report" / "report.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".resconf"]
 
 
 def test_nothing_readable_is_exit_2_and_the_page_says_why(tmp_path, capsys):
