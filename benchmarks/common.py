@@ -39,7 +39,29 @@ if GRID not in GRIDS:
     raise ValueError(f"RESCONF_BENCH_GRID={GRID!r} is not one of {GRIDS}; unset it for the default grid")
 FULL = GRID == "full"
 
-DEVICES = ("cpu", "cuda")
+# The device is the run's, not a grid axis: a CPU runner's grid then has no cell that is n/a for want of a GPU.
+# RESCONF_BENCH_DEVICE=cpu|cuda; by default cuda where an NVIDIA driver is loaded, else cpu. `device` stays a
+# parameter (with this one value), so the benchmarks' ids, versions and earlier results keep their meaning.
+# To time the CPU of a GPU machine too, run asv again with RESCONF_BENCH_DEVICE=cpu under its own machine name.
+DEVICE_ENV = "RESCONF_BENCH_DEVICE"
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA driver is loaded, asked without importing a framework (a backend checks further)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def run_device(value: str | None) -> str:
+    """The device RESCONF_BENCH_DEVICE's value names; unset or empty: cuda where a driver is loaded, else cpu."""
+    if not value:
+        return "cuda" if cuda_present() else "cpu"
+    if value not in ("cpu", "cuda"):
+        raise ValueError(f"{DEVICE_ENV}={value!r}: expected 'cpu' or 'cuda', or unset it for the default "
+                         f"(cuda where an NVIDIA driver is loaded, else cpu)")
+    return value
+
+
+DEVICES = (run_device(os.environ.get(DEVICE_ENV)),)
 DTYPES = ("float32", "bfloat16")
 BUILTIN_FUSED = ("numpy", "torch", "torch_compile", "jax", "numba_fused", "triton_fused", "liger")
 SHAPES = ((512, 1024), (2048, 4096), (8192, 4096), (8192, 8192)) if FULL else ((8192, 4096),)  # (tokens, hidden)
@@ -91,11 +113,6 @@ class Case:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     sync: Callable[[Any], None]
-
-
-def cuda_present() -> bool:
-    """Whether an NVIDIA driver is loaded, asked without importing a framework (a backend checks further)."""
-    return os.path.exists("/proc/driver/nvidia/version")
 
 
 def load(name: str, device: str) -> Backend:

@@ -91,6 +91,8 @@ COMMANDS = {
     "resconf report RESULTS --out DIR": Parse(),
     # docs/benchmarks.md
     "asv check --python=same": Parse(),
+    "asv run --machine NAME-cpu": NotRun(NAMED_ONLY + "; NAME is a placeholder"),
+    "asv machine --machine NAME-cpu --yes": NotRun("writes ~/.asv-machine.json; NAME is a placeholder"),
     "asv run --environment existing:same --quick --show-stderr --set-commit-hash $(git rev-parse HEAD)": Parse(),
     "asv run main~20..main": Parse(),
     "RESCONF_BENCH_GRID=full asv run NEW": Parse(),
