@@ -28,8 +28,17 @@ DEVICE_FILE_LIMIT = 8  # files the device machine sends back from $OUT (/work/.l
 
 
 def gpu_check(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args, str(out)], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "GPU_CHECK_PYTHON": sys.executable, **env})
+    """The script's own step timeouts bound it; this timeout only catches a hang of the script itself."""
+    base = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_TIMEOUT_SCALE"}
+    return subprocess.run(["bash", str(SCRIPT), *args, str(out)], capture_output=True, text=True, timeout=7200,
+                          env={**base, "GPU_CHECK_PYTHON": sys.executable, **env})
+
+
+def step_timeouts(out: Path) -> dict[str, str]:
+    """step name -> the timeout it ran (or would have run) under, from steps.tsv in work.tar.gz."""
+    with tarfile.open(out / "work.tar.gz") as tar:
+        text = tar.extractfile("work/steps.tsv").read().decode()
+    return {fields[0]: fields[3] for fields in (line.split("\t") for line in text.splitlines())}
 
 
 def step_lines(summary: str) -> dict[str, str]:
@@ -113,6 +122,26 @@ def test_no_budget_means_every_step_is_recorded_and_the_run_fails(tmp_path):
     assert list(steps) == list(STEPS), summary
     assert steps["pytest-cuda"] == "not run" and steps["check-merge"] == "failed", summary
     assert not (tmp_path / "work").exists() and (tmp_path / "work.tar.gz").is_file()
+
+
+def test_dry_timeouts_are_scaled_so_a_busy_machine_slows_the_run_instead_of_failing_it(tmp_path):
+    """A dry run proves the plumbing, not the speed: every step's timeout is multiplied by
+    GPU_CHECK_TIMEOUT_SCALE, by default 1 + ceil(load average / CPUs), at least 2."""
+    gpu_check(tmp_path / "set", "--dry", GPU_CHECK_BUDGET_S="0", GPU_CHECK_TIMEOUT_SCALE="3")
+    limits = step_timeouts(tmp_path / "set")
+    assert (limits["env"], limits["pytest-cuda"], limits["check-jax"], limits["bench-torch"]) == \
+        ("180", "360", "450", "225"), limits
+    assert limits["check-merge"] == "90", limits  # the merges too, outside the budget
+
+    gpu_check(tmp_path / "auto", "--dry", GPU_CHECK_BUDGET_S="0")
+    scale = int(re.search(r"timeouts x(\d+)", (tmp_path / "auto" / "gpu-check.log").read_text())[1])
+    assert scale >= 2 and step_timeouts(tmp_path / "auto")["check-torch"] == str(120 * scale)
+
+
+def test_a_timeout_scale_that_is_not_a_whole_number_is_usage(tmp_path):
+    for bad in ("0", "1.5", "x"):
+        proc = gpu_check(tmp_path, "--dry", GPU_CHECK_BUDGET_S="0", GPU_CHECK_TIMEOUT_SCALE=bad)
+        assert proc.returncode == 2 and f"GPU_CHECK_TIMEOUT_SCALE={bad}: expected a whole number" in proc.stderr
 
 
 def test_usage(tmp_path):
