@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3  # 2: provenance columns, a typed timestamp; 3: suite_commit, ci_job (older files upgraded on reading)
+SCHEMA_VERSION = 3  # 2: provenance, a typed timestamp; 3: suite_commit, ci_job (older files upgraded on reading)
 SPEC_VERSION = "2026.11"  # the property catalogue (docs/spec.md) these IDs refer to
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 # File metadata: per backend, every (property, dtype) the whole selection covers; `resconf merge` checks
@@ -83,7 +83,8 @@ SCHEMA = pa.schema([
     ("backend_versions", pa.string()), ("python_version", pa.string()), ("machine", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
     ("profile", pa.string()), ("selection", pa.string()), ("shard", pa.string()), ("code_commit", pa.string()),
-    ("suite_commit", pa.string()), ("ci_job", pa.string()), ("cpu_model", pa.string()), ("blas", pa.string()), ("gpu", pa.string()),
+    ("suite_commit", pa.string()), ("ci_job", pa.string()), ("cpu_model", pa.string()), ("blas", pa.string()),
+    ("gpu", pa.string()),
 ], metadata={"resconf_schema_version": str(SCHEMA_VERSION)})
 
 assert SCHEMA.names == [f.name for f in dataclasses.fields(ResultRow)], "schema and ResultRow drifted apart"

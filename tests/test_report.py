@@ -327,7 +327,7 @@ def test_run_metadata_lists_runs_versions_and_inputs(document):
     assert provenance.column("selection") == ["-", "whole suite", by_run["run-b"]["selection"]]
     assert f"run-b was limited to a subset: {by_run['run-b']['selection']}" in section.blocks[0].text
     assert provenance.column("code commit") == ["-", by_run["run-a"]["code_commit"], by_run["run-b"]["code_commit"]]
-    assert provenance.column("resconf commit") == ["-", by_run["run-a"]["suite_commit"], by_run["run-b"]["suite_commit"]]
+    assert provenance.column("resconf commit") == ["-", *(by_run[r]["suite_commit"] for r in ("run-a", "run-b"))]
     assert provenance.column("CI job") == ["-", by_run["run-a"]["ci_job"], "-"]
     files = section.tables()[-1]
     assert files.column("file") == [str(p) for p in [*RESULTS, BENCH]]

@@ -60,7 +60,8 @@ def test_the_folder_reads_as_one_dataset(project):
 
 def test_every_row_says_where_it_came_from(project):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    resconf_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    resconf_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip()
     table = pq.read_table(project / ".resconf" / "results")
     assert table.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     for row in table.to_pylist():
