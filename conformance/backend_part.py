@@ -1,18 +1,19 @@
 """One worker's share of a backend (the whole backend, or one part of it under -n), run to its end.
 
 After a crash or hang the case it died in gets a failed row of its own and the worker is restarted
-without the cases already run (at most MAX_RESTARTS times). The guards are not applied here: they need
-every part of the backend (conformance/check.py).
+without the cases already run (at most MAX_RESTARTS times). A worker killed at its limit or by an
+interrupted check is not restarted: each case it left gets a failed row that says "not run" and why.
+The guards are not applied here: they need every part of the backend (conformance/check.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from resconf.conformance import guard, worker
 from resconf.conformance.harness_rows import case_row, harness_row
+from resconf.conformance.interrupt import Interrupt
 from resconf.conformance.junit import JunitPart
 from resconf.conformance.options import CheckOptions
 from resconf.conformance.plugin import WORKER_LOAD_FAILED, WORKER_NO_DEVICE
@@ -37,10 +38,10 @@ class PartRun:
 
 
 def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: str | None,
-             progress: WorkerProgress, say=print) -> PartRun:
-    deadline = time.monotonic() + opts.worker_timeout_s
+             progress: WorkerProgress, say=print, stop: Interrupt | None = None) -> PartRun:
+    stop = stop or Interrupt()
     worker_rows: list[ResultRow] = []
-    own: list[ResultRow] = []  # rows the supervisor writes: dead cases and RUN
+    own: list[ResultRow] = []  # rows the supervisor writes: dead cases, cases not run, RUN
     notes: list[str] = []
     junits: list[JunitPart] = []
     logs: list[Path] = []
@@ -55,8 +56,7 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
             already.write_text("".join(f"{test}\n" for test in sorted(done | dead)))
         cmd = worker.worker_command(name, opts, run_id, rows_path, events, junit, already if attempt else None,
                                     shard)
-        exit = worker.run_worker(cmd, log_path, events, deadline, opts.hung_after_s, progress, opts.profile,
-                                 opts.device)
+        exit = worker.run_worker(cmd, log_path, events, opts, progress, stop, resumed=len(done | dead))
         logs.append(log_path)
         got = rows_from_jsonl(rows_path)
         worker_rows += got
@@ -66,6 +66,9 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
         manifest = manifest or log.manifest
         if attempt == 0 and exit.status == WORKER_LOAD_FAILED and log.manifest is None:
             return PartRun((), (), (), load_error=exit_message(exit.tail) or f"backend {name!r} failed to load",
+                           logs=tuple(logs))
+        if attempt == 0 and exit.killed_for == "load timeout" and log.manifest is None:
+            return PartRun((), (), (), load_error=f"backend {name!r}: {worker.how_it_died(exit, opts)}",
                            logs=tuple(logs))
         if attempt == 0 and exit.status == WORKER_NO_DEVICE and log.manifest is None:
             reason = exit_message(exit.tail).removeprefix("resconf: ")
@@ -80,23 +83,46 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
             if not ended_in_order:
                 own.append(harness_row(name, opts, run_id, "RUN", worker.pytest_failure(exit)))
             break
+        if stop.signum and manifest is None:
+            own.append(harness_row(name, opts, run_id, "RUN", f"not run: the check was interrupted ({stop.name}) "
+                                   "before the worker had collected its cases"))
+            break
         row, note = death(name, opts, run_id, exit, log, done)
         own.append(row)
         dead.add(row.test)  # "-" when it died between cases: no node id, so leaving it out is harmless
         notes.append(note)
         say(f"resconf: {note}")
         left = manifest.selected - done - dead if manifest else set()
-        if exit.killed_for == "worker timeout" or not left:
-            break
-        if attempt == MAX_RESTARTS:
-            own.append(harness_row(name, opts, run_id, "RUN", f"gave up after {MAX_RESTARTS} restarts of the "
-                                   f"worker: {len(left)} selected cases never ran"))
+        why = unrun_reason(exit, opts, stop, attempt)
+        if why and left:
+            own += not_run(name, opts, run_id, manifest, left, why)
+            notes.append(f"backend {name}: {len(left)} selected cases {why}")
+            say(f"resconf: {notes[-1]}")
+        if why or not left:
             break
         notes.append(f"backend {name}: worker restarted without the {len(done | dead)} cases already run "
                      f"({len(left)} left)")
         say(f"resconf: {notes[-1]}")
     return PartRun(tuple(worker_rows + own), (*junits, JunitPart(None, tuple(own))), tuple(notes), manifest,
                    guardable=ended_in_order or bool(dead), logs=tuple(logs))
+
+
+def unrun_reason(exit: worker.WorkerExit, opts: CheckOptions, stop: Interrupt, attempt: int) -> str | None:
+    """Why the cases a dead worker left are not run again (None: the worker is restarted without them)."""
+    if stop.signum:
+        return f"not run: the check was interrupted ({stop.name})"
+    if exit.killed_for == "worker timeout":
+        return f"not run: {worker.how_it_died(exit, opts)}"
+    if attempt == MAX_RESTARTS:  # a backend that kills its worker again and again
+        return f"not run: gave up after {MAX_RESTARTS} restarts of the worker"
+    return None
+
+
+def not_run(name: str, opts: CheckOptions, run_id: str, manifest: guard.Manifest, left: set[str], why: str
+            ) -> list[ResultRow]:
+    """A failed row for each selected case that never ran, saying why: never counted as passed, never
+    silently missing (and so no coverage gap for the guard to report again)."""
+    return [case_row(case, name, opts, run_id, why) for case in manifest.cases if case.test in left]
 
 
 def death(name: str, opts: CheckOptions, run_id: str, exit: worker.WorkerExit, log: guard.WorkerLog, done: set[str]

@@ -32,6 +32,7 @@ from resconf.backends.registry import BUILTIN, entry_point_names, known_names
 from resconf.conformance import guard, provenance, shards, summary, worker, xfails
 from resconf.conformance.backend_part import NOTHING_RAN, PartRun, run_part
 from resconf.conformance.harness_rows import harness_row
+from resconf.conformance.interrupt import Interrupt
 from resconf.conformance.junit import JunitPart, merge_junit
 from resconf.conformance.options import CheckOptions
 from resconf.conformance.progress import Progress
@@ -97,8 +98,10 @@ def run_check(opts: CheckOptions) -> int:
     for reason in problems.values():
         print(f"resconf: {reason}", file=sys.stderr)
     names = [n for n in dict.fromkeys(opts.backends) if n not in problems]  # a name given twice runs once
-    with tempfile.TemporaryDirectory(prefix="resconf-") as tmp:  # worker files: rows, events, JUnit, logs
-        runs = _run_backends(names, opts, run_id, Path(tmp))
+    # worker files: rows, events, JUnit, logs; on SIGINT/SIGTERM the workers are killed, what finished is
+    # written and the folder removed (conformance/interrupt.py)
+    with tempfile.TemporaryDirectory(prefix="resconf-") as tmp, Interrupt().catching() as stop:
+        runs = _run_backends(names, opts, run_id, Path(tmp), stop)
         for name, run in runs.items():
             if run.load_error:
                 problems[name] = run.load_error
@@ -122,12 +125,13 @@ def run_check(opts: CheckOptions) -> int:
     _write_text_atomic(summary_path(output), text)
     print(text)
     unexpected = [r for r in rows if r.outcome in summary.UNEXPECTED]
-    return 1 if unexpected else 0
+    return stop.exit_status if stop.signum else 1 if unexpected else 0
 
 
-def _run_backends(names: list[str], opts: CheckOptions, run_id: str, tmp: Path) -> dict[str, BackendRun]:
+def _run_backends(names: list[str], opts: CheckOptions, run_id: str, tmp: Path, stop: Interrupt
+                  ) -> dict[str, BackendRun]:
     """Every backend's parts on a pool of opts.workers threads, each watching one worker process; the
-    backends expected to take longest start first."""
+    backends expected to take longest start first. Once `stop` is set no part starts."""
     count = parts_per_backend(opts)
     durations = shards.load_durations(opts.durations_file or shards.DURATIONS_FILE)
     units = [(name, k) for name in sorted(names, key=lambda n: -_expected_s(n, durations)) for k in range(count)]
@@ -136,13 +140,17 @@ def _run_backends(names: list[str], opts: CheckOptions, run_id: str, tmp: Path) 
             ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
         def run(name: str, k: int) -> PartRun:
             label = label_of[(name, k)]
+            if stop.signum:
+                row = harness_row(name, opts, run_id, "RUN", f"not run: the check was interrupted ({stop.name}) "
+                                  "before this backend started")
+                return PartRun((row,), (JunitPart(None, (row,)),), ())
             progress.worker(label).started = True
             progress.say(f"resconf: checking backend {label} on {opts.device} (profile {opts.profile}) ...")
             started = time.monotonic()
             workdir = tmp / f"{names.index(name)}.{k}"
             workdir.mkdir()
             shard = opts.shard or (f"{k + 1}/{count}" if count > 1 else None)
-            part = run_part(name, opts, run_id, workdir, shard, progress.worker(label), say=progress.say)
+            part = run_part(name, opts, run_id, workdir, shard, progress.worker(label), progress.say, stop)
             progress.worker(label).finished = True
             progress.say(f"resconf: backend {label}: {len(part.rows)} rows in {time.monotonic() - started:.1f} s")
             return part

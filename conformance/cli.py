@@ -76,6 +76,9 @@ def check_main(argv: list[str]) -> int:
     parser.add_argument("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
     parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per test (default 600)")
+    parser.add_argument("--worker-timeout", type=float, metavar="S",
+                        help="kill each worker process S seconds after it starts (default: derived from --timeout, "
+                             "the profile and the cases it runs; docs/scaling.md)")
     parser.add_argument("-n", "--workers", default="auto", metavar="N",
                         help="worker processes at once (default auto: one per CPU); each backend is split in N "
                              "parts so no core idles; -n 0 or 1: one backend after another, unsplit")
@@ -89,6 +92,8 @@ def check_main(argv: list[str]) -> int:
     args = parser.parse_args(own)
     if args.max_examples is not None and args.max_examples < 1:
         parser.error(f"--max-examples must be at least 1, got {args.max_examples}")
+    if args.worker_timeout is not None and not args.worker_timeout > 0:
+        parser.error(f"--worker-timeout takes seconds above 0, got {args.worker_timeout:g}")
     workers = (os.cpu_count() or 1) if args.workers == "auto" else _count(parser, args.workers)
     if args.shard:
         try:
@@ -100,7 +105,8 @@ def check_main(argv: list[str]) -> int:
     return run_check(CheckOptions(backends=backends, device=args.device, profile=args.profile,
                                   max_examples=args.max_examples, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
-                                  test_timeout_s=args.timeout, pytest_args=pytest_args, workers=workers,
+                                  test_timeout_s=args.timeout, worker_timeout_s=args.worker_timeout,
+                                  pytest_args=pytest_args, workers=workers,
                                   shard=args.shard, durations_file=args.durations_file,
                                   store_durations=args.store_durations))
 

@@ -10,6 +10,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 PROFILES = ("ci", "nightly", "dev", "smoke", "calibrate")
 STRUCTURE_DRAWN = ("dev", "nightly", "calibrate")  # shapes and depths drawn per example; else fixed per case
 NIGHTLY_EXAMPLES = 300
+EXAMPLES = {"ci": 6, "dev": 25, "smoke": 4, "calibrate": 100, "nightly": NIGHTLY_EXAMPLES}  # max_examples
 DEFAULT = "ci"  # both entry points: `resconf check` and `pytest --pyargs resconf.conformance`
 # The recorder fixture deliberately lives across examples (it keeps the worst case).
 _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -17,18 +18,19 @@ _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCh
 
 def register(database_dir: Path) -> None:
     common = dict(deadline=None, suppress_health_check=_SUPPRESS, print_blob=True)
-    settings.register_profile("ci", max_examples=6, derandomize=True, database=None, **common)
-    settings.register_profile("dev", max_examples=25, **common)
+    settings.register_profile("ci", max_examples=EXAMPLES["ci"], derandomize=True, database=None, **common)
+    settings.register_profile("dev", max_examples=EXAMPLES["dev"], **common)
     # smoke: proves a mutant fails without paying for shrinking its counterexample (tests/test_mutants.py)
-    settings.register_profile("smoke", max_examples=4, derandomize=True, database=None,
+    settings.register_profile("smoke", max_examples=EXAMPLES["smoke"], derandomize=True, database=None,
                               phases=[Phase.explicit, Phase.generate], **common)
     # calibrate: fresh random seeds every run, no shrinking (a false failure's first example is the finding)
-    settings.register_profile("calibrate", max_examples=100, database=None, phases=[Phase.explicit, Phase.generate],
+    settings.register_profile("calibrate", max_examples=EXAMPLES["calibrate"], database=None,
+                              phases=[Phase.explicit, Phase.generate],
                               **common)
     # nightly: sized to finish within an hour for numpy + torch + jax on a 2-core machine (measured with
     # benchmarks/check_timing.sh: about 270 s fixed + 9.5 s per example; docs/scaling.md); --max-examples
     # 1000 for a deeper weekly run.
-    settings.register_profile("nightly", max_examples=NIGHTLY_EXAMPLES,
+    settings.register_profile("nightly", max_examples=EXAMPLES["nightly"],
                               database=DirectoryBasedExampleDatabase(str(database_dir)), **common)
 
 

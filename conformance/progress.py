@@ -69,11 +69,10 @@ class Progress:
             parts = [f"{w.label} {w.done}/{w.total if w.total is not None else '?'}"
                      + (f" {w.running}" if w.running else "") for w in active if w.started]
         eta = ""
-        if any(w.total is None for w in active):  # not started or not collected: the work left is unknown
-            eta = ", ETA ?"
-        elif done:
-            left = sum(w.total - w.done for w in active)
-            eta = f", ETA {left * elapsed / done:.0f} s"
+        if done:  # a worker not started or not collected has work of unknown size: the ETA is then a floor
+            left = sum(w.total - w.done for w in active if w.total is not None)
+            floor = "> " if any(w.total is None for w in active) else ""
+            eta = f", ETA {floor}{left * elapsed / done:.0f} s"
         return f"[{elapsed:.0f} s{eta}] " + " | ".join(parts)
 
     def _report(self) -> None:

@@ -5,6 +5,7 @@ outlives the per-test timeout where no signal reaches it, and kills the whole wo
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -16,11 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from resconf.conformance.capped_log import CappedLog
+from resconf.conformance.interrupt import Interrupt, kill_group
 from resconf.conformance.options import CheckOptions
 from resconf.conformance.progress import WorkerProgress
 
 SUITE_DIR = Path(__file__).parent
 POLL_S = 0.2  # how often the supervisor looks at a running worker
+PIPE_WAIT_S = 5.0  # how long the rest of a worker's output may take to arrive after it ended
 PYTEST_STATUS = {2: "pytest was interrupted (errors during collection?)", 3: "pytest hit an internal error",
                  4: "pytest usage error",
                  5: "no test ran (pytest exit status 5: nothing collected, or -k/-m deselected everything)"}
@@ -63,8 +67,10 @@ def worker_env(profile: str, device: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class WorkerExit:
     status: int | None  # exit status; negative: killed by that signal
-    killed_for: str | None  # why the supervisor killed it: "hung" or "worker timeout"
+    killed_for: str | None  # why the supervisor killed it: "hung", "load timeout", "worker timeout", "interrupted"
     tail: str  # the end of its output
+    limit_s: float = 0.0  # the limit it ran under when it ended
+    interrupt: str = ""  # the signal that interrupted the check ("SIGINT"), if one did
 
 
 def junit_suite_name(backend: str) -> str:
@@ -76,8 +82,10 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
                    already: Path | None, shard: str | None = None) -> list[str]:
     # -o addopts=: the ini file pytest finds (this repo's, or the user's project's) must not change how a
     # worker runs; e.g. `-n auto` there would hand the cases to xdist and blind the crash attribution.
+    # --capture=no: a backend's output streams to the supervisor, which keeps its head and tail
+    # (conformance/capped_log.py); captured, pytest holds a failing case's whole output in memory.
     cmd = [sys.executable, "-m", "pytest", str(SUITE_DIR), "-o", "addopts=", "-p", "no:cacheprovider", "-q",
-           "--no-header", "-rN", "--resconf-backend", name, "--resconf-device", opts.device,
+           "--no-header", "-rN", "--capture=no", "--resconf-backend", name, "--resconf-device", opts.device,
            "--resconf-profile", opts.profile, "--resconf-results-jsonl", str(rows),
            "--resconf-events-jsonl", str(events), "--resconf-run-id", run_id, "--junitxml", str(junit),
            "-o", f"junit_suite_name={junit_suite_name(name)}",
@@ -91,14 +99,21 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
     return cmd + list(opts.pytest_args)
 
 
-def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_after_s: float,
-               progress: WorkerProgress | None = None, profile: str = "ci", device: str = "cpu") -> WorkerExit:
-    """Run a worker to its end, killing it if one case outlives `hung_after_s` or the worker its deadline."""
+def run_worker(cmd: list[str], log: Path, events: Path, opts: CheckOptions, progress: WorkerProgress | None = None,
+               stop: Interrupt | None = None, resumed: int = 0) -> WorkerExit:
+    """Run a worker to its end, killing its process group if one case outlives opts.hung_after_s, the
+    worker its limit (opts.worker_limit_s of the `resumed`-fewer cases it collected), or the check is
+    interrupted (`stop`)."""
     watch = _CaseWatch(events, progress or WorkerProgress("-"))
+    stop = stop or Interrupt()
     killed_for = None
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                env=worker_env(profile, device))
+    out = CappedLog(log)
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            process_group=0, preexec_fn=_die_with_parent, env=worker_env(opts.profile, opts.device))
+    pump = out.follow(proc.stdout)
+    stop.add(proc)
+    try:
         while True:
             try:
                 status = proc.wait(timeout=POLL_S)
@@ -107,15 +122,24 @@ def run_worker(cmd: list[str], log: Path, events: Path, deadline: float, hung_af
                 pass
             running_since = watch.running_since()
             now = time.monotonic()
-            if running_since is not None and now - running_since > hung_after_s:
+            limit = opts.worker_limit_s(None if watch.cases is None else watch.cases - resumed)
+            if running_since is not None and now - running_since > opts.hung_after_s:
                 killed_for = "hung"
-            elif now > deadline:
-                killed_for = "worker timeout"
+            elif now - started > limit:
+                killed_for = "worker timeout" if watch.cases is not None else "load timeout"
             if killed_for:
-                proc.kill()
+                kill_group(proc)
                 status = proc.wait()
                 break
-    return WorkerExit(status, killed_for, log.read_bytes()[-4000:].decode(errors="replace"))
+    finally:
+        stop.discard(proc)
+    if stop.signum and status is not None and status < 0 and killed_for is None:
+        killed_for = "interrupted"
+    _end_leftovers(proc)
+    pump.join(timeout=PIPE_WAIT_S)  # still open: held by a process that left the worker's group
+    out.close()
+    limit = opts.worker_limit_s(None if watch.cases is None else watch.cases - resumed)
+    return WorkerExit(status, killed_for, out.last(4000), limit, stop.name)
 
 
 class _CaseWatch:
@@ -125,6 +149,7 @@ class _CaseWatch:
     def __init__(self, path: Path, progress: WorkerProgress) -> None:
         self.path, self.offset, self.partial, self.since = path, 0, b"", None
         self.progress = progress
+        self.cases: int | None = None  # how many it selected, once it has collected
 
     def running_since(self) -> float | None:
         try:
@@ -139,7 +164,7 @@ class _CaseWatch:
             event = json.loads(line)
             kind = event.get("event")
             if kind == "collected":
-                self.progress.total = len(event["manifest"]["selected"])
+                self.cases = self.progress.total = len(event["manifest"]["selected"])
             elif kind == "started":
                 self.since = time.monotonic()
                 self.progress.running = event["case"]["property"]
@@ -148,6 +173,13 @@ class _CaseWatch:
                 self.progress.done += 1
                 self.progress.running = ""
         return self.since
+
+
+def _end_leftovers(proc: subprocess.Popen) -> None:
+    """Kill what the worker started and left running (still in its process group, the group keeps the
+    worker's pid from reuse): it would hold the output pipe open, and outlive the check."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _die_with_parent() -> None:
@@ -163,10 +195,18 @@ def how_it_died(exit: WorkerExit, opts: CheckOptions) -> str:
         return (f"timed out: no result {opts.hung_after_s:g} s after it started (the per-test --timeout of "
                 f"{opts.test_timeout_s:g} s could not interrupt it), so the worker was killed")
     if exit.killed_for == "worker timeout":
-        return f"the worker ran past its {opts.worker_timeout_s:g} s limit and was killed"
+        return f"the worker was killed at its {exit.limit_s:.0f} s limit ({LIMIT_HELP})"
+    if exit.killed_for == "load timeout":
+        return (f"the worker had not loaded the backend and collected its cases after {exit.limit_s:.0f} s, "
+                f"so it was killed ({LIMIT_HELP})")
+    if exit.killed_for == "interrupted":
+        return f"not run: the check was interrupted ({exit.interrupt})"
     if exit.status is not None and exit.status < 0:
         return f"the worker was killed by {signal.Signals(-exit.status).name}"
     return f"the worker exited with status {exit.status}"
+
+
+LIMIT_HELP = "--worker-timeout S sets it; docs/scaling.md"
 
 
 def pytest_failure(exit: WorkerExit) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import time
 
 from resconf.backends.base import Capabilities
@@ -93,3 +94,51 @@ def pytest_collection_modifyitems(items) -> None:
     must notice that nothing ran in it), and, to keep the test short, every case but test_identity_block."""
     items[:] = [item for item in items if item.name.startswith("test_identity_block[")
                 and item.callspec.params.get("dtype") != "float16"]
+
+
+class Slow(NumpyReference):
+    """Correct, but slow in a broken case (30 s a call, as a big model on a busy machine): only a worker
+    limit shorter than that ends it (tests/test_limits.py)."""
+
+    name = "slow"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        if broken(cfg, dtype):
+            time.sleep(30)
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class LoadsForever(NumpyReference):
+    """Its constructor never returns: the worker hangs while loading, before any case."""
+
+    name = "loads-forever"
+
+    def __init__(self, *args, **kwargs):
+        time.sleep(3600)
+
+
+CHATTY_BYTES = 5 * 2**20
+
+
+class Chatty(NumpyReference):
+    """Prints 5 MiB on every call, and fails in a broken case: its logs must stay capped."""
+
+    name = "chatty"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        print("chatter " * (CHATTY_BYTES // 8))
+        if broken(cfg, dtype):
+            raise RuntimeError("chatty and wrong")
+        return super().stack_forward(cfg, params, x, dtype)
+
+
+class LeavesAChild(NumpyReference):
+    """Starts a process that outlives the worker and holds its output open (a compile server, a pool of
+    helpers would): the check must still end, and end it."""
+
+    name = "leaves-a-child"
+    CHILD = ("sleep", "617.25")  # a duration no other process here uses, to find it by
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        subprocess.Popen(self.CHILD)

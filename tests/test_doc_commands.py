@@ -54,6 +54,7 @@ COMMANDS = {
     "resconf check --backend liger": Parse(),
     # docs/scaling.md
     "resconf check -n": NotRun(NAMED_ONLY),
+    "resconf check --worker-timeout 7200": Parse(),
     # docs/findings.md (the JAX crash: minutes, and it did not recur on a fresh cache)
     "resconf check --profile nightly --max-examples 30": Parse(),
     'resconf check --backend jax --profile nightly --max-examples 30 -k "test_stream_is_sum_of_writes or '
