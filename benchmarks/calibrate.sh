@@ -3,10 +3,10 @@
 # backend over fresh random seeds, at one and at two BLAS/OpenMP threads (another blocking, another
 # summation order), expecting 0 false failures. Prints the wall time and the calibration tables; writes
 # OUT/threads-N.parquet and OUT/threads-N.txt.
-#   bash benchmarks/calibrate.sh [SEEDS=200] [OUT=reports/calibration]   (BACKENDS, SELECT override)
+#   bash benchmarks/calibrate.sh [SEEDS=200] [OUT=.resconf/calibration]   (BACKENDS, SELECT override)
 set -uo pipefail
 seeds=${1:-200}
-out=${2:-reports/calibration}
+out=${2:-.resconf/calibration}
 backends=${BACKENDS:-numpy torch jax}
 # the properties whose allowance is a budget or a band; the bitwise ones (ID-1/2, XB-4) allow nothing
 select=${SELECT:-"test_agreement or test_fused_add_norm or test_gradient or test_negative_control or test_identity_gradient or test_variance"}

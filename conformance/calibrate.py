@@ -76,22 +76,26 @@ def render(cells: dict[tuple[str, str, str], Cell]) -> str:
 def main(argv: list[str]) -> int:
     from resconf.backends.registry import DEFAULT_BACKENDS, default_backends
     from resconf.conformance.check import run_check
+    from resconf.conformance.cli import Parser, at_least, keyword
     from resconf.conformance.options import CheckOptions
 
-    parser = argparse.ArgumentParser(prog="resconf calibrate", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="resconf calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",
                         help="a correct backend to calibrate against (repeatable; default: the installed ones "
                              f"of {', '.join(DEFAULT_BACKENDS)})")
-    parser.add_argument("--seeds", type=int, default=100, help="examples per case (default 100)")
-    parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
-    parser.add_argument("--output", type=Path, help="results Parquet (default: reports/calibration/latest.parquet)")
+    parser.add_argument("--seeds", type=at_least(1), default=100, metavar="N",
+                        help="examples per case (default 100)")
+    parser.add_argument("-k", dest="keyword", type=keyword, metavar="EXPR",
+                        help="only tests matching this pytest -k expression")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="results Parquet (default: .resconf/calibration/latest.parquet)")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     backends = tuple(args.backend) or default_backends()
-    output = args.output or Path("reports") / "calibration" / "latest.parquet"
+    output = args.output or Path(".resconf") / "calibration" / "latest.parquet"
     status = run_check(CheckOptions(backends=backends, profile="calibrate", max_examples=args.seeds, output=output,
                                     pytest_args=("-k", args.keyword) if args.keyword else ()))
+    if status == 2 or not output.is_file():  # refused before any work, or the results could not be written
+        return status or 1
     cells = table(pq.read_table(output).to_pylist())
     print("\nCalibration (hypothesis randomised, fresh seeds):\n" + render(cells))
     false = sum(c.false_failures for c in cells.values())

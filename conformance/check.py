@@ -12,9 +12,9 @@ backend claims, or tested nothing.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -35,6 +35,7 @@ from resconf.conformance.harness_rows import harness_row
 from resconf.conformance.interrupt import Interrupt
 from resconf.conformance.junit import JunitPart, merge_junit
 from resconf.conformance.options import CheckOptions
+from resconf.conformance.outputs import SUMMARY_HEADER, keep_rows, not_ours, unwritable, write_text_atomic
 from resconf.conformance.progress import Progress
 from resconf.conformance.results import COVERAGE_KEY, ResultRow, to_table, write_parquet_atomic
 
@@ -64,9 +65,24 @@ def unavailable_reason(name: str) -> str | None:
     return f"unknown backend {name!r}; installed backends: {', '.join(known_names())} (or give package.module:attr)"
 
 
+def unknown_backend(names: tuple[str, ...]) -> str | None:
+    """A name that is no built-in, entry point or package.module:attr: a typo, refused before any work
+    (a row for it would stay red in every later report)."""
+    for name in names:
+        if name in BUILTIN or name in entry_point_names() or ":" in name:
+            continue
+        close = difflib.get_close_matches(name, [*BUILTIN, *entry_point_names()], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return (f"unknown backend {name!r}; {hint}installed: {', '.join(known_names())} "
+                f"(or give package.module:attr)")
+    return None
+
+
 def default_output(run_id: str) -> Path:
+    """Under .resconf/, as .pytest_cache and .hypothesis: a dot-folder is no package to setuptools'
+    discovery, so the user's `pip install -e .` of a flat-layout project still works."""
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    return Path("reports") / "results" / f"date={day}" / f"run-{run_id}.parquet"
+    return Path(".resconf") / "results" / f"date={day}" / f"run-{run_id}.parquet"
 
 
 def summary_path(output: Path) -> Path:
@@ -86,14 +102,22 @@ def parts_per_backend(opts: CheckOptions) -> int:
 
 
 def run_check(opts: CheckOptions) -> int:
+    """0: nothing unexpected; 1: a failure, or nothing ran on a required device, or the results could not be
+    written; 2: refused before any work (bad input, an output it cannot or must not write), nothing written."""
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     output = opts.output or default_output(run_id)
+    if typo := unknown_backend(opts.backends):
+        print(f"resconf: {typo}", file=sys.stderr)
+        return 2
     if not opts.skip_xfails:
         try:  # a malformed expected-failure file is the user's to fix: one line, before any work
             xfails.load(list(opts.backends), list(opts.xfails))
         except pytest.UsageError as exc:
             print(f"resconf: {exc}", file=sys.stderr)
             return 2
+    if refusal := _output_refusal(opts, output):
+        print(f"resconf: {refusal}", file=sys.stderr)
+        return 2
     problems = {name: reason for name in opts.backends if (reason := unavailable_reason(name))}
     for reason in problems.values():
         print(f"resconf: {reason}", file=sys.stderr)
@@ -112,20 +136,58 @@ def run_check(opts: CheckOptions) -> int:
         rows += [harness_row(name, opts, run_id, "RUN", f"did not run: {reason}") for name, reason in problems.items()]
         rows = [dataclasses.replace(row, **found) for row in rows]
         coverage = {name: run.coverage for name, run in runs.items() if run.coverage}
-        write_parquet_atomic(to_table(rows), output, {COVERAGE_KEY: json.dumps(coverage, sort_keys=True)})
-        if opts.junitxml:
-            own = JunitPart(None, tuple(r for r in rows if r.backend in problems))
-            merge_junit([*(part for run in runs.values() for part in run.junit), own], opts.junitxml)
-        kept = _keep_failed_logs(runs, output)
-    if opts.store_durations:
+        lost = []  # a write that failed at the end (a full disk): said in one line each, never a traceback
+        try:
+            write_parquet_atomic(to_table(rows), output, {COVERAGE_KEY: json.dumps(coverage, sort_keys=True)})
+        except OSError as exc:
+            lost.append(f"cannot write {output}: {exc.strerror or exc}; {keep_rows(r.to_json() for r in rows)}")
+        try:
+            if opts.junitxml:
+                own = JunitPart(None, tuple(r for r in rows if r.backend in problems))
+                merge_junit([*(part for run in runs.values() for part in run.junit), own], opts.junitxml)
+            kept = _keep_failed_logs(runs, output)
+        except OSError as exc:
+            lost.append(f"cannot write {exc.filename or opts.junitxml}: {exc.strerror or exc}")
+            kept = []
+    if opts.store_durations and not lost:
         shards.store_durations(opts.durations_file or shards.DURATIONS_FILE,
                                {shards.duration_key(r.test): r.duration_s for r in rows if r.test != "-"})
     notes = [note for run in runs.values() for note in run.notes] + kept
     text = _summary_text(rows, notes, output)
-    _write_text_atomic(summary_path(output), text)
+    try:
+        write_text_atomic(summary_path(output), f"{SUMMARY_HEADER}, run {run_id}\n{text}\n")
+    except OSError as exc:
+        lost.append(f"cannot write {summary_path(output)}: {exc.strerror or exc}")
     print(text)
+    for line in lost:
+        print(f"resconf: {line}", file=sys.stderr)
+    off = opts.require_device and _off_device(runs)
+    if off:
+        print(f"resconf: --device {opts.device}: no backend ran on the device: {off} (--no-require-device "
+              f"accepts that)", file=sys.stderr)
     unexpected = [r for r in rows if r.outcome in summary.UNEXPECTED]
-    return stop.exit_status if stop.signum else 1 if unexpected else 0
+    return stop.exit_status if stop.signum else 1 if unexpected or off or lost else 0
+
+
+def _output_refusal(opts: CheckOptions, output: Path) -> str | None:
+    """Why the run must not start: an output it could not write at the end, or one that would replace a
+    file resconf did not write (docs/results.md)."""
+    given = [(output, "--output" if opts.output else "results file"), (opts.junitxml, "--junitxml")]
+    if opts.store_durations:
+        given.append((opts.durations_file or shards.DURATIONS_FILE, "durations file"))
+    for path, what in given:
+        if path and (problem := unwritable(path, what)):
+            return problem
+    return not_ours(output, summary_path(output))
+
+
+def _off_device(runs: dict[str, BackendRun]) -> str | None:
+    """Why nothing ran on the device asked for: each backend's reason for skipping it; None when one ran."""
+    skips = {name: run.rows[0].message.removeprefix("skipped: ") for name, run in runs.items()
+             if run.rows and all(r.property == "RUN" and r.outcome == "skipped" for r in run.rows)}
+    if not skips or any(run.rows and name not in skips for name, run in runs.items()):
+        return None
+    return "; ".join(f"{name}: {reason}" for name, reason in skips.items())
 
 
 def _run_backends(names: list[str], opts: CheckOptions, run_id: str, tmp: Path, stop: Interrupt
@@ -257,11 +319,5 @@ def _summary_text(rows: list[ResultRow], notes: list[str], output: Path) -> str:
         parts += ["Unexpected results:", fails, ""]
     parts.append("cases: " + ", ".join(f"{v} {k}" for k, v in outcomes.items()))
     parts.append(f"results: {output}")
-    parts.append(f"report:  resconf report {output} --out reports/out")
+    parts.append(f"report:  resconf report {output} --out .resconf/report")
     return "\n".join(parts)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)

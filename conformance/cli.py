@@ -2,21 +2,73 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable, NoReturn
 
 from resconf.backends.base import DEVICES
 from resconf.backends.registry import DEFAULT_BACKENDS, DEFAULT_GPU_BACKENDS, default_backends
 from resconf.conformance.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 
 HELP = """resconf: conformance and benchmarks for residual connections.
-  resconf check [--backend NAME ...]   run the property suite (default: every installed block backend)
-  resconf calibrate [--seeds N]        run correct backends over fresh random seeds: false failures, worst ratios
-  resconf merge SHARDS... -o OUT       join the shards of a split run (check --shard K/N), coverage checked
-  resconf report RESULTS... --out DIR  turn results (and a benchmark export) into HTML + Markdown
-  resconf bench-export                 asv results -> Parquet with GB/s and roofline fractions
-  resconf --version                    resconf's version, and the results schema and catalogue it writes"""
+
+  resconf check [--backend NAME ...]   run the property suite on the installed
+                                       backends (results under .resconf/)
+  resconf calibrate [--seeds N]        correct backends over fresh random seeds:
+                                       false failures, worst ratios
+  resconf merge SHARDS... -o OUT       join the shards of a split run (check
+                                       --shard K/N), coverage checked
+  resconf report [RESULTS ...]         results and benchmarks as HTML, Markdown
+  resconf bench-export                 asv results -> Parquet, GB/s, roofline
+  resconf --version                    resconf's version, results schema and
+                                       property catalogue
+
+Options of a command: resconf COMMAND --help."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints its whole usage block first), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def seconds(text: str) -> float:
+    """--timeout and the like: a finite number of seconds above 0 (0 would take every case as hung)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """A whole-number option's type: refuses what is not a whole number >= minimum."""
+    def count(text: str) -> int:
+        if not (text.lstrip("-").isdigit() and int(text) >= minimum):
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return int(text)
+    return count
+
+
+def workers(text: str) -> int:
+    """-n: 'auto' (one per CPU) or a number of processes."""
+    return (os.cpu_count() or 1) if text == "auto" else at_least(0)(text)
+
+
+def keyword(text: str) -> str:
+    """-k, compiled by pytest's own parser now: a typo is refused before any worker starts."""
+    from _pytest.mark import expression
+    try:
+        expression.Expression.compile(text)
+    except (SyntaxError, getattr(expression, "ParseError", SyntaxError)) as exc:  # ParseError: pytest 8
+        detail = getattr(exc, "msg", None) or getattr(exc, "message", None) or str(exc)
+        raise argparse.ArgumentTypeError(f"not a pytest -k expression: {text!r}: {detail}") from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,29 +109,34 @@ def check_main(argv: list[str]) -> int:
     from resconf.conformance.options import CheckOptions
     from resconf.conformance.shards import DURATIONS_FILE, Shard
 
-    parser = argparse.ArgumentParser(prog="resconf check", description="Run the conformance suite.",
-                                     epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")
+    parser = Parser(prog="resconf check", description="Run the conformance suite.",
+                    epilog="Arguments after -- go to pytest, e.g. -- -x --lf.")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",
                         help="built-in name, entry point, or package.module:attr (repeatable; "
                              f"default: the installed ones of {', '.join(DEFAULT_BACKENDS)} on cpu, "
                              f"{', '.join(DEFAULT_GPU_BACKENDS)} on cuda)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES,
+    parser.add_argument("--device", choices=DEVICES,
                         help="cpu (default) or cuda; a backend that does not run there is skipped, with the reason")
+    parser.add_argument("--require-device", action=argparse.BooleanOptionalAction,
+                        help="fail the run when no backend ran on the device, each skipped it (default: on when "
+                             "--device is given)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
                         help="ci: fast, derandomised (default); nightly: 300 examples, saved database replayed first; "
                              "dev: 25 examples; smoke: 4 examples, no shrinking; calibrate: fresh random seeds")
-    parser.add_argument("--max-examples", type=int, metavar="N", help="examples per property, overriding the profile's")
-    parser.add_argument("--output", type=Path, help="results Parquet (default: reports/results/date=.../run-....parquet)")
-    parser.add_argument("--junitxml", type=Path, help="also write JUnit XML here")
+    parser.add_argument("--max-examples", type=at_least(1), metavar="N",
+                        help="examples per property, overriding the profile's")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="results Parquet (default: .resconf/results/date=.../run-....parquet)")
+    parser.add_argument("--junitxml", type=Path, metavar="FILE", help="also write JUnit XML here")
     parser.add_argument("--xfails", action="append", default=[], type=Path, metavar="FILE",
                         help="expected-failure file (TOML), on top of the built-in ones (repeatable)")
     parser.add_argument("--skip-xfails", action="store_true", help="ignore every expected-failure entry")
-    parser.add_argument("-k", dest="keyword", help="only tests matching this pytest -k expression")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per test (default 600)")
-    parser.add_argument("--worker-timeout", type=float, metavar="S",
+    parser.add_argument("-k", dest="keyword", type=keyword, metavar="EXPR", help="only tests matching this pytest -k expression")
+    parser.add_argument("--timeout", type=seconds, default=600.0, metavar="S", help="seconds allowed per test (default 600)")
+    parser.add_argument("--worker-timeout", type=seconds, metavar="S",
                         help="kill each worker process S seconds after it starts (default: derived from --timeout, "
                              "the profile and the cases it runs; docs/scaling.md)")
-    parser.add_argument("-n", "--workers", default="auto", metavar="N",
+    parser.add_argument("-n", "--workers", type=workers, default="auto", metavar="N",
                         help="worker processes at once (default auto: one per CPU); each backend is split in N "
                              "parts so no core idles; -n 0 or 1: one backend after another, unsplit")
     parser.add_argument("--shard", metavar="K/N", help="run only shard K of N of the selected cases (CI "
@@ -90,31 +147,22 @@ def check_main(argv: list[str]) -> int:
                         help="record this run's case durations in the durations file")
     own, _, passthrough = _split_dashdash(argv)
     args = parser.parse_args(own)
-    if args.max_examples is not None and args.max_examples < 1:
-        parser.error(f"--max-examples must be at least 1, got {args.max_examples}")
-    if args.worker_timeout is not None and not args.worker_timeout > 0:
-        parser.error(f"--worker-timeout takes seconds above 0, got {args.worker_timeout:g}")
-    workers = (os.cpu_count() or 1) if args.workers == "auto" else _count(parser, args.workers)
     if args.shard:
         try:
             Shard.parse(args.shard)
         except ValueError as exc:
             parser.error(str(exc))
-    backends = tuple(args.backend) or default_backends(args.device)
+    device = args.device or "cpu"
+    backends = tuple(args.backend) or default_backends(device)
     pytest_args = (("-k", args.keyword) if args.keyword else ()) + tuple(passthrough)
-    return run_check(CheckOptions(backends=backends, device=args.device, profile=args.profile,
+    require_device = args.device is not None if args.require_device is None else args.require_device
+    return run_check(CheckOptions(backends=backends, device=device, profile=args.profile,
                                   max_examples=args.max_examples, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
                                   test_timeout_s=args.timeout, worker_timeout_s=args.worker_timeout,
-                                  pytest_args=pytest_args, workers=workers,
+                                  pytest_args=pytest_args, workers=args.workers, require_device=require_device,
                                   shard=args.shard, durations_file=args.durations_file,
                                   store_durations=args.store_durations))
-
-
-def _count(parser: argparse.ArgumentParser, text: str) -> int:
-    if not text.isdigit():
-        parser.error(f"-n/--workers takes a number of processes or 'auto', got {text!r}")
-    return int(text)
 
 
 def _split_dashdash(argv: list[str]) -> tuple[list[str], str, list[str]]:

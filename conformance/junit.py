@@ -2,12 +2,12 @@
 wrote none."""
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from resconf.conformance import summary
+from resconf.conformance.outputs import write_atomic
 from resconf.conformance.plugin import JUNIT_PROPERTIES
 from resconf.conformance.results import ResultRow
 from resconf.conformance.worker import junit_suite_name
@@ -40,9 +40,7 @@ def merge_junit(parts: list[JunitPart], target: Path) -> None:
     for total in ("tests", "failures", "errors"):
         root.set(total, str(sum(int(suite.get(total, "0")) for suite in root)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, target)
+    write_atomic(target, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 COUNTS = ("tests", "failures", "errors", "skipped")

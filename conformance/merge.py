@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from resconf.conformance import guard, summary
 from resconf.conformance.harness_rows import harness_row
 from resconf.conformance.options import CheckOptions
+from resconf.conformance.outputs import unwritable
 from resconf.conformance.shards import Shard
 from resconf.conformance.results import COVERAGE_KEY, ResultRow, read_results, row_from_record, to_table, \
     write_parquet_atomic
@@ -134,6 +135,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("shards", nargs="+", type=Path, metavar="SHARD.parquet")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.parquet")
     args = parser.parse_args(argv)
+    if problem := unwritable(args.output, "-o"):  # before reading: a folder or read-only place fails at once
+        print(f"resconf merge: {problem}; nothing written", file=sys.stderr)
+        return 2
     try:
         rows, coverage = read_shards(args.shards)
         check_complete(rows)

@@ -24,6 +24,7 @@ class CheckOptions:
     shard: str | None = None  # "K/N": this run is shard K of N (CI matrices; `resconf merge` joins them)
     durations_file: Path | None = None  # recorded case durations that balance shards and parts
     store_durations: bool = False  # record this run's case durations into durations_file
+    require_device: bool = False  # fail the run when no backend ran on `device` (each skipped it)
 
     @property
     def hung_after_s(self) -> float:

@@ -6,15 +6,20 @@ durations file, so the N shards are disjoint and together hold every selected ca
 """
 from __future__ import annotations
 
+import fcntl
 import json
-import os
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pytest
 
-DURATIONS_FILE = Path("resconf-durations.json")  # in the folder resconf runs from; commit it for CI matrices
+from resconf.conformance.outputs import write_text_atomic
+
+# In the folder resconf runs from, beside the results; commit it for CI matrices (docs/scaling.md).
+DURATIONS_FILE = Path(".resconf") / "durations.json"
 UNKNOWN_S = 0.5  # the duration assumed for a case the file does not know (a new test)
 
 
@@ -49,23 +54,36 @@ def partition(nodeids: Iterable[str], durations: dict[str, float], count: int) -
 
 
 def load_durations(path: Path | None) -> dict[str, float]:
-    """The recorded case durations; an absent file means none (every case counts UNKNOWN_S)."""
+    """The recorded case durations; an absent file means none (every case counts UNKNOWN_S), and so does a
+    damaged one, with a warning: durations only balance the shards, so no run should fail over them."""
     if path is None or not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"durations file {path} is not JSON ({exc}); delete it or rerun with "
-                         f"--store-durations") from None
-    return {str(k): float(v) for k, v in data.items()}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object of node id -> seconds, got a {type(data).__name__}")
+        return {str(k): _seconds(k, v) for k, v in data.items()}
+    except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"resconf: ignoring damaged durations file {path}: {exc} (--store-durations rewrites it)",
+              file=sys.stderr)
+        return {}
+
+
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key!r}: expected a number of seconds, got {value!r}")
+    return float(value)
 
 
 def store_durations(path: Path, measured: dict[str, float]) -> None:
-    """Merge newly measured durations into the file, atomically (sorted, so diffs stay readable)."""
-    merged = {**load_durations(path), **{k: round(v, 3) for k, v in measured.items()}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
-    os.replace(tmp, path)
+    """Merge newly measured durations into the file (sorted, so diffs stay readable). The read-merge-write
+    holds a lock file beside it, so runs updating it at once keep each other's entries; the write goes
+    through a unique temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        merged = {**load_durations(path), **{k: round(v, 3) for k, v in measured.items()}}
+        write_text_atomic(path, json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
 
 
 def duration_key(nodeid: str) -> str:

@@ -33,20 +33,19 @@ def test_mutant_fails_with_property_counterexample_and_rerun(tmp_path):
     assert outcomes == {(f"placement={p},init={i},layer={layer}", "failed" if p == "pre" else "passed")
                         for p, i in (("pre", "zero"), ("rezero", "zero"), ("rezero", "rezero"))
                         for layer in ("block", "preset")}, "only the pre sublayers lost their skip"
-    assert (tmp_path / "_r.summary.txt").read_text().startswith("property ")
+    assert (tmp_path / "_r.summary.txt").read_text().startswith("resconf check summary, run ")
 
 
-def test_unknown_backend_is_one_line_and_the_others_still_run(tmp_path):
+def test_unknown_backend_is_one_line_and_nothing_runs(tmp_path):
+    """A name that is no backend is a typo: refused (usage, exit 2) before any work, so no red row stays in
+    the results; with nothing close to it, no suggestion (tests/test_check_inputs.py has the "did you mean")."""
     out = tmp_path / "r.parquet"
     proc = resconf("check", "--backend", "nosuch", "--backend", "numpy", "--output", str(out),
                    "-k", "test_identity_block and float32")
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if "nosuch" in line]
-    assert errors == [f"resconf: unknown backend 'nosuch'; installed backends: {', '.join(installed_builtins())} "
-                      "(or give package.module:attr)"]
-    rows = pq.read_table(out).to_pylist()
-    assert {r["outcome"] for r in rows if r["backend"] == "numpy"} == {"passed"}
-    assert [r["property"] for r in rows if r["backend"] == "nosuch"] == ["RUN"]
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"resconf: unknown backend 'nosuch'; installed: "
+                                        f"{', '.join(installed_builtins())} (or give package.module:attr)"]
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 def test_backend_that_cannot_load_is_reported_not_crashed(tmp_path):
@@ -86,16 +85,20 @@ def test_kernel_backend_passes_the_fused_properties(name, tmp_path):
     assert {"XB-3", "XB-4", "BI-1", "BI-2", "BI-4"} <= passed, f"passing properties: {sorted(passed)}"
 
 
-def test_a_device_the_machine_lacks_skips_each_backend_with_the_reason(tmp_path):
+def test_a_device_the_machine_lacks_skips_each_backend_and_fails_the_run(tmp_path):
     """--device cuda on a machine without a GPU: every backend skipped and why, the oracle (a CPU
-    reference) included, and the run exits 0: nothing was found wrong."""
+    reference) included, and the run fails (--require-device, on with --device): nothing ran on the device,
+    which a CI job must not take for "all good" (tests/test_check_inputs.py: --no-require-device)."""
     pytest.importorskip("torch")
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the cuda run is a real one")
     out = tmp_path / "r.parquet"
     proc = resconf("check", "--backend", "numpy", "--backend", "torch", "--device", "cuda", "--output", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [reason] = [line for line in proc.stderr.splitlines() if "no backend ran" in line]
+    assert reason.startswith("resconf: --device cuda: no backend ran on the device: ")
+    assert "numpy: backend 'numpy' runs on cpu, not on cuda" in reason and "torch: backend 'torch': device" in reason
     assert "backend numpy skipped: backend 'numpy' runs on cpu, not on cuda" in proc.stdout
     assert "backend torch skipped: backend 'torch': device 'cuda' asked for, but torch" in proc.stdout
     rows = pq.read_table(out).to_pylist()

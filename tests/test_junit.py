@@ -28,11 +28,12 @@ CASE_PROPERTIES = ["property", "backend", "device", "dtype", "config"]
 @pytest.fixture(scope="module")
 def junit(tmp_path_factory) -> ET.Element:
     """numpy (healthy), a backend that exits mid-case (a worker-written and a supervisor-written part), and
-    an unknown backend (supervisor rows only)."""
+    a backend that cannot load (supervisor rows only)."""
     tmp = tmp_path_factory.mktemp("junit")
     proc = subprocess.run(
         [sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", "numpy",
-         "--backend", "tests.broken_backends:Exits", "--backend", "no_such_backend", "--profile", "smoke", "-n", "2",
+         "--backend", "tests.broken_backends:Exits", "--backend", "tests.no_such_module:B",
+         "--profile", "smoke", "-n", "2",
          "--output", str(tmp / "r.parquet"), "--junitxml", str(tmp / "junit.xml"),
          "-k", "test_identity_block and float64 and not preset"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
@@ -60,7 +61,8 @@ def test_one_suite_per_backend(junit):
     """-n 2 splits each backend into two workers, each writing a suite, plus the supervisor's rows: one
     suite per backend all the same, its counts those of its own testcases."""
     names = [suite.get("name") for suite in junit.iter("testsuite")]
-    assert sorted(names) == ["resconf.no_such_backend", "resconf.numpy", "resconf.tests.broken_backends:Exits"]
+    assert sorted(names) == ["resconf.numpy", "resconf.tests.broken_backends:Exits",
+                            "resconf.tests.no_such_module:B"]
     for suite in junit.iter("testsuite"):
         cases = suite.findall("testcase")
         assert int(suite.get("tests")) == len(cases), suite.get("name")
@@ -88,7 +90,7 @@ def test_every_testcase_says_what_it_checked(junit):
 def test_the_harness_rows_are_named_and_failed(junit):
     cases = {c.get("name"): c for c in junit.iter("testcase")}
     [run] = [c for name, c in cases.items() if name.startswith("RUN")]
-    assert "unknown backend 'no_such_backend'" in run.find("failure").get("message")
+    assert "cannot import 'tests.no_such_module'" in run.find("failure").get("message")
     died = [c for c in cases.values() if c.find("failure") is not None and "exited with status 1" in
             c.find("failure").get("message")]
     assert {c.get("name") for c in died} == {f"conformance/test_identity.py::test_identity_block"
