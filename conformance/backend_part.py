@@ -35,6 +35,7 @@ class PartRun:
     guardable: bool = False  # it ended in order or recorded its dead cases: coverage can be judged
     load_error: str | None = None
     logs: tuple[Path, ...] = ()  # the worker's output, one file per attempt
+    backend: str | None = None  # the backend's own name, once a worker loaded it (rows are keyed by it)
 
 
 def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: str | None,
@@ -46,6 +47,7 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
     junits: list[JunitPart] = []
     logs: list[Path] = []
     manifest: guard.Manifest | None = None
+    backend: str | None = None  # its own name, from the first worker that loaded it
     done: set[str] = set()
     dead: set[str] = set()
     ended_in_order = False
@@ -64,6 +66,7 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
         done = {r.test for r in worker_rows}
         log = guard.read_events(events)
         manifest = manifest or log.manifest
+        backend = backend or log.backend
         if attempt == 0 and exit.status == WORKER_LOAD_FAILED and log.manifest is None:
             return PartRun((), (), (), load_error=exit_message(exit.tail) or f"backend {name!r} failed to load",
                            logs=tuple(logs))
@@ -104,7 +107,7 @@ def run_part(name: str, opts: CheckOptions, run_id: str, workdir: Path, shard: s
                      f"({len(left)} left)")
         say(f"resconf: {notes[-1]}")
     return PartRun(tuple(worker_rows + own), (*junits, JunitPart(None, tuple(own))), tuple(notes), manifest,
-                   guardable=ended_in_order or bool(dead), logs=tuple(logs))
+                   guardable=ended_in_order or bool(dead), logs=tuple(logs), backend=backend)
 
 
 def unrun_reason(exit: worker.WorkerExit, opts: CheckOptions, stop: Interrupt, attempt: int) -> str | None:

@@ -31,7 +31,7 @@ import pytest
 from resconf.backends.registry import BUILTIN, entry_point_names, known_names
 from resconf.conformance import guard, provenance, shards, summary, worker, xfails
 from resconf.conformance.backend_part import NOTHING_RAN, PartRun, run_part
-from resconf.conformance.harness_rows import harness_row
+from resconf.conformance.harness_rows import as_backend, harness_row
 from resconf.conformance.interrupt import Interrupt
 from resconf.conformance.junit import JunitPart, merge_junit
 from resconf.conformance.options import CheckOptions
@@ -50,6 +50,7 @@ class BackendRun:
     load_error: str | None = None
     logs: tuple[Path, ...] = ()
     coverage: dict | None = None  # what the whole suite covers for it: `resconf merge` checks shards against it
+    backend: str = ""  # its own name (its rows' backend), where a worker loaded it
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -135,7 +136,7 @@ def run_check(opts: CheckOptions) -> int:
         rows = [row for run in runs.values() for row in run.rows]
         rows += [harness_row(name, opts, run_id, "RUN", f"did not run: {reason}") for name, reason in problems.items()]
         rows = [dataclasses.replace(row, **found) for row in rows]
-        coverage = {name: run.coverage for name, run in runs.items() if run.coverage}
+        coverage = {run.backend or name: run.coverage for name, run in runs.items() if run.coverage}
         lost = []  # a write that failed at the end (a full disk): said in one line each, never a traceback
         try:
             write_parquet_atomic(to_table(rows), output, {COVERAGE_KEY: json.dumps(coverage, sort_keys=True)})
@@ -254,7 +255,9 @@ def _join(name: str, opts: CheckOptions, run_id: str, parts: list[PartRun]) -> B
             rows += guard_rows
             notes += guard_notes
             junit.append(JunitPart(None, tuple(guard_rows)))
-    return BackendRun(tuple(rows), tuple(junit), tuple(notes), logs=logs, coverage=coverage)
+    own = next((p.backend for p in parts if p.backend), name)  # rows are keyed by the backend's own name
+    return as_backend(BackendRun(tuple(rows), tuple(junit), tuple(notes), logs=logs, coverage=coverage,
+                                 backend=own), name, own)
 
 
 def _once(rows: list[ResultRow]) -> list[ResultRow]:

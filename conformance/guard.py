@@ -1,6 +1,7 @@
 """What a worker tells `resconf check` besides its result rows, and the guards built on it.
 
 A worker (one pytest process per backend) appends events to a JSON-lines file as it goes: the
+backend's own name once loaded (the supervisor's rows are keyed by it, as the worker's are), the
 manifest of everything it collected, `started`/`ended` around each case, and `finished` when the
 session ends in order. From them the supervisor knows which case was running when a worker died or
 hung (so that case gets a failed row and the worker can resume without it), and whether the run
@@ -34,7 +35,7 @@ class Case:
 class Manifest:
     """Everything the worker collected, before any deselection, and what was left selected."""
 
-    backend: str
+    backend: str  # the backend's own name (its `name`), whatever spelling selected it
     claimed_dtypes: tuple[str, ...]
     filtered: bool  # the user narrowed the run with -k or -m: missing coverage only warns
     cases: tuple[Case, ...]
@@ -59,14 +60,15 @@ class WorkerLog:
     started: tuple[Case, ...]
     ended: frozenset[str]
     finished_status: int | None  # pytest's exit status; None when the session did not end in order
+    backend: str | None = None  # the backend's own name, once the worker loaded it (rows are keyed by it)
 
 
-# --- worker side: a pytest plugin object, registered by conformance.plugin when --events-jsonl is given ---
+# --- worker side: a pytest plugin object, registered by conformance.plugin when --resconf-events-jsonl is given ---
 
 class EventWriter:
     """Appends one flushed line per event, so a worker killed at any moment leaves every earlier event."""
 
-    def __init__(self, path: Path, backend: str, claimed_dtypes: Callable[[], tuple[str, ...]],
+    def __init__(self, path: Path, backend: Callable[[], str], claimed_dtypes: Callable[[], tuple[str, ...]],
                  describe: Callable[[pytest.Item], Case], already_run: frozenset[str]) -> None:
         self.path = path
         self.backend = backend
@@ -79,6 +81,10 @@ class EventWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps({"event": event, **fields}) + "\n")
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self) -> None:  # after conformance.plugin loaded the backend (a failure exits first)
+        self.emit("loaded", backend=self.backend())
+
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.skipped:  # e.g. a module-level importorskip: its properties silently vanish otherwise
             path, _, reason = report.longrepr if isinstance(report.longrepr, tuple) else ("", 0, report.longrepr)
@@ -89,7 +95,7 @@ class EventWriter:
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]):
         everything = list(items)  # before -k, -m, --deselect and any other plugin narrow it
         yield
-        manifest = Manifest(backend=self.backend, claimed_dtypes=self.claimed_dtypes(),
+        manifest = Manifest(backend=self.backend(), claimed_dtypes=self.claimed_dtypes(),
                             filtered=bool(config.getoption("keyword") or config.getoption("markexpr")),
                             cases=tuple(self.describe(item) for item in everything),
                             selected=frozenset(item.nodeid for item in items),
@@ -114,7 +120,7 @@ class EventWriter:
 # --- supervisor side ---
 
 def read_events(path: Path) -> WorkerLog:
-    manifest, started, ended, status = None, [], set(), None
+    manifest, started, ended, status, backend = None, [], set(), None, None
     lines = path.read_text().splitlines() if path.exists() else []
     for line in lines:
         try:
@@ -122,7 +128,9 @@ def read_events(path: Path) -> WorkerLog:
         except json.JSONDecodeError:  # the torn last line of a killed worker
             continue
         kind = event.get("event")
-        if kind == "collected":
+        if kind == "loaded":
+            backend = event["backend"]
+        elif kind == "collected":
             manifest = Manifest.from_json(event["manifest"])
         elif kind == "started":
             started.append(Case(**event["case"]))
@@ -130,7 +138,8 @@ def read_events(path: Path) -> WorkerLog:
             ended.add(event["test"])
         elif kind == "finished":
             status = event["status"]
-    return WorkerLog(manifest=manifest, started=tuple(started), ended=frozenset(ended), finished_status=status)
+    return WorkerLog(manifest=manifest, started=tuple(started), ended=frozenset(ended), finished_status=status,
+                     backend=backend)
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 
 Registered as a `pytest11` entry point, so it loads in every pytest session of an environment that has
 resconf installed; it acts only when the session runs the suite (its folder or `--pyargs
-resconf.conformance` among the arguments, or a `--backend` given). `resconf check` is a thin front over
+resconf.conformance` among the arguments, or a `--resconf-backend` given). `resconf check` is a thin front over
 this; `pytest --pyargs resconf.conformance --resconf-backend torch` works from any folder as well.
 """
 from __future__ import annotations
 
 import json
 import platform
+import shlex
 import signal
 import threading
 import zlib
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from resconf.backends.base import DEVICES, DeviceUnavailable
+from resconf.backends.base import DEVICES, Backend, DeviceUnavailable
 from resconf.backends.config import DTYPES
 from resconf.backends.registry import load_backend
 from resconf.conformance import hypothesis_helpers as hh
@@ -118,29 +119,29 @@ def pytest_configure(config: pytest.Config) -> None:
     if events:
         already = config.getoption("--resconf-already-run")
         done = frozenset(Path(already).read_text().splitlines()) if already else frozenset()
-        name = (config.getoption("--resconf-backend") or ["numpy"])[0]
-        device = config.getoption("--resconf-device")
-        claimed = lambda: tuple(sorted(_LOADED[(name, device)].capabilities.dtypes))  # noqa: E731  loaded later
+        spelled = (config.getoption("--resconf-backend") or ["numpy"])[0]
+        name = lambda: _NAME_OF[spelled]  # noqa: E731  known once loaded (pytest_sessionstart)
+        claimed = lambda: tuple(sorted(_LOADED[name()].capabilities.dtypes))  # noqa: E731
         config.pluginmanager.register(EventWriter(Path(events), name, claimed, _case_of, done), "resconf-events")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not _active(metafunc.config):
         return
-    if "backend_name" in metafunc.fixturenames:
-        names = metafunc.config.getoption("--resconf-backend") or ["numpy"]
-        metafunc.parametrize("backend_name", names, ids=[_short(n) for n in names], scope="session")
+    if "backend_name" in metafunc.fixturenames:  # by the backend's own name, whatever spelling selected it
+        names = list(dict.fromkeys(_NAME_OF.values()))
+        metafunc.parametrize("backend_name", names, ids=names, scope="session")
     if "dtype" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("dtypes")
         metafunc.parametrize("dtype", marker.args if marker else DTYPES)
 
 
-def _short(spec: str) -> str:
-    """A test-id friendly name: `pkg.mod:Attr` -> `Attr`."""
-    return spec.rsplit(":", 1)[-1]
-
-
-_LOADED: dict[tuple[str, str], object] = {}
+# The session's backends by their own name (`name`), which keys test ids, rows and expected failures, and
+# the spelling that selected each (a built-in name, an entry point, pkg.mod:Class), which rerun lines keep.
+_LOADED: dict[str, Backend] = {}
+_NAME_OF: dict[str, str] = {}  # spelling -> own name
+_SPELLING: dict[str, str] = {}  # own name -> spelling
+_VERSIONS: dict[str, str] = {}  # own name -> the backend_versions column
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -150,20 +151,67 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not _active(config):
         return
     device = config.getoption("--resconf-device")
-    for name in config.getoption("--resconf-backend") or ["numpy"]:
+    for known in (_LOADED, _NAME_OF, _SPELLING, _VERSIONS):
+        known.clear()
+    for spelled in config.getoption("--resconf-backend") or ["numpy"]:
         try:
-            _LOADED[(name, device)] = load_backend(name, device=device)
+            backend = load_backend(spelled, device=device)
         except DeviceUnavailable as exc:
             pytest.exit(f"resconf: skipped: {exc}", returncode=WORKER_NO_DEVICE)
         except Exception as exc:  # noqa: BLE001  any import or constructor error ends the run the same way
-            pytest.exit(f"resconf: backend {name!r} could not be loaded on {device}: {exc}",
+            pytest.exit(f"backend {spelled!r} could not be loaded on {device}: {_one_line(exc)}",
                         returncode=WORKER_LOAD_FAILED)
+        try:  # read here, once: raising later, it would end the session as pytest's internal error
+            backend.capabilities.dtypes
+        except Exception as exc:  # noqa: BLE001
+            pytest.exit(f"backend {spelled!r} could not be loaded on {device}: its capabilities raised "
+                        f"{type(exc).__name__}: {_one_line(exc)}", returncode=WORKER_LOAD_FAILED)
+        name = own_name(backend)
+        if name in _LOADED and type(_LOADED[name]) is not type(backend):
+            raise pytest.UsageError(f"backends {_SPELLING[name]!r} and {spelled!r} are both named {name!r} (their "
+                                    "`name`), which keys test ids, results and expected failures: give each its own")
+        _NAME_OF[spelled] = name
+        if name not in _LOADED:  # one backend by two spellings runs once, under the first
+            _LOADED[name], _SPELLING[name], _VERSIONS[name] = backend, spelled, _versions(backend)
+    if len(_LOADED) == 1:
+        [(name, spelled)] = _SPELLING.items()
+        _name_junit_suite(config, name, spelled)
+
+
+def own_name(backend: Backend) -> str:
+    """A backend's own name: its `name`, or its class's where it left the base class's default."""
+    name = backend.name
+    return name if isinstance(name, str) and name.strip() and name != Backend.name else type(backend).__name__
+
+
+def _versions(backend: Backend) -> str:
+    """The backend_versions column: its versions() as JSON, or what went wrong (the cases run all the same)."""
+    try:
+        return json.dumps(backend.versions(), sort_keys=True)
+    except Exception as exc:  # noqa: BLE001  an adapter's bug in versions() must not stop its cases
+        return json.dumps({"error": f"versions() raised {type(exc).__name__}: {_one_line(exc)}"})
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _name_junit_suite(config: pytest.Config, name: str, spelled: str) -> None:
+    """resconf check names a worker's JUnit suite after the backend as spelled; it is renamed after the
+    backend's own name, as its rows are (pytest's LogXML reads suite_name when it writes the file)."""
+    from _pytest.junitxml import xml_key
+
+    from resconf.conformance.worker import junit_suite_name
+
+    xml = config.stash.get(xml_key, None)
+    if xml is not None and xml.suite_name == junit_suite_name(spelled):
+        xml.suite_name = junit_suite_name(name)
 
 
 @pytest.fixture(scope="session")
-def backend(backend_name: str, request: pytest.FixtureRequest):
-    device = request.config.getoption("--resconf-device")
-    return _LOADED[(backend_name, device)]
+def backend(backend_name: str):
+    return _LOADED[backend_name]
 
 
 @pytest.fixture
@@ -220,10 +268,12 @@ def _subject_of(item: pytest.Item) -> str:
 
 
 def _rerun_of(item: pytest.Item) -> str:
-    p = _params_of(item)
+    """The case alone, with the backend as the user spelled it (its own name may not load it)."""
+    name = str(_params_of(item).get("backend_name", "numpy"))
     cfg = item.config
-    return (f"resconf check --backend {p.get('backend_name', 'numpy')} --device {cfg.getoption('--resconf-device')} "
-            f"--profile {cfg.getoption('--resconf-profile')} -k '{item.name}'")
+    return shlex.join(["resconf", "check", "--backend", _SPELLING.get(name, name), "--device",
+                       cfg.getoption("--resconf-device"), "--profile", cfg.getoption("--resconf-profile"),
+                       "-k", item.name])
 
 
 def _case_of(item: pytest.Item) -> Case:
@@ -257,10 +307,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if config.getoption("--resconf-skip-xfails"):
         return
     filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
-    names = config.getoption("--resconf-backend") or ["numpy"]
-    entries = xfails.load(names, [Path(p) for p in config.getoption("--resconf-xfails")])
-    entries = [e for e in entries if e.backend is None or e.backend in names]  # a shared file names others too
-    unmatched = xfails.apply(entries, items, _params_of, _property_of)
+    entries = xfails.for_session(_NAME_OF, [Path(p) for p in config.getoption("--resconf-xfails")])
+    names_of = lambda name: frozenset({name} | {s for s, n in _NAME_OF.items() if n == name})  # noqa: E731
+    unmatched = xfails.apply(entries, items, _params_of, _property_of, names_of)
     collected = {_property_of(item) for item in items}
     unmatched = [e for e in unmatched if e.property in collected]  # a run of one file checks its own entries
     if unmatched and not filtered:  # with -k/-m, an entry may match only deselected cases
@@ -326,10 +375,21 @@ def _first_line(report: pytest.TestReport) -> str:
         reason = str(report.longrepr).removeprefix(STRICT_XPASS).strip()
         return f"passed, but an expected-failure entry says it fails (stale? remove it): {reason}"
     text = report.longreprtext or ""
-    for line in text.splitlines():
+    for line in _raised(text).splitlines():
         if line.startswith("E ") and line[2:].strip():
             return line[2:].strip()[:500]
     return text.strip().splitlines()[-1][:500] if text.strip() else ""
+
+
+CHAINED = ("The above exception was the direct cause of the following exception:",  # raise X from Y
+           "During handling of the above exception, another exception occurred:")  # raise X in an except
+
+
+def _raised(text: str) -> str:
+    """The part of a failure's text about the exception actually raised: a chain prints its causes first."""
+    for separator in CHAINED:
+        text = text.rsplit(separator, 1)[-1]
+    return text
 
 
 HYPOTHESIS_HEADERS = ("Falsifying example", "Failing test case")  # older and newer hypothesis wording
@@ -359,8 +419,6 @@ def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) ->
     outcome = _outcome(report)
     assert outcome in OUTCOMES
     counterexample, blob = _counterexample(report) if report.failed else ("", "")
-    backend = _LOADED.get((params.get("backend_name", ""), item.config.getoption("--resconf-device")))
-    versions = backend.versions() if backend is not None else {}
     curves = recorder.curves if recorder else []
     row = ResultRow(
         run_id=item.config.getoption("--resconf-run-id") or "adhoc",
@@ -372,7 +430,7 @@ def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) ->
         counterexample=counterexample, message=_first_line(report) if outcome != "passed" else "",
         rerun=_rerun_of(item), seed=blob, examples=recorder.examples if recorder else 0, duration_s=duration,
         curve_x=[c[1] for c in curves], curve_y=[c[2] for c in curves], curve_label=[c[0] for c in curves],
-        suite_version=_suite_version(), backend_versions=json.dumps(versions, sort_keys=True),
+        suite_version=_suite_version(), backend_versions=_VERSIONS.get(str(params.get("backend_name")), "{}"),
         python_version=platform.python_version(), machine=f"{platform.node()} {platform.machine()}",
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -3,20 +3,24 @@
 TOML, one [[xfail]] table per entry:
 
     [[xfail]]
-    property = "ID-1"                        # required: the property ID
+    property = "ID-1"                        # required: a property ID the suite checks (docs/spec.md)
     test = "test_identity_subnormal"         # optional: the test function (prefix of the test name)
     dtype = "float32"                        # optional: one dtype
     config = "branch=attention"              # optional: key=value pairs (comma-separated) the case's
                                              #   parameters must have
     backend = "jax"                          # optional in a backend's own file, required in --xfails files
-                                             #   that cover several backends
+                                             #   that cover several backends: the backend's own name (its
+                                             #   `name`), or the spelling given to --backend
     reason = "XLA:CPU flushes subnormals"    # required: why this is expected
 
-Built-in backends ship theirs as conformance/xfails/<name>.toml. Matched cases run as strict xfails:
-a case that starts passing fails the run (the entry is stale), and so does an entry matching nothing.
+Every value is a string. Built-in backends ship theirs as conformance/xfails/<name>.toml, by the backend's
+own name, so it applies whichever spelling selected the backend. Matched cases run as strict xfails: a
+case that starts passing fails the run (the entry is stale), and so does an entry matching nothing.
 """
 from __future__ import annotations
 
+import functools
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,12 @@ from typing import Callable
 
 import pytest
 
-BUILTIN_DIR = Path(__file__).parent / "xfails"
+from resconf.backends.config import DTYPES
+
+SUITE_DIR = Path(__file__).parent
+BUILTIN_DIR = SUITE_DIR / "xfails"
+KEYS = ("property", "reason", "test", "dtype", "backend", "config")
+PROPERTY_MARK = re.compile(r"""@pytest\.mark\.property\(["']([A-Z]{2,}-\d+)["']\)""")
 
 
 @dataclass(frozen=True)
@@ -41,33 +50,81 @@ class XfailEntry:
         keys = ("backend", "property", "test", "dtype", "config")
         return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k) is not None)
 
-    def matches(self, backend: str, prop: str, test_name: str, params: dict) -> bool:
-        wanted = dict(pair.split("=", 1) for pair in self.config.split(",")) if self.config else {}
-        return (self.property == prop and (self.backend is None or self.backend == backend)
+    def matches(self, backend_names: frozenset[str], prop: str, test_name: str, params: dict) -> bool:
+        """Whether the entry covers a case of the backend known here by `backend_names` (its own name and
+        the spelling that selected it)."""
+        wanted = config_pairs(self.config) if self.config else {}
+        return (self.property == prop and (self.backend is None or self.backend in backend_names)
                 and (self.test is None or test_name.startswith(self.test))
                 and (self.dtype is None or self.dtype == params.get("dtype"))
-                and all(str(params.get(k.strip())) == v.strip() for k, v in wanted.items()))
+                and all(str(params.get(k)) == v for k, v in wanted.items()))
 
 
 def parse(path: Path, backend: str | None = None) -> list[XfailEntry]:
-    """Entries of one file; `backend` fills in the backend of a backend's own file."""
+    """Entries of one file; `backend` fills in the backend of a backend's own file. Every mistake is a
+    one-line UsageError naming the file, the entry and what was expected."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise pytest.UsageError(f"expected-failure file {path}: {exc}") from None
-    entries = []
-    for i, raw in enumerate(data.get("xfail", [])):
-        missing = [k for k in ("property", "reason") if not str(raw.get(k, "")).strip()]
-        unknown = set(raw) - {"property", "reason", "test", "dtype", "backend", "config"}
-        if missing or unknown:
-            raise pytest.UsageError(f"{path}: entry {i + 1} needs property and reason; "
-                                    f"missing {missing}, unknown keys {sorted(unknown)}")
-        entries.append(XfailEntry(source=str(path), backend=raw.get("backend", backend),
-                                  **{k: raw[k] for k in ("property", "reason", "test", "dtype", "config") if k in raw}))
-    return entries
+    unknown = sorted(set(data) - {"xfail"})
+    if unknown:
+        raise pytest.UsageError(f"{path}: unknown top-level key {unknown[0]!r}; expected only [[xfail]] entries")
+    raws = data.get("xfail", [])
+    if not isinstance(raws, list):
+        what = "a single table ([xfail])" if isinstance(raws, dict) else _kind(raws)
+        raise pytest.UsageError(f"{path}: xfail is {what}; expected an array of tables: write each entry "
+                                "under [[xfail]]")
+    return [_entry(raw, f"{path}: entry {i}", str(path), backend) for i, raw in enumerate(raws, 1)]
+
+
+def _entry(raw, where: str, source: str, backend: str | None) -> XfailEntry:
+    if not isinstance(raw, dict):
+        raise pytest.UsageError(f"{where} is {_kind(raw)}; expected a table of key = value lines under [[xfail]]")
+    missing = [k for k in ("property", "reason") if not str(raw.get(k, "")).strip()]
+    unknown = set(raw) - set(KEYS)
+    if missing or unknown:
+        raise pytest.UsageError(f"{where} needs property and reason; missing {missing}, unknown keys {sorted(unknown)}")
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise pytest.UsageError(f"{where}: {key} = {value!r} is {_kind(value)}; expected a string")
+    if raw["property"] not in property_ids():
+        raise pytest.UsageError(f"{where}: unknown property {raw['property']!r}; expected a property ID of the "
+                                f"catalogue (docs/spec.md): {', '.join(sorted(property_ids()))}")
+    if raw.get("dtype", DTYPES[0]) not in DTYPES:
+        raise pytest.UsageError(f"{where}: dtype {raw['dtype']!r} is not a dtype; expected one of {', '.join(DTYPES)}")
+    if "config" in raw:
+        config_pairs(raw["config"], where)
+    return XfailEntry(source=source, backend=raw.get("backend", backend), **{k: raw[k] for k in KEYS if k in raw
+                                                                             and k != "backend"})
+
+
+def config_pairs(config: str, where: str = "config") -> dict[str, str]:
+    """`branch=attention,init=zero` as a dict; a UsageError naming `where` if it is not such pairs."""
+    pairs = [pair.split("=", 1) for pair in config.split(",")]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise pytest.UsageError(f"{where}: config {config!r} is not key=value pairs; expected e.g. "
+                                '"branch=attention" or "placement=pre,init=zero"')
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _kind(value) -> str:
+    """A TOML value's type, in TOML's words."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+             dict: "a table"}
+    return next((name for t, name in names.items() if isinstance(value, t)), f"a {type(value).__name__}")
+
+
+@functools.cache
+def property_ids() -> frozenset[str]:
+    """The property catalogue as the suite implements it: the IDs its tests carry (`@pytest.mark.property`),
+    read from the test files' text (importing them is slow). Each is a row of docs/spec.md
+    (tests/test_xfail_files.py checks that), which an installed resconf may not ship."""
+    return frozenset(m for path in SUITE_DIR.glob("test_*.py") for m in PROPERTY_MARK.findall(path.read_text()))
 
 
 def load(backend_names: list[str], extra_files: list[Path]) -> list[XfailEntry]:
+    """The built-in files of `backend_names` (conformance/xfails/<name>.toml) and the user's files."""
     entries = []
     for name in backend_names:
         builtin = BUILTIN_DIR / f"{name}.toml"
@@ -78,14 +135,26 @@ def load(backend_names: list[str], extra_files: list[Path]) -> list[XfailEntry]:
     return entries
 
 
-def apply(entries: list[XfailEntry], items: list[pytest.Item], params_of: Callable, property_of: Callable
-          ) -> list[XfailEntry]:
-    """Mark matching items as strict xfails; return the entries that matched nothing."""
+def for_session(names: dict[str, str], extra_files: list[Path]) -> list[XfailEntry]:
+    """The entries for a session's backends, `names` mapping the spelling that selected each (a built-in
+    name, an entry point, pkg.mod:Class) to its own name (its `name`). Built-in files go by the own name, so
+    they apply whatever the spelling; a user's entry may name the backend either way. Entries naming
+    another backend (a file shared by several) are left out."""
+    known = set(names) | set(names.values())
+    entries = load(sorted(set(names.values())), extra_files)
+    return [e for e in entries if e.backend is None or e.backend in known]
+
+
+def apply(entries: list[XfailEntry], items: list[pytest.Item], params_of: Callable, property_of: Callable,
+          names_of: Callable[[str], frozenset[str]]) -> list[XfailEntry]:
+    """Mark matching items as strict xfails; return the entries that matched nothing. `names_of` gives
+    every name the backend of an item's `backend_name` parameter goes by in this session."""
     used = set()
     for item in items:
         params = params_of(item)
+        names = names_of(str(params.get("backend_name")))
         for entry in entries:
-            if entry.matches(str(params.get("backend_name")), property_of(item), item.name, params):
+            if entry.matches(names, property_of(item), item.name, params):
                 item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=True))
                 used.add(entry)
                 break

@@ -132,6 +132,38 @@ class Chatty(NumpyReference):
         return super().stack_forward(cfg, params, x, dtype)
 
 
+class RaisesChained(NumpyReference):
+    """stack_forward raises `RuntimeError from KeyError`: the row must name the exception raised (the
+    outer one), not its cause, which a traceback prints first."""
+
+    name = "raises-chained"
+
+    def stack_forward(self, cfg, params, x, dtype):
+        try:
+            {}["weights"]
+        except KeyError as exc:
+            raise RuntimeError("stack_forward could not find its weights") from exc
+
+
+class CapabilitiesRaise(NumpyReference):
+    """Its capabilities raise: the backend cannot say what it claims, so it cannot be checked (a load failure)."""
+
+    name = "capabilities-raise"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        raise ValueError("no capabilities today")
+
+
+class VersionsRaise(NumpyReference):
+    """Its versions() raises: every case still runs, and each row says what went wrong."""
+
+    name = "versions-raise"
+
+    def versions(self) -> dict[str, str]:
+        raise ImportError("no module named 'mykernels'")
+
+
 class LeavesAChild(NumpyReference):
     """Starts a process that outlives the worker and holds its output open (a compile server, a pool of
     helpers would): the check must still end, and end it."""

@@ -592,3 +592,8 @@ SELECTION = {Bfloat16WeightGradient: "long_sequence_vjp and bfloat16",
 PRESET_CASES = "preset and (forward_matches_oracle or vjp_matches_oracle or nan_and_inf_locality)"
 SELECTION.update({m: PRESET_CASES for m in (RopeOnValues, QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped,
                                             BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped)})
+
+# Each mutant under its own name, its class's: test ids, results and expected failures are keyed by a backend's
+# `name`, and tests/test_mutants.py runs many mutants in one session, which refuses two backends of one name.
+for _mutant in EXPECTED:
+    _mutant.name = _mutant.__name__

@@ -26,7 +26,7 @@ def test_a_broken_backend_calibrates_with_false_failures(tmp_path):
     proc = resconf("calibrate", "--backend", "tests.mutants:ResidualScaled", "--seeds", "2",
                    "-k", "test_forward_matches_oracle and float64 and pre and not preset", "--output", str(tmp_path / "c.parquet"))
     assert proc.returncode == 1, proc.stdout[-3000:]
-    row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("tests.mutants:ResidualScaled")
+    row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("ResidualScaled")
                and " XB-1 " in line)
     assert row[1:3] == ["XB-1", "float64"] and int(row[5]) == 1 and float(row[7]) > 1.0, proc.stdout
 

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from resconf.conformance.harness_rows import rerun_line
+from resconf.conformance.options import CheckOptions
 from resconf.conformance.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +68,7 @@ def test_backend_that_tested_nothing_fails(tmp_path):
     got = rows(out)
     assert {r["outcome"] for r in got if r["backend"] == "numpy"} == {"passed"}
     [nothing] = [r for r in got if r["property"] == "GUARD"]
-    assert nothing["backend"] == "tests.broken_backends:ClaimsNothing"
+    assert nothing["backend"] == "claims-nothing"  # the backend's own name, not the spelling that selected it
     assert nothing["message"].startswith("tested nothing: all 3 cases were skipped, none ran; e.g. ")
     assert "does not claim placement" in nothing["message"]
 
@@ -89,6 +93,15 @@ def test_nothing_collected_fails(tmp_path):
     [row] = rows(out)
     assert (row["property"], row["outcome"]) == ("RUN", "failed")
     assert row["message"].startswith("no test ran (pytest exit status 5")
+    assert row["rerun"] == "resconf check --backend numpy --device cpu --profile ci -k no_such_test"
+
+
+def test_rerun_lines_keep_the_selection_shell_quoted():
+    opts = CheckOptions(backends=("tests.mutants:SkipDropped",), xfails=(Path("my xfails.toml"),),
+                        pytest_args=("-k", "identity and not rezero", "-p", "tests.broken_backends"))
+    assert rerun_line("tests.mutants:SkipDropped", opts) == (
+        "resconf check --backend tests.mutants:SkipDropped --device cpu --profile ci --xfails 'my xfails.toml' "
+        "-k 'identity and not rezero' -- -p tests.broken_backends")
 
 
 # --- expected-failure files ---
@@ -104,7 +117,7 @@ def test_entry_matching_nothing_fails_the_run_and_is_named(tmp_path):
     assert proc.returncode == 1
     got = rows(out)
     [run] = [r for r in got if r["property"] == "RUN"]
-    assert run["backend"] == "tests.mutants:SkipDropped"
+    assert run["backend"] == "SkipDropped"  # its own name: the worker loaded it before the entry was refused
     assert "match no collected case" in run["message"]
     assert f"{path}: backend=tests.mutants:SkipDropped, property=ID-1, test=test_no_such_case" in run["message"]
     assert {r["outcome"] for r in got if r["backend"] == "numpy" and r["property"] == "ID-1"} == {"passed"}
@@ -147,3 +160,61 @@ def test_entry_without_reason_is_a_one_line_usage_error(tmp_path):
     assert proc.stderr.splitlines() == [f"resconf: {path}: entry 1 needs property and reason; "
                                         "missing ['reason'], unknown keys []"]
     assert not out.exists(), "nothing ran"
+
+
+# --- a backend's own hooks failing ---
+
+BROKEN = "tests.broken_backends:"
+
+
+@pytest.fixture(scope="module")
+def hooks_fail(tmp_path_factory):
+    """Backends whose stack_forward raises a chained exception, whose capabilities raise, whose versions()
+    raises, side by side."""
+    out = tmp_path_factory.mktemp("hooks") / "r.parquet"
+    names = ("RaisesChained", "CapabilitiesRaise", "VersionsRaise")
+    proc = resconf("check", *(arg for n in names for arg in ("--backend", BROKEN + n)), "--profile", "smoke",
+                   "-n", "1", "--output", str(out), "-k", BLOCK_F64)
+    by_backend: dict[str, list[dict]] = {}
+    for row in rows(out):
+        by_backend.setdefault(row["backend"], []).append(row)
+    return proc, by_backend
+
+
+def test_a_chained_exception_records_the_one_raised(hooks_fail):
+    proc, got = hooks_fail
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert len(got["raises-chained"]) == 3
+    assert {r["message"] for r in got["raises-chained"]} == {"RuntimeError: stack_forward could not find its weights"}
+
+
+def test_capabilities_that_raise_are_a_load_failure_in_one_line(hooks_fail):
+    proc, got = hooks_fail
+    line = (f"backend '{BROKEN}CapabilitiesRaise' could not be loaded on cpu: its capabilities raised ValueError: "
+            "no capabilities today")
+    assert f"resconf: {line}" in proc.stderr.splitlines(), proc.stderr
+    [run] = got[BROKEN + "CapabilitiesRaise"]  # never loaded: known only by its spelling
+    assert (run["property"], run["outcome"], run["message"]) == ("RUN", "failed", f"did not run: {line}")
+
+
+def test_versions_that_raise_are_recorded_and_every_case_runs(hooks_fail):
+    _, got = hooks_fail
+    assert [r["outcome"] for r in got["versions-raise"]] == ["passed"] * 3
+    assert {r["backend_versions"] for r in got["versions-raise"]} == {
+        '{"error": "versions() raised ImportError: no module named \'mykernels\'"}'}
+
+
+def test_two_backends_of_one_name_are_refused():
+    """Test ids, rows and expected failures go by a backend's `name`: two different backends that share
+    one would mix their results. (One backend by two spellings is one backend: it runs once.)"""
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-o", "addopts=", "-p", "no:cacheprovider",
+           "-q", "--collect-only", "-k", "test_identity_block and float64", "--resconf-backend", "numpy",
+           "--resconf-backend", "resconf.backends.numpy_ref:NumpyReference"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    once = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert once.returncode == 0 and "[numpy-float64-" in once.stdout and "[numpy0-" not in once.stdout, once.stdout
+    cmd[-3:] = ["tests.mutants:BlockMutant", "--resconf-backend", "tests.mutants:SwapMutant"]
+    both = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert both.returncode == 4
+    assert ("ERROR: backends 'tests.mutants:BlockMutant' and 'tests.mutants:SwapMutant' are both named 'mutant'"
+            in both.stderr), both.stderr

@@ -46,7 +46,7 @@ def test_resconf_check_runs_the_users_backend(project):
     run([sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", ADAPTER, "-k", FAST,
          "--output", "r.parquet"], project)
     rows = pq.read_table(project / "r.parquet").to_pylist()
-    assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [(ADAPTER, "ID-1", "passed")]
+    assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [("user_reference", "ID-1", "passed")]
 
 
 def test_pytest_pyargs_runs_the_users_backend(project):
@@ -54,7 +54,7 @@ def test_pytest_pyargs_runs_the_users_backend(project):
          "-k", FAST,
          "--resconf-results-jsonl", "rows.jsonl", "-p", "no:cacheprovider", "-q"], project)
     rows = [json.loads(line) for line in (project / "rows.jsonl").read_text().splitlines()]
-    assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [(ADAPTER, "ID-1", "passed")]
+    assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [("user_reference", "ID-1", "passed")]
 
 
 USER_CONFTEST = '''

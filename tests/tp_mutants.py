@@ -178,3 +178,8 @@ EXPECTED = {
 # biases); a hang or crash fails every case alike, one dtype shows it
 P2 = "float64-2] or float32-2]"
 SELECTION = {m: P2 for m in EXPECTED} | {RankHangs: "float64-2]", RankCrashes: "float64-2]"}
+
+# Each mutant under its own name, its class's: test ids, results and expected failures are keyed by a backend's
+# `name`, and tests/test_tp_mutants.py runs several in one session, which refuses two backends of one name.
+for _mutant in TPMutant.__subclasses__():
+    _mutant.name = _mutant.__name__
