@@ -274,3 +274,14 @@ def test_a_second_run_replaces_its_own_results_and_summary(tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(pq.read_table(tmp_path / "x.parquet")) == 1
     assert (tmp_path / "_x.summary.txt").read_text().startswith("resconf check")
+
+
+def test_the_gpu_run_still_judges_a_backend_that_skipped_the_device_itself(tmp_path):
+    """tools/gpu_report.py check asks for --device explicitly and records a backend that skipped it as a
+    skipped step (77), failing only with --strict: it passes --no-require-device."""
+    cmd = [sys.executable, str(ROOT / "tools" / "gpu_report.py"), "check", "--backend", "numpy", "--device", "cuda",
+           "--output", str(tmp_path / "r.parquet"), "--", "-n", "1", "-k", FAST]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 77, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "backend numpy ran nothing on cuda" in proc.stdout
