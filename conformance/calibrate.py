@@ -27,6 +27,7 @@ class Cell:
     cases: int = 0
     examples: int = 0
     false_failures: int = 0
+    not_run: int = 0
     expected_failures: int = 0
     worst: float = -math.inf  # measured / allowed (>= properties: allowed / measured); > 1 is a failure
     worst_case: str = ""
@@ -52,7 +53,10 @@ def table(rows: list[dict]) -> dict[tuple[str, str, str], Cell]:
         cell = cells[(row["backend"], row["property"], row["dtype"])]
         cell.cases += 1
         cell.examples += row["examples"]
-        cell.false_failures += row["outcome"] in ("failed", "xpassed")
+        # A case the harness never ran (a killed worker, an interrupt) says nothing about the budgets.
+        not_run = row["outcome"] == "failed" and str(row.get("message", "")).startswith("not run")
+        cell.not_run += not_run
+        cell.false_failures += row["outcome"] in ("failed", "xpassed") and not not_run
         cell.expected_failures += row["outcome"] == "xfailed"
         r = ratio(row)
         if r is not None and r > cell.worst and row["outcome"] != "xfailed":
@@ -100,4 +104,7 @@ def main(argv: list[str]) -> int:
     print("\nCalibration (hypothesis randomised, fresh seeds):\n" + render(cells))
     false = sum(c.false_failures for c in cells.values())
     print(f"false failures: {false}" + ("" if false else " (every correct backend passed every case)"))
-    return 1 if false or status else 0
+    not_run = sum(c.not_run for c in cells.values())
+    if not_run:
+        print(f"not run: {not_run} cases (the harness stopped them; not counted as false failures; see the summary)")
+    return 1 if false or not_run or status else 0

@@ -152,7 +152,8 @@ def run_check(opts: CheckOptions) -> int:
             kept = []
     if opts.store_durations and not lost:
         shards.store_durations(opts.durations_file or shards.DURATIONS_FILE,
-                               {shards.duration_key(r.test): r.duration_s for r in rows if r.test != "-"})
+                               {shards.duration_key(r.test): r.duration_s for r in rows if r.test != "-"
+                                and r.duration_s > 0})  # a case that died or never ran has no duration
     notes = [note for run in runs.values() for note in run.notes] + kept
     text = _summary_text(rows, notes, output)
     try:

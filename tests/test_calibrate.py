@@ -46,3 +46,12 @@ def test_the_table_counts_cases_and_keeps_the_worst_ratio():
     assert cell.worst == 0.75, "the >= row (bound 2 over measured 8) and the xfailed one do not count"
     assert cells[("b", "XB-4", "float32")].worst == -math.inf and "exact" in render(cells)
     assert ratio(_row(measured=1.0, bound=0.0)) == math.inf
+
+
+def test_cases_the_harness_never_ran_are_not_false_failures():
+    """A worker killed at its limit (or an interrupt) leaves 'not run' rows: calibration says so apart, since
+    they say nothing about the budgets (they had been counted as false failures)."""
+    cells = table([_row(), _row(outcome="failed", measured=None, bound=None, message="not run: the worker was "
+                                "killed at its 900 s limit"), _row(outcome="failed", measured=5.0)])
+    cell = cells[("b", "XB-1", "float32")]
+    assert (cell.false_failures, cell.not_run) == (1, 1)
