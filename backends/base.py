@@ -100,6 +100,10 @@ class Backend(ABC):
 
     name: str = "unnamed"
     devices: tuple[str, ...] = ("cpu",)
+    # True only for the oracle (and what is built on its float64 code): it computes in float64 whatever
+    # `dtype` asks, so its results are not values of `dtype`. Every other backend's are checked to be
+    # (conformance/output_dtypes.py).
+    computes_in_float64: bool = False
 
     def __init__(self, device: str = "cpu") -> None:
         if device not in DEVICES:

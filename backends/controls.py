@@ -34,6 +34,7 @@ class EmulatedReference(NumpyReference):
     """The oracle's maths in the working dtype, summed in `order` (see backends/emulated.py)."""
 
     name = "emulated"
+    computes_in_float64 = False  # every operation rounds to the working dtype
     order = "blas"
     fma = False
     wide = False

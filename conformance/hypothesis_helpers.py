@@ -169,9 +169,13 @@ def params_for(backend: Backend, cfg: BlockConfig, seed: int, dtype: str, pertur
     return tuple(p.map(lambda t: round_to(t, dtype)) for p in params)
 
 
-def resolvable(ref: np.ndarray, dtype: str) -> bool:
-    """Whether the dtype can hold `ref` to its relative precision: its RMS at least the smallest normal
-    number divided by the unit roundoff (below that, subnormals and underflow swamp relative error)."""
-    rms = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
+def resolvable(ref: np.ndarray, dtype: str, scale: float | None = None) -> bool:
+    """Whether the dtype can hold `ref` to its relative precision: its RMS (or, where its error is measured
+    against a `scale`, a norm, the RMS that norm stands for) at least the smallest normal number divided by
+    the unit roundoff (below that, subnormals and underflow swamp relative error)."""
+    if scale is not None:
+        rms = scale / math.sqrt(max(ref.size, 1))
+    else:
+        rms = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
     tiny = float(np.finfo(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype)).tiny)
     return rms >= tiny / unit_roundoff(dtype)

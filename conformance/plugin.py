@@ -28,6 +28,7 @@ from resconf.conformance.baseline import Baselines
 from resconf.conformance import profiles, shards, xfails
 from resconf.conformance import recorder as recording
 from resconf.conformance.guard import Case, EventWriter
+from resconf.conformance.output_dtypes import Checked
 from resconf.conformance.recorder import PropertyRecorder
 from resconf.conformance.results import OUTCOMES, ResultRow
 
@@ -219,7 +220,7 @@ def subject(backend, dtype: str):
     """The backend, after checking it claims the dtype (else the case is skipped, and recorded so)."""
     if dtype not in backend.capabilities.dtypes:
         pytest.skip(f"{backend.name} on {backend.device} does not claim {dtype}")
-    return backend
+    return Checked(backend)  # every result held to the dtype asked (conformance/output_dtypes.py)
 
 
 @pytest.fixture(scope="session")

@@ -113,28 +113,40 @@ def test_vjp_matches_oracle(subject, oracle, baseline, case, dtype, placement, l
     range (a deep plain stack in float16) is outside the domain: not compared."""
     require_placement(subject, placement)
     cfg, x, g, params = _stack_case(data, subject, case, dtype, placement, prop, layer)
-    got, want, base = (b.stack_vjp(cfg, params, x, g, dtype) for b in (subject, oracle, baseline))
+    vjp_within_budget(prop, cfg, params, x, g, dtype, *(b.stack_vjp(cfg, params, x, g, dtype)
+                                                        for b in (subject, oracle, baseline)))
+
+
+def vjp_within_budget(prop, cfg, params, x, g, dtype, got, want, base) -> None:
+    """d x_0 and the gradient of every parameter of every layer, each normwise within the case's gradient
+    budget; each error relative to the oracle's gradient, or to the scale of the sum it is (_error_scales).
+    A gradient below the dtype's normal range (hh.resolvable) is outside the domain: not compared."""
     if hh.resolvable(want.dx, dtype):
         prop.within_budget("d x_0", got.dx, want.dx, base.pick(lambda gr: gr.dx), "gradient", dtype, cfg.n_updates)
-    gate_scales = _gate_scales(cfg, params, x, g)
+    scales = _error_scales(cfg, params, x, g, want)
     for index, (gp, wp) in enumerate(zip(got.dparams, want.dparams, strict=True)):
         for (name, a), (_, b) in zip(gp.items(), wp.items(), strict=True):
-            scale = gate_scales.get((index, name))
-            if scale is None and not hh.resolvable(b, dtype):
+            scale = scales.get((index, name))
+            if not hh.resolvable(b, dtype, scale):
                 continue
             prop.within_budget(f"d {name} in layer {index}", a, b, base.pick(_param(index, name)), "gradient", dtype,
                                cfg.n_updates, scale=scale)
 
 
-def _gate_scales(cfg, params, x, g) -> dict[tuple[int, str], float]:
-    """sum |g_u w_u| for each ReZero gate: its gradient <g_u, w_u> is a dot product of the cotangent on the
-    update's output and the update's write (the oracle's, in float64)."""
-    if cfg.placement != "rezero":
-        return {}
-    writes = ref.stack_forward(cfg, params, x).branches
-    cotangents = ref.backward(cfg, params, x, g)[2]
-    return {(index, f"{kinds[0]}.gate"): float(np.sum(np.abs(cotangents[u + 1] * writes[u]))) or 1.0
-            for u, (index, _, kinds) in enumerate(ref.layer_updates(cfg, params))}
+def _error_scales(cfg, params, x, g, want) -> dict[tuple[int, str], float]:
+    """What a gradient's error is measured against where its own norm is no scale (budgets.py): ReZero's gate
+    gradient <g_u, w_u>, a dot product of the cotangent on the update's output and its write, against
+    sum |g_u w_u| (2.); the key bias, zero in exact arithmetic, and the other parameters only the keys'
+    gradient reaches, against the scale of the residue they sum (6.)."""
+    scales = {}
+    if cfg.placement == "rezero":
+        writes = ref.stack_forward(cfg, params, x).branches
+        cotangents = ref.backward(cfg, params, x, g)[2]
+        scales = {(index, f"{kinds[0]}.gate"): float(np.sum(np.abs(cotangents[u + 1] * writes[u]))) or 1.0
+                  for u, (index, _, kinds) in enumerate(ref.layer_updates(cfg, params))}
+    for (index, name), s in budgets.key_side_scales(cfg, params, x, g).items():
+        scales[(index, name)] = max(s, float(np.linalg.norm(want.dparams[index][name])))
+    return scales
 
 
 # T = 256: several blocks of a blockwise (flash) attention kernel, whose softmax must rescale the earlier
@@ -181,11 +193,8 @@ def test_long_sequence_vjp(subject, oracle, baseline, dtype, branch, norm, prop,
     """Every gradient over many tokens (LONG_SHAPES) within its budget: weight gradients are sums over
     all tokens, so an accumulation in a too narrow dtype shows here."""
     cfg, x, g, params = _long_case(data, subject, dtype, branch, norm, prop)
-    got, want, base = (b.stack_vjp(cfg, params, x, g, dtype) for b in (subject, oracle, baseline))
-    prop.within_budget("d x_0", got.dx, want.dx, base.pick(lambda gr: gr.dx), "gradient", dtype)
-    for (name, a), (_, b) in zip(got.dparams[0].items(), want.dparams[0].items(), strict=True):
-        if hh.resolvable(b, dtype):
-            prop.within_budget(f"d {name}", a, b, base.pick(_param(0, name)), "gradient", dtype)
+    vjp_within_budget(prop, cfg, params, x, g, dtype, *(b.stack_vjp(cfg, params, x, g, dtype)
+                                                        for b in (subject, oracle, baseline)))
 
 
 # Realistic widths, drawn where the structure is drawn (dev, nightly, calibrate; `ci` keeps its small set):
@@ -223,11 +232,8 @@ def test_realistic_forward(subject, oracle, baseline, dtype, name, prop, data):
 def test_realistic_vjp(subject, oracle, baseline, dtype, name, prop, data):
     """Realistic widths (REALISTIC): the input gradient and every parameter gradient within the gradient budget."""
     cfg, x, g, params = _realistic_case(data, subject, dtype, name, prop)
-    got, want, base = (b.stack_vjp(cfg, params, x, g, dtype) for b in (subject, oracle, baseline))
-    prop.within_budget("d x_0", got.dx, want.dx, base.pick(lambda gr: gr.dx), "gradient", dtype, cfg.n_updates)
-    for (name_, a), (_, b) in zip(got.dparams[0].items(), want.dparams[0].items(), strict=True):
-        if hh.resolvable(b, dtype):
-            prop.within_budget(f"d {name_}", a, b, base.pick(_param(0, name_)), "gradient", dtype, cfg.n_updates)
+    vjp_within_budget(prop, cfg, params, x, g, dtype, *(b.stack_vjp(cfg, params, x, g, dtype)
+                                                        for b in (subject, oracle, baseline)))
 
 
 @pytest.mark.property("XB-4")

@@ -12,7 +12,7 @@ import numpy as np
 
 from resconf.backends import numpy_ops as ops
 from resconf.backends import numpy_ref as ref
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.dtypes import numpy_dtype, round_to
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.numpy_ref import NumpyReference
 from resconf.backends.params import LayerParams, draw_params, role_of
@@ -543,6 +543,37 @@ class FusedSilentDowncast(NumpyReference):
         return super().fused_add_norm(x, residual, weight, bias, eps, kind, dtype, False)
 
 
+class KeyBiasGradientFromValue(BlockMutant):
+    """The key bias gets the value bias's gradient (a fused QKV backward writing one slice twice): nonzero
+    where softmax's invariance makes it exactly zero, at the scale of the other gradients."""
+
+    def vjp_block(self, cfg, p, kinds, x, g):
+        dx, dp = ref.update_vjp(cfg, p, kinds, x, g)
+        if "attention.bk" in dp:
+            dp["attention.bk"] = dp["attention.bv"].copy()
+        return dx, dp
+
+
+class Float32Outputs(NumpyReference):
+    """Asked for bfloat16 or float16, it returns float32 results (an adapter that forgot its last cast): more
+    accurate than the dtype allows, so within every error budget; the output dtype check catches it."""
+
+    computes_in_float64 = False
+
+    @staticmethod
+    def _rounded(a, dtype):
+        return None if a is None else round_to(a, "float32" if dtype in ("bfloat16", "float16") else dtype)
+
+    def stack_forward(self, cfg, params, x, dtype):
+        t = super().stack_forward(cfg, params, x, dtype)
+        return StackTrace(*(self._rounded(a, dtype) for a in (t.states, t.branches, t.final)))
+
+    def stack_vjp(self, cfg, params, x, g, dtype):
+        grads = super().stack_vjp(cfg, params, x, g, dtype)
+        return StackGrads(dx=self._rounded(grads.dx, dtype),
+                          dparams=tuple(p.map(lambda t: self._rounded(t, dtype)) for p in grads.dparams))
+
+
 # mutant -> property IDs that must flag it (at least these)
 EXPECTED = {
     SkipDropped: {"ID-1", "ID-2", "GR-2", "VG-1"},
@@ -580,18 +611,22 @@ EXPECTED = {
     FusedSilentBroadcast: {"BI-1"},
     FusedSilentDowncast: {"BI-2"},
     FusedNanToZero: {"BI-3"},
+    Float32Outputs: {"XB-1", "XB-2"},
+    KeyBiasGradientFromValue: {"XB-2"},
 }
 
 # mutants that show only on the long-sequence cases or in another dtype than float64: the cases (a pytest
 # -k expression) they run on
 SELECTION = {Bfloat16WeightGradient: "long_sequence_vjp and bfloat16",
              BlockwiseSoftmaxNoRescale: "long_sequence_forward and float64",
-             FastVariance: "forward_offset_mean"}
+             FastVariance: "forward_offset_mean",
+             Float32Outputs: "(forward_matches_oracle or vjp_matches_oracle) and (bfloat16 or float16) and block"}
 # the layer mutants break one feature of the presets: every dtype's cases, so the four dtypes of each case take
 # four presets (conformance/hypothesis_helpers.fixed_structure)
 PRESET_CASES = "preset and (forward_matches_oracle or vjp_matches_oracle or nan_and_inf_locality)"
 SELECTION.update({m: PRESET_CASES for m in (RopeOnValues, QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped,
-                                            BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped)})
+                                            BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
+                                            KeyBiasGradientFromValue)})
 
 # Each mutant under its own name, its class's: test ids, results and expected failures are keyed by a backend's
 # `name`, and tests/test_mutants.py runs many mutants in one session, which refuses two backends of one name.
