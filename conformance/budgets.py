@@ -54,9 +54,10 @@
    taken from the rounded output o as FlashAttention does; both are sums of products of the incoming
    gradient with activations, so (Higham, ch. 3) the residue of query i is a few u times
    m_i = sum_j p_ij |dp_ij| + sum_c |g_ic o_ic|, spread over the keys as ds spreads it,
-   dk_j = sum_i p_ij r_i q_i / sqrt(d). Queries round independently: key_side_scales draws r_i = +-m_i and
-   carries the field through the oracle's own key path (projection, QK-norm, RoPE, grouped heads) to each
-   parameter; S is the RMS of the results (for the key bias without RoPE and QK-norm it is exactly
+   dk_j = sum_i p_ij r_i q_i / sqrt(d), and dq_i = r_i sum_j p_ij k_j / sqrt(d) (the query side cancels the
+   same way where the keys are nearly alike: a plain or ReZero stack at x scale 1e-2). Queries round
+   independently: score_side_scales draws r_i = +-m_i and carries both fields through the oracle's own
+   query and key paths (projection, QK-norm, RoPE, grouped heads) to each parameter; S is the RMS of the results (for the key bias without RoPE and QK-norm it is exactly
    sqrt(sum_i m_i^2 ||q_i||^2 / d) in expectation). The error is measured against max(S, ||ref||) and
    budgeted as in 1 (its floor FLOOR u sqrt(L) S). Measured (torch, a pairwise control; bfloat16, float16,
    float32; gpt2, encoder, gptj, modern presets; pre, post, deepnorm): the error stays below 1.0 u S sqrt(L),
@@ -113,11 +114,13 @@ def summation_bound(dtype: str, n_terms: int) -> float:
 
 
 
-KEY_SIDE = ("attention.wk", "attention.bk", "attention.k_norm_weight")  # what only the keys' gradient reaches
+# what only the queries' (keys') gradient reaches
+SCORE_SIDES = ("attention.wq", "attention.bq", "attention.q_norm_weight",
+               "attention.wk", "attention.bk", "attention.k_norm_weight")
 RESIDUE_DRAWS = 4  # random-sign draws of the residues (6.): the RMS of four is within ~25 % of their rss
 
 
-def key_side_scales(cfg: BlockConfig, params: tuple[LayerParams, ...], x: np.ndarray, g: np.ndarray
+def score_side_scales(cfg: BlockConfig, params: tuple[LayerParams, ...], x: np.ndarray, g: np.ndarray
                     ) -> dict[tuple[int, str], float]:
     """(layer, name) -> S of 6. for every parameter only the keys' gradient reaches: the oracle's attention
     VJPs are recorded at its own trajectory, then its backward runs again with each attention returning a
@@ -135,22 +138,22 @@ def key_side_scales(cfg: BlockConfig, params: tuple[LayerParams, ...], x: np.nda
     rng, total = np.random.default_rng(0), {}
     for _ in range(RESIDUE_DRAWS):
         fields = iter([_residue_field(*args, rng) for args in calls])  # the calls come in the same order
-        grads = _backward_with(lambda _, q, k, v, *rest: (np.zeros_like(q), next(fields), np.zeros_like(v)),
-                               cfg, params, x, g)
+        grads = _backward_with(lambda _, q, k, v, *rest: (*next(fields), np.zeros_like(v)), cfg, params, x, g)
         for layer, p in enumerate(grads):
-            for name in KEY_SIDE:
+            for name in SCORE_SIDES:
                 if p.get(name) is not None:
                     total[(layer, name)] = total.get((layer, name), 0.0) + float(np.sum(p[name] ** 2))
     return {key: math.sqrt(t / RESIDUE_DRAWS) for key, t in total.items()}
 
 
-def _residue_field(q, k, v, o, causal, g_o, rng) -> np.ndarray:
-    """A draw of the keys' gradient error in units of u: query i's residue, of size m_i and a random sign,
-    spread over its keys as ds spreads it: dk_j = sum_i p_ij sign_i m_i q_i / sqrt(d)."""
+def _residue_field(q, k, v, o, causal, g_o, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A draw of the score gradients' error in units of u: query i's residue r_i, of size m_i and a random
+    sign, spread as ds spreads it: dq_i = r_i sum_j p_ij k_j / sqrt(d), dk_j = sum_i p_ij r_i q_i / sqrt(d)."""
     p = ops.probs(q, k, causal)  # (B, nh, T, T)
     m = np.sum(p * np.abs(g_o @ v.swapaxes(-1, -2)), axis=-1) + np.sum(np.abs(g_o * o), axis=-1)  # (B, nh, T)
     signed = rng.choice((-1.0, 1.0), size=m.shape) * m
-    return p.swapaxes(-1, -2) @ (signed[..., None] * q) / math.sqrt(q.shape[-1])
+    root = math.sqrt(q.shape[-1])
+    return signed[..., None] * (p @ k) / root, p.swapaxes(-1, -2) @ (signed[..., None] * q) / root
 
 
 def _backward_with(attention_vjp, cfg, params, x, g) -> tuple[LayerParams, ...]:

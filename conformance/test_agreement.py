@@ -144,7 +144,7 @@ def _error_scales(cfg, params, x, g, want) -> dict[tuple[int, str], float]:
         cotangents = ref.backward(cfg, params, x, g)[2]
         scales = {(index, f"{kinds[0]}.gate"): float(np.sum(np.abs(cotangents[u + 1] * writes[u]))) or 1.0
                   for u, (index, _, kinds) in enumerate(ref.layer_updates(cfg, params))}
-    for (index, name), s in budgets.key_side_scales(cfg, params, x, g).items():
+    for (index, name), s in budgets.score_side_scales(cfg, params, x, g).items():
         scales[(index, name)] = max(s, float(np.linalg.norm(want.dparams[index][name])))
     return scales
 

@@ -174,7 +174,7 @@ def test_a_gradient_zero_in_exact_arithmetic_is_measured_against_its_rounding_sc
     backend's stays below 1 u S sqrt(L)) passes; against the oracle's own residue it was 1e13 times its norm."""
     cfg, x, g, params = _zero_case()
     want = ORACLE.stack_vjp(cfg, params, x, g, "bfloat16")
-    scales = {layer: s for (layer, name), s in budgets.key_side_scales(cfg, params, x, g).items()
+    scales = {layer: s for (layer, name), s in budgets.score_side_scales(cfg, params, x, g).items()
               if name == "attention.bk"}
     assert set(scales) == set(range(cfg.depth)) and all(s > 1e6 * np.linalg.norm(want.dparams[layer]["attention.bk"])
                                                         for layer, s in scales.items())
