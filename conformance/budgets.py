@@ -63,9 +63,22 @@
    float32; gpt2, encoder, gptj, modern presets; pre, post, deepnorm): the error stays below 1.0 u S sqrt(L),
    a quarter of the floor; a key bias given the value bias's gradient (tests/mutants.KeyBiasGradientFromValue)
    errs by at least 4e3 u S.
+
+7. ReLU kinks (XB-2), the oracle's one non-smooth operation (softmax's max and the sigmoid's abs are smooth
+   rewritings). A correct backend's pre-activation a_j = sum_k h_k w_kj + b_j errs by a few u times
+   sum_k |h_k w_kj| + |b_j| (the branch input's rounding, the product's, a separate bias add: Higham ch. 3),
+   plus what its input carries: the stream is rounded to the dtype at each of the U updates (the oracle's
+   is exact), independent roundings that norms and skips pass on at most unchanged, so h errs normwise by
+   ~sqrt(U) u ||h||, which reaches a_j as at most sqrt(U) u ||h|| ||w_j|| (Cauchy-Schwarz). Within kink_width of 0 a
+   correct rounding may take either side (torch, bfloat16, issue 20: |a| / sum |terms| = 3e-4 < u flipped,
+   d mlp.w_up 0.142 > 0.0404). kink_contributions reruns the oracle's VJP with the ReLU derivative set to 1
+   at those elements only, 0 elsewhere (and random-sign draws of it: flips go either way), so the backward
+   carries exactly what they contribute; its largest norm C is added to what the floor admits (kink_scale:
+   the scale becomes scale + C / floor). Away from the kink nothing is added: in float32 and float64 C is 0.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -158,9 +171,74 @@ def _residue_field(q, k, v, o, causal, g_o, rng) -> tuple[np.ndarray, np.ndarray
 
 def _backward_with(attention_vjp, cfg, params, x, g) -> tuple[LayerParams, ...]:
     """The oracle's parameter gradients with ops.attention_vjp(...) replaced by attention_vjp(original, ...)."""
-    original = ops.attention_vjp
-    ops.attention_vjp = functools.partial(attention_vjp, original)
-    try:
+    with _replaced(attention_vjp=attention_vjp):
         return ref.stack_vjp(cfg, params, x, g).dparams
+
+
+@contextlib.contextmanager
+def _replaced(**replacements):
+    """The oracle's ops.NAME(...) replaced by replacements[NAME](original, ...) for the duration."""
+    originals = {name: getattr(ops, name) for name in replacements}
+    for name, f in replacements.items():
+        setattr(ops, name, functools.partial(f, originals[name]))
+    try:
+        yield
     finally:
-        ops.attention_vjp = original
+        for name, f in originals.items():
+            setattr(ops, name, f)
+
+
+KINK_ULPS = 4.0  # 7.: the branch input's own rounding, the product's, the bias add's, with a margin
+KINK_DRAWS = 3  # random-sign draws of the flips (7.), besides the one that flips every undetermined element alike
+
+
+def kink_width(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, u: float, n_states: int) -> np.ndarray:
+    """7.: how close to 0 a pre-activation a = h w + b (h (..., in), w (in, out)) may lie and still take either
+    sign in a correct backend: u (KINK_ULPS (sum_k |h_k w_kj| + |b_j|) + sqrt(n_states) ||h|| ||w_j||)."""
+    terms = np.abs(h) @ np.abs(w) + (0.0 if b is None else np.abs(b))
+    propagated = np.linalg.norm(h, axis=-1, keepdims=True) * np.linalg.norm(w, axis=0)
+    return u * (KINK_ULPS * terms + math.sqrt(n_states) * propagated)
+
+
+def kink_contributions(cfg: BlockConfig, params: tuple[LayerParams, ...], x: np.ndarray, g: np.ndarray,
+                       dtype: str) -> dict[object, float]:
+    """(layer, name) and "dx" -> the norm of what the ReLU elements within kink_width of 0 contribute to that
+    gradient (7.); {} where none is. The oracle's VJP runs once to record each ReLU's pre-activations, the
+    linear map that made them, and its incoming cotangent; then again from a zero cotangent with each ReLU's
+    VJP adding its cotangent at the undetermined elements (the derivative there set to 1, 0 elsewhere), so
+    the rest of the backward carries exactly what those elements contribute to every parameter and x_0."""
+    if cfg.activation != "relu" or "mlp" not in cfg.sublayers:
+        return {}
+    u, made, kinks = unit_roundoff(dtype), {}, []
+
+    def linear(original, h, w, b):
+        out = original(h, w, b)
+        made[id(out)] = (out, h, w, b)  # holding out keeps its id unique while the backward runs
+        return out
+
+    def relu_vjp(original, a, da):
+        _, h, w, b = made[id(a)]
+        kinks.append((np.abs(a) <= kink_width(h, w, b, u, cfg.n_updates), da))
+        return original(a, da)
+
+    with _replaced(linear=linear, relu_vjp=relu_vjp):
+        ref.stack_vjp(cfg, params, x, g)
+    if not any(mask.any() for mask, _ in kinks):
+        return {}
+    rng, worst = np.random.default_rng(0), {}
+    for draw in range(1 + KINK_DRAWS):
+        signs = [1.0 if draw == 0 else rng.choice((-1.0, 1.0), size=da.shape) for _, da in kinks]
+        flips = iter([np.where(mask, s * da, 0.0) for (mask, da), s in zip(kinks, signs)])  # same call order
+        with _replaced(relu_vjp=lambda original, a, da: original(a, da) + next(flips)):
+            grads = ref.stack_vjp(cfg, params, x, np.zeros_like(g))
+        parts = [("dx", grads.dx)] + [((layer, name), t) for layer, p in enumerate(grads.dparams)
+                                      for name, t in p.items() if t is not None]
+        for key, t in parts:
+            worst[key] = max(worst.get(key, 0.0), float(np.linalg.norm(t)))
+    return worst
+
+
+def kink_scale(scale: float, contribution: float, dtype: str, depth: int) -> float:
+    """7.: the scale a gradient's error is measured against, raised so that its floor admits the kinks'
+    contribution on top of what it admitted: floor x scale + contribution."""
+    return scale + contribution / budget("gradient", dtype, 0.0, depth).floor

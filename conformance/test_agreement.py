@@ -121,16 +121,26 @@ def vjp_within_budget(prop, cfg, params, x, g, dtype, got, want, base) -> None:
     """d x_0 and the gradient of every parameter of every layer, each normwise within the case's gradient
     budget; each error relative to the oracle's gradient, or to the scale of the sum it is (_error_scales).
     A gradient below the dtype's normal range (hh.resolvable) is outside the domain: not compared."""
+    kinks = budgets.kink_contributions(cfg, params, x, g, dtype)
     if hh.resolvable(want.dx, dtype):
-        prop.within_budget("d x_0", got.dx, want.dx, base.pick(lambda gr: gr.dx), "gradient", dtype, cfg.n_updates)
+        prop.within_budget("d x_0", got.dx, want.dx, base.pick(lambda gr: gr.dx), "gradient", dtype, cfg.n_updates,
+                           scale=_with_kinks(None, want.dx, kinks.get("dx"), dtype, cfg))
     scales = _error_scales(cfg, params, x, g, want)
     for index, (gp, wp) in enumerate(zip(got.dparams, want.dparams, strict=True)):
         for (name, a), (_, b) in zip(gp.items(), wp.items(), strict=True):
-            scale = scales.get((index, name))
+            scale = _with_kinks(scales.get((index, name)), b, kinks.get((index, name)), dtype, cfg)
             if not hh.resolvable(b, dtype, scale):
                 continue
             prop.within_budget(f"d {name} in layer {index}", a, b, base.pick(_param(index, name)), "gradient", dtype,
                                cfg.n_updates, scale=scale)
+
+
+def _with_kinks(scale, ref_value, contribution, dtype, cfg):
+    """The scale raised by what the ReLU elements a correct rounding may flip contribute (budgets.py, 7.)."""
+    if not contribution:
+        return scale
+    base = float(np.linalg.norm(ref_value)) if scale is None else scale
+    return budgets.kink_scale(base, contribution, dtype, cfg.n_updates)
 
 
 def _error_scales(cfg, params, x, g, want) -> dict[tuple[int, str], float]:
