@@ -101,12 +101,29 @@ def test_hang_ends_as_timed_out_and_the_worker_continues(hung):
     assert len(rows["numpy"]) == 4 and {r["outcome"] for r in rows["numpy"]} == {"passed"}
     got = rows["hangs"]
     culprit = outcome_of(got, "float64-rezero-rezero")
+    # The worker's timer ended it (the supervisor's own rows say "no result ... after it started" and
+    # record no duration); when the timer is armed is test_the_case_timer_is_armed_at_the_timeout's.
     assert culprit["outcome"] == "failed" and "timed out after 2 s" in culprit["message"]
-    # The timer is armed before pytest starts timing the case, so the recorded time can fall a few ms short
-    # of the 2 s it fires after (1.997 s was seen under load); what matters is that it ended near 2 s.
-    assert 1.9 <= culprit["duration_s"] < 5
+    assert culprit["duration_s"] > 0
     assert sum(r["outcome"] == "passed" for r in got) == 3, "the same worker went on after the timeout"
     assert f"backend {BROKEN}Hangs: worker restarted" not in proc.stdout
+
+
+def test_the_case_timer_is_armed_at_the_timeout():
+    """The per-test timer goes off --timeout seconds after the case starts, by the clock, not by a guess at
+    how long a case took (a timed assertion on a loaded machine proves nothing either way)."""
+    from types import SimpleNamespace
+
+    from resconf.conformance import plugin
+
+    item = SimpleNamespace(config=SimpleNamespace(stash={plugin.ACTIVE: True}))
+    assert plugin.pytest_timeout_set_timer(item, SimpleNamespace(method="signal", timeout=7.0)) is True
+    try:
+        delay, interval = signal.getitimer(signal.ITIMER_REAL)
+        assert 6.0 < delay <= 7.0 and interval == 0.0
+    finally:
+        item.cancel_timeout()
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "cancel disarms it"
 
 
 def test_hang_no_signal_can_end_is_killed_and_resumed(hung):
