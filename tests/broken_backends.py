@@ -22,6 +22,18 @@ def broken(cfg, dtype: str) -> bool:
     return cfg.placement == "rezero" and dtype == "float64"
 
 
+class MisbehavesInBrokenCases(NumpyReference):
+    """The oracle, except that `misbehave` runs first in a broken case."""
+
+    def misbehave(self) -> None:
+        raise NotImplementedError
+
+    def stack_forward(self, cfg, params, x, dtype):
+        if broken(cfg, dtype):
+            self.misbehave()
+        return super().stack_forward(cfg, params, x, dtype)
+
+
 class Raises(NumpyReference):
     """stack_forward raises: every case that calls it fails, as an ordinary test failure."""
 
@@ -42,40 +54,34 @@ class Hangs(NumpyReference):
         return super().stack_forward(cfg, params, x, dtype)
 
 
-class HangsUninterruptibly(NumpyReference):
+class HangsUninterruptibly(MisbehavesInBrokenCases):
     """Hangs in a broken case with SIGALRM blocked, as native code that masks signals would: the
     per-test timer cannot fire, so only the supervisor's kill ends it."""
 
     name = "hangs-uninterruptibly"
 
-    def stack_forward(self, cfg, params, x, dtype):
-        if broken(cfg, dtype):
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-            while True:
-                time.sleep(3600)
-        return super().stack_forward(cfg, params, x, dtype)
+    def misbehave(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        while True:
+            time.sleep(3600)
 
 
-class Exits(NumpyReference):
+class Exits(MisbehavesInBrokenCases):
     """Calls os._exit(1) in a broken case: the worker process vanishes mid-case."""
 
     name = "exits"
 
-    def stack_forward(self, cfg, params, x, dtype):
-        if broken(cfg, dtype):
-            os._exit(1)
-        return super().stack_forward(cfg, params, x, dtype)
+    def misbehave(self) -> None:
+        os._exit(1)
 
 
-class Segfaults(NumpyReference):
+class Segfaults(MisbehavesInBrokenCases):
     """Reads address 0 in a broken case: a real SIGSEGV."""
 
     name = "segfaults"
 
-    def stack_forward(self, cfg, params, x, dtype):
-        if broken(cfg, dtype):
-            ctypes.string_at(0)
-        return super().stack_forward(cfg, params, x, dtype)
+    def misbehave(self) -> None:
+        ctypes.string_at(0)
 
 
 class ClaimsNothing(NumpyReference):
@@ -96,16 +102,14 @@ def pytest_collection_modifyitems(items) -> None:
                 and item.callspec.params.get("dtype") != "float16"]
 
 
-class Slow(NumpyReference):
+class Slow(MisbehavesInBrokenCases):
     """Correct, but slow in a broken case (30 s a call, as a big model on a busy machine): only a worker
     limit shorter than that ends it (tests/test_limits.py)."""
 
     name = "slow"
 
-    def stack_forward(self, cfg, params, x, dtype):
-        if broken(cfg, dtype):
-            time.sleep(30)
-        return super().stack_forward(cfg, params, x, dtype)
+    def misbehave(self) -> None:
+        time.sleep(30)
 
 
 class LoadsForever(NumpyReference):
