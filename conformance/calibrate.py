@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from resconf.conformance.summary import property_sort_key
+from resconf.conformance.home import HOME
 
 
 @dataclass
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
                         help="results Parquet (default: .resconf/calibration/latest.parquet)")
     args = parser.parse_args(argv)
     backends = tuple(args.backend) or default_backends()
-    output = args.output or Path(".resconf") / "calibration" / "latest.parquet"
+    output = args.output or HOME / "calibration" / "latest.parquet"
     status = run_check(CheckOptions(backends=backends, profile="calibrate", max_examples=args.seeds, output=output,
                                     pytest_args=("-k", args.keyword) if args.keyword else ()))
     if status == 2 or not output.is_file():  # refused before any work, or the results could not be written

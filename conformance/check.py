@@ -38,6 +38,7 @@ from resconf.conformance.options import CheckOptions
 from resconf.conformance.outputs import SUMMARY_HEADER, keep_rows, not_ours, unwritable, write_text_atomic
 from resconf.conformance.progress import Progress
 from resconf.conformance.results import COVERAGE_KEY, ResultRow, to_table, write_parquet_atomic
+from resconf.conformance.home import HOME
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,10 @@ def unknown_backend(names: tuple[str, ...]) -> str | None:
 
 
 def default_output(run_id: str) -> Path:
-    """Under .resconf/, as .pytest_cache and .hypothesis: a dot-folder is no package to setuptools'
+    """Under .resconf/ (conformance/home.py), as .pytest_cache: a dot-folder is no package to setuptools'
     discovery, so the user's `pip install -e .` of a flat-layout project still works."""
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    return Path(".resconf") / "results" / f"date={day}" / f"run-{run_id}.parquet"
+    return HOME / "results" / f"date={day}" / f"run-{run_id}.parquet"
 
 
 def summary_path(output: Path) -> Path:

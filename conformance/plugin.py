@@ -8,6 +8,7 @@ this; `pytest --pyargs resconf.conformance --resconf-backend torch` works from a
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from resconf.backends.base import DEVICES, Backend, DeviceUnavailable
 from resconf.backends.config import DTYPES
@@ -28,6 +30,7 @@ from resconf.conformance.baseline import Baselines
 from resconf.conformance import profiles, shards, xfails
 from resconf.conformance import recorder as recording
 from resconf.conformance.guard import Case, EventWriter
+from resconf.conformance.home import HOME
 from resconf.conformance.output_dtypes import Checked
 from resconf.conformance.recorder import PropertyRecorder
 from resconf.conformance.results import OUTCOMES, ResultRow
@@ -93,8 +96,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ACTIVE] = _runs_the_suite(config)
     if not _active(config):
         return
-    # The nightly example database lives in the folder the user ran from, not beside the install.
-    profiles.register(config.invocation_params.dir / ".hypothesis" / "resconf")
+    # Hypothesis' files (its constants cache, the nightly example database) go under .resconf/ in the folder
+    # the user ran from, as all resconf writes; a user's own HYPOTHESIS_STORAGE_DIRECTORY wins for the cache.
+    hypothesis_home = config.invocation_params.dir / HOME / "hypothesis"
+    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        set_hypothesis_home_dir(hypothesis_home)
+    profiles.register(hypothesis_home / "examples")
     profile = config.getoption("--resconf-profile")
     settings.load_profile(profile)
     max_examples = config.getoption("--resconf-max-examples")

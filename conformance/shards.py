@@ -17,9 +17,10 @@ from typing import Iterable
 import pytest
 
 from resconf.conformance.outputs import write_text_atomic
+from resconf.conformance.home import HOME
 
 # In the folder resconf runs from, beside the results; commit it for CI matrices (docs/scaling.md).
-DURATIONS_FILE = Path(".resconf") / "durations.json"
+DURATIONS_FILE = HOME / "durations.json"
 UNKNOWN_S = 0.5  # the duration assumed for a case the file does not know (a new test)
 
 

@@ -25,9 +25,10 @@ import pyarrow as pa
 from resconf.backends.dtypes import numpy_dtype
 from resconf.conformance.results import write_parquet_atomic
 from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
+from resconf.conformance.home import HOME
 
 DEFAULT_RESULTS_DIR = Path(".asv/results")
-DEFAULT_OUTPUT = Path(".resconf/benchmarks.parquet")  # a dot-folder: no package to a flat layout's discovery
+DEFAULT_OUTPUT = HOME / "benchmarks.parquet"
 SCHEMA_VERSION = 1  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md)
 
 SCHEMA = pa.schema([

@@ -19,9 +19,10 @@ from .build import build_document, write_report
 from .load import load_inputs
 from .runs import RunSelection, UnknownRun
 from .spec_index import SPEC_URL
+from resconf.conformance.home import HOME
 
 EXIT_OK, EXIT_UNWRITABLE, EXIT_NOTHING_READABLE = 0, 1, 2
-DEFAULT_RESULTS, DEFAULT_OUT = Path(".resconf/results"), Path(".resconf/report")
+DEFAULT_RESULTS, DEFAULT_OUT = HOME / "results", HOME / "report"
 
 
 def parser() -> argparse.ArgumentParser:

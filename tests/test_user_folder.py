@@ -46,6 +46,8 @@ def test_resconf_check_runs_the_users_backend(project):
     run([sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", ADAPTER, "-k", FAST,
          "--output", "r.parquet"], project)
     rows = pq.read_table(project / "r.parquet").to_pylist()
+    # Hypothesis' own files (its constants cache) go under .resconf/ too, like all resconf writes.
+    assert not (project / ".hypothesis").exists() and (project / ".resconf" / "hypothesis").is_dir()
     assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [("user_reference", "ID-1", "passed")]
 
 
@@ -54,6 +56,7 @@ def test_pytest_pyargs_runs_the_users_backend(project):
          "-k", FAST,
          "--resconf-results-jsonl", "rows.jsonl", "-p", "no:cacheprovider", "-q"], project)
     rows = [json.loads(line) for line in (project / "rows.jsonl").read_text().splitlines()]
+    assert not (project / ".hypothesis").exists(), "Hypothesis' files go under .resconf/ too"
     assert [(r["backend"], r["property"], r["outcome"]) for r in rows] == [("user_reference", "ID-1", "passed")]
 
 
