@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from resconf.backends.dtypes import DTYPES  # noqa: F401  re-exported: the dtype names live with their records
+
 PLACEMENTS = ("pre", "post", "rezero", "deepnorm", "plain")
 NORMS = ("layernorm", "rmsnorm")
 BRANCHES = ("mlp", "attention", "linear")
 INITS = ("standard", "gpt2", "zero", "rezero", "deepnorm")
 GELUS = ("tanh", "exact")
 ACTIVATIONS = ("gelu", "relu", "silu")
-DTYPES = ("float64", "float32", "bfloat16", "float16")
 FUSED_KINDS = ("rmsnorm", "layernorm")
 # Layer-model features beyond a single pre/post/... sublayer with biases, GELU and causal MHA. A backend
 # claims the ones it expresses (Capabilities.features); the suite skips configurations that need others.

@@ -1,23 +1,76 @@
-"""Dtype names, rounding and unit roundoff, without importing any framework (ml_dtypes gives bfloat16)."""
+"""The dtypes the suite knows: one record each, read by the strategies, the emulated baseline, the budgets,
+the adapters and the tests. Adding a dtype is one row here (plus the frameworks' tables of their own types,
+backends/torch_dtypes.py and backends/jax_dtypes.py, where a framework has it). Imports no framework
+(ml_dtypes gives bfloat16 and the float8 types to NumPy)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
-from resconf.backends.config import DTYPES
 
-NUMPY_DTYPES = {
-    "float64": np.dtype(np.float64),
-    "float32": np.dtype(np.float32),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float16": np.dtype(np.float16),
-}
+@dataclass(frozen=True)
+class DTypeInfo:
+    """A floating-point format as the suite reasons about it."""
+
+    name: str  # the suite's name, also the pytest id and the results column's value
+    numpy: np.dtype  # its NumPy (or ml_dtypes) type: rounding to it is `astype`, round to nearest even
+    # Frameworks compute a narrow dtype's reductions, norms and matmul sums in float32 and round once at the
+    # end (cuBLAS, PyTorch's CPU kernels, XLA); the emulated baseline and the budgets model exactly that.
+    accumulates_in: str
+
+    @property
+    def narrow(self) -> bool:
+        """Computed through a wider accumulator (bfloat16, float16): not float32 or float64."""
+        return self.accumulates_in != self.name
+
+    @property
+    def bits(self) -> int:
+        return self.numpy.itemsize * 8
+
+    @property
+    def significand_bits(self) -> int:
+        """p, counting the implicit bit: 53, 24, 8, 11."""
+        return int(ml_dtypes.finfo(self.numpy).nmant) + 1
+
+    @property
+    def unit_roundoff(self) -> float:
+        """u = 2^-p: the worst relative error of one rounding to nearest."""
+        return float(ml_dtypes.finfo(self.numpy).eps) / 2.0
+
+    @property
+    def max_finite(self) -> float:
+        return float(ml_dtypes.finfo(self.numpy).max)
+
+    @property
+    def smallest_normal(self) -> float:
+        return float(ml_dtypes.finfo(self.numpy).smallest_normal)
+
+
+def _info(name: str, numpy_type, accumulates_in: str | None = None) -> DTypeInfo:
+    return DTypeInfo(name=name, numpy=np.dtype(numpy_type), accumulates_in=accumulates_in or name)
+
+
+# Widest first: the order of the pytest ids, the results and the report's columns.
+DTYPE_INFO: dict[str, DTypeInfo] = {info.name: info for info in (
+    _info("float64", np.float64),
+    _info("float32", np.float32),
+    _info("bfloat16", ml_dtypes.bfloat16, accumulates_in="float32"),
+    _info("float16", np.float16, accumulates_in="float32"),
+)}
+DTYPES: tuple[str, ...] = tuple(DTYPE_INFO)
+NARROW_DTYPES: tuple[str, ...] = tuple(name for name, info in DTYPE_INFO.items() if info.narrow)
+
+
+def dtype_info(name: str) -> DTypeInfo:
+    if name not in DTYPE_INFO:
+        raise ValueError(f"dtype {name!r} is not one of {DTYPES}")
+    return DTYPE_INFO[name]
 
 
 def numpy_dtype(name: str) -> np.dtype:
-    if name not in NUMPY_DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {DTYPES}")
-    return NUMPY_DTYPES[name]
+    return dtype_info(name).numpy
 
 
 def round_to(a: np.ndarray, name: str) -> np.ndarray:
@@ -26,9 +79,20 @@ def round_to(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def unit_roundoff(name: str) -> float:
-    """u = 2^-p for a p-bit significand: the worst relative error of one rounding."""
-    return float(ml_dtypes.finfo(numpy_dtype(name)).eps) / 2.0
+    return dtype_info(name).unit_roundoff
 
 
 def max_finite(name: str) -> float:
-    return float(ml_dtypes.finfo(numpy_dtype(name)).max)
+    return dtype_info(name).max_finite
+
+
+def accumulation_dtype(name: str) -> str:
+    """The dtype a framework sums `name` in: float32 for the narrow dtypes, else the dtype itself."""
+    return dtype_info(name).accumulates_in
+
+
+def claims(*names: str) -> frozenset[str]:
+    """A backend's dtype claim, by name (never `frozenset(DTYPES)`: a new dtype must be claimed on purpose)."""
+    for name in names:
+        dtype_info(name)
+    return frozenset(names)
