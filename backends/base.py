@@ -13,10 +13,13 @@ from typing import Sequence
 
 import numpy as np
 
+from resconf.backends import contract
 from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig
+from resconf.backends.contract import dtype_error  # noqa: F401  re-exported: adapters outside backends/ use it
 from resconf.backends.params import LayerParams
 
 DEVICES = ("cpu", "cuda")  # what --device accepts
+BENCH_EPS = 1e-5  # eps of the bench_fused_add_norm callables, which take no eps (nn.LayerNorm's default)
 
 
 class BackendUnavailable(LookupError):
@@ -92,10 +95,13 @@ class FusedGrads:
 
 
 class Backend(ABC):
-    """Base class of every backend. Override what you support and declare it in `capabilities`.
+    """Base class of every backend: a template. The public methods check the call once (the dtype, the
+    configuration and the fused kind claimed in `capabilities`; the shapes: backends/contract.py), then call
+    the hook of the same name with a leading underscore, which is what an adapter implements.
 
-    Required for blocks (capabilities.blocks): stack_forward and stack_vjp.
-    Required for fused add+norm (capabilities.fused_kinds non-empty): fused_add_norm, fused_add_norm_vjp.
+    Required for blocks (capabilities.blocks): _stack_forward and _stack_vjp.
+    Required for fused add+norm (capabilities.fused_kinds non-empty): _fused_add_norm, _fused_add_norm_vjp.
+    Tensor-parallel layers (capabilities.tensor_parallel): _tp_stack_forward and _tp_stack_vjp.
     """
 
     name: str = "unnamed"
@@ -120,42 +126,78 @@ class Backend(ABC):
         """Framework name -> version, recorded in every result row."""
         return {}
 
+    # --- The public API: the calling contract checked once (backends/contract.py), then the adapter's hook ---
     def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         """Run len(params) layers on x (B, T, C); return every stream state, every write and the final norm."""
-        raise NotImplementedError(f"backend {self.name!r} does not implement stack_forward")
+        contract.check_stack_call(self, cfg, x, None, dtype)
+        return self._stack_forward(cfg, params, x, dtype)
 
     def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                   dtype: str) -> StackGrads:
         """Pull the cotangent g on the stack's output (StackTrace.output) back to x_0 and to every parameter (the framework's own autodiff)."""
-        raise NotImplementedError(f"backend {self.name!r} does not implement stack_vjp")
+        contract.check_stack_call(self, cfg, x, g, dtype)
+        return self._stack_vjp(cfg, params, x, g, dtype)
 
     def tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
                          ranks: int) -> StackTrace:
         """stack_forward with every layer split over `ranks` tensor-parallel ranks (capabilities.tensor_parallel;
         the split: backends/tensor_parallel.py); states and writes as one device would return them."""
-        raise NotImplementedError(f"backend {self.name!r} does not implement tp_stack_forward")
+        contract.check_tp_call(self, cfg, x, None, dtype, ranks)
+        return self._tp_stack_forward(cfg, params, x, dtype, ranks)
 
     def tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                      dtype: str, ranks: int) -> StackGrads:
         """stack_vjp on `ranks` tensor-parallel ranks; every gradient full-shape (the ranks' shards put back)."""
-        raise NotImplementedError(f"backend {self.name!r} does not implement tp_stack_vjp")
-
-    def init_params(self, cfg: BlockConfig, seed: int) -> tuple[LayerParams, ...]:
-        """Optional: the backend's own initializer for scheme cfg.init. When offered, the suite runs the
-        identity and variance properties on these parameters, so the scheme itself is under test."""
-        raise NotImplementedError
+        contract.check_tp_call(self, cfg, x, g, dtype, ranks)
+        return self._tp_stack_vjp(cfg, params, x, g, dtype, ranks)
 
     def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                        eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
                        ) -> tuple[np.ndarray, np.ndarray]:
         """(norm(x + residual) * weight (+ bias), x + residual); the sum is kept in float32 when
         residual_in_fp32, else in `dtype`."""
-        raise NotImplementedError(f"backend {self.name!r} does not implement fused_add_norm")
+        contract.check_fused_call(self, x, residual, weight, bias, eps, kind, dtype)
+        return self._fused_add_norm(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
 
     def fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                            eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
                            residual_in_fp32: bool = False) -> FusedGrads:
         """Gradients of <g_out, out> + <g_residual, new_residual> w.r.t. x, residual, weight, bias."""
+        contract.check_fused_call(self, x, residual, weight, bias, eps, kind, dtype,
+                                  ("g_out", g_out), ("g_residual", g_residual))
+        return self._fused_add_norm_vjp(x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
+                                        residual_in_fp32)
+
+    def init_params(self, cfg: BlockConfig, seed: int) -> tuple[LayerParams, ...]:
+        """Optional: the backend's own initializer for scheme cfg.init. When offered, the suite runs the
+        identity and variance properties on these parameters, so the scheme itself is under test."""
+        raise NotImplementedError
+
+    # --- The hooks an adapter implements: same arguments, already checked against the contract above ---
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str
+                       ) -> StackTrace:
+        raise NotImplementedError(f"backend {self.name!r} does not implement stack_forward")
+
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
+        raise NotImplementedError(f"backend {self.name!r} does not implement stack_vjp")
+
+    def _tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
+                          ranks: int) -> StackTrace:
+        raise NotImplementedError(f"backend {self.name!r} does not implement tp_stack_forward")
+
+    def _tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                      dtype: str, ranks: int) -> StackGrads:
+        raise NotImplementedError(f"backend {self.name!r} does not implement tp_stack_vjp")
+
+    def _fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                        eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError(f"backend {self.name!r} does not implement fused_add_norm")
+
+    def _fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                            eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
+                            residual_in_fp32: bool = False) -> FusedGrads:
         raise NotImplementedError(f"backend {self.name!r} does not implement fused_add_norm_vjp")
 
     # --- Optional hooks for the asv benchmarks: native arrays, no NumPy round trip in the timed region ---
@@ -179,6 +221,3 @@ class Backend(ABC):
         return f"<{type(self).__name__} {self.name!r} on {self.device}>"
 
 
-def dtype_error(backend: Backend, dtype: str) -> ValueError:
-    return ValueError(f"backend {backend.name!r} on {backend.device} does not claim dtype {dtype!r}; "
-                      f"it claims {sorted(backend.capabilities.dtypes)}")

@@ -22,7 +22,8 @@ from resconf.backends.base import FusedGrads, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.emulated import Arithmetic, using
 from resconf.backends.fused_args import residual_dtype
-from resconf.backends.numpy_ref import NumpyReference, _check_same_shape, _checked_stream
+from resconf.backends import contract
+from resconf.backends.numpy_ref import NumpyReference, _checked_stream
 from resconf.backends.params import LayerParams
 
 
@@ -51,36 +52,31 @@ class EmulatedReference(NumpyReference):
         return {"numpy": np.__version__, "arithmetic": f"{self.order}{'+fma' if self.fma else ''}"
                 f"{', float64 accumulation' if self.wide else ''}"}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
-        self._check_dtype(dtype)
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         x = _checked_stream(cfg, params, x)
         with using(self.arithmetic(dtype)) as cast:
             trace = ref.stack_forward(cfg, cast(params), cast(x))
         return StackTrace(states=_f64(trace.states), branches=_f64(trace.branches),
                           final=None if trace.final is None else _f64(trace.final))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
-        self._check_dtype(dtype)
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
         x = _checked_stream(cfg, params, x)
-        _check_same_shape("g", g, "x", x)
         with using(self.arithmetic(dtype)) as cast:
             grads = ref.stack_vjp(cfg, cast(params), cast(x), cast(np.asarray(g, dtype=np.float64)))
         return StackGrads(dx=_f64(grads.dx), dparams=tuple(p.map(_f64) for p in grads.dparams))
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
-        self._check_fused(x, residual, weight, bias, kind, dtype)
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        contract.check_fused_shapes(x, residual, weight, bias)  # NumPy would broadcast: the control's own guard
         rdtype = residual_dtype(dtype, residual_in_fp32)
         with using(self.arithmetic(dtype)) as cast:
             out, s = ref.fused_add_norm(cast(x), _residual(cast, residual, rdtype), cast(weight), cast(bias),
                                         eps, kind, rdtype)
         return _f64(out), _f64(s)
 
-    def fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
-                           residual_in_fp32=False) -> FusedGrads:
-        self._check_fused(x, residual, weight, bias, kind, dtype)
-        _check_same_shape("g_out", g_out, "x", x)
-        _check_same_shape("g_residual", g_residual, "x", x)
+    def _fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
+                            residual_in_fp32=False) -> FusedGrads:
+        contract.check_fused_shapes(x, residual, weight, bias)
         rdtype = residual_dtype(dtype, residual_in_fp32)
         with using(self.arithmetic(dtype)) as cast:
             grads = ref.fused_add_norm_vjp(cast(x), _residual(cast, residual, rdtype), cast(weight), cast(bias),

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from resconf.backends.dtypes import claims
 from resconf.backends.jax_modules import ModuleBackend, Slot, Structure
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (each trace is a compile)
@@ -179,7 +180,7 @@ class FlaxBlockBackend(ModuleBackend):
     # float64 nowhere: the same function's softmax is always float32 (jax.nn.dot_product_attention), so a
     # float64 layer is float32-accurate (3.7e-9 relative), and at large |x| LayerNorm's clamped fast variance
     # turns a rounded mean into outputs of 1e22 that overflow that float32 softmax (docs/findings.md).
-    dtypes_on = {"cpu": frozenset({"float32", "bfloat16"}), "cuda": frozenset({"float32", "bfloat16", "float16"})}
+    dtypes_on = {"cpu": claims("float32", "bfloat16"), "cuda": claims("float32", "bfloat16", "float16")}
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "flax": flax.__version__}

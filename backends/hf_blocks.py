@@ -23,12 +23,13 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel, PhiConfig, PhiModel
 
 from resconf.backends.base import Capabilities
-from resconf.backends.config import DTYPES, BlockConfig
+from resconf.backends.config import BlockConfig
+from resconf.backends.dtypes import claims
 from resconf.backends.torch_real import Record, RealModuleBackend, Slot, first
 
 ATTN = "sdpa"
 TWO = frozenset({("attention", "mlp")})
-FLOAT32_INSIDE = frozenset(DTYPES) - {"float64"}  # module docstring
+FLOAT32_INSIDE = claims("float32", "bfloat16", "float16")  # module docstring
 
 
 def gelu_name(cfg: BlockConfig) -> str:
@@ -94,7 +95,7 @@ class HfGpt2Backend(HfBackend):
         fixed = frozenset({"sublayers"})
         return Capabilities(placements=frozenset({"pre"}), norms=frozenset({"layernorm"}),
                             branches=frozenset({"attention", "mlp"}), features=fixed | {"final_norm"},
-                            dtypes=frozenset(DTYPES), layers=TWO, requires=fixed)
+                            dtypes=claims("float64", "float32", "bfloat16", "float16"), layers=TWO, requires=fixed)
 
     def config(self, cfg: BlockConfig) -> GPT2Config:
         return GPT2Config(vocab_size=1, n_positions=1024, n_embd=cfg.d_model, n_layer=cfg.depth, n_head=cfg.n_heads,

@@ -22,15 +22,17 @@ import jaxlib
 import numpy as np
 
 from resconf.backends import jax_blocks as jb
-from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads, StackTrace,
-                                   dtype_error)
-from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends import contract
+from resconf.backends.base import (BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads,
+                                   StackTrace)
+from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig
+from resconf.backends.dtypes import claims
+from resconf.backends.fused_args import residual_dtype
+from resconf.backends.jax_dtypes import to_jax, to_numpy
 from resconf.backends.jax_tp import JaxTensorParallel
 from resconf.backends.params import LayerParams, check_params
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
-BENCH_EPS = 1e-5  # eps of the fused add+norm benchmark callables
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,10 +85,6 @@ def _bench_fused_fn(kind: str, backward: bool):
     return jax.jit(forward_backward)
 
 
-def _to64(a: jax.Array) -> np.ndarray:
-    return np.asarray(a).astype(np.float64)
-
-
 def jax_device(backend: str, device: str):
     """JAX's first device of the kind asked for, with float64 on (process-wide, so here, not on import)."""
     jax.config.update("jax_enable_x64", True)
@@ -111,7 +109,7 @@ class JaxBackend(JaxTensorParallel, Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(features=frozenset(FEATURES), dtypes=frozenset(DTYPES),
+        return Capabilities(features=frozenset(FEATURES), dtypes=claims("float64", "float32", "bfloat16", "float16"),
                             fused_kinds=frozenset(FUSED_KINDS),
                             tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset())
 
@@ -119,50 +117,48 @@ class JaxBackend(JaxTensorParallel, Backend):
         return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
 
     # --- stacks of layers ---
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         layers, final = self._stacked(cfg, params, x, dtype)
         states, writes, out = _stack_forward_fn(jb.StaticBlock.of(cfg))(
             self.to_native(x, dtype), layers, final, jb.Scalars.of(cfg))
-        return StackTrace(states=_to64(states), branches=_to64(writes), final=None if out is None else _to64(out))
+        return StackTrace(states=to_numpy(states), branches=to_numpy(writes), final=None if out is None else to_numpy(out))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
         layers, final = self._stacked(cfg, params, x, dtype)
-        _check_same_shape("g", g, "x", x)
         dx, dlayers, dfinal = _stack_vjp_fn(jb.StaticBlock.of(cfg))(
             self.to_native(x, dtype), layers, final, self.to_native(g, dtype), jb.Scalars.of(cfg))
-        return StackGrads(dx=_to64(dx), dparams=_unstack(params, dlayers, dfinal))
+        return StackGrads(dx=to_numpy(dx), dparams=_unstack(params, dlayers, dfinal))
 
     # --- fused add+norm ---
-    def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                       eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        args = self._fused_args(x, residual, weight, bias, kind, dtype, residual_in_fp32)
+    def _fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                        eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        args = self._fused_args(x, residual, weight, bias, dtype, residual_in_fp32)
         out, new_residual = _fused_forward_fn(kind, residual_in_fp32)(*args, np.float64(eps))
-        return _to64(out), _to64(new_residual)
+        return to_numpy(out), to_numpy(new_residual)
 
-    def fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                           eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
-                           residual_in_fp32: bool = False) -> FusedGrads:
-        args = self._fused_args(x, residual, weight, bias, kind, dtype, residual_in_fp32)
-        _check_same_shape("g_out", g_out, "x", x)
-        _check_same_shape("g_residual", g_residual, "x", x)
+    def _fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                            eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
+                            residual_in_fp32: bool = False) -> FusedGrads:
+        args = self._fused_args(x, residual, weight, bias, dtype, residual_in_fp32)
         grads = _fused_vjp_fn(kind, residual_in_fp32)(
             *args, np.float64(eps), self.to_native(g_out, dtype),
-            self.to_native(g_residual, "float32" if residual_in_fp32 else dtype))
+            self.to_native(g_residual, residual_dtype(dtype, residual_in_fp32)))
         dx, dresidual, dweight, dbias = grads
-        return FusedGrads(_to64(dx), _to64(dresidual), _to64(dweight), None if dbias is None else _to64(dbias))
+        return FusedGrads(to_numpy(dx), to_numpy(dresidual), to_numpy(dweight), None if dbias is None else to_numpy(dbias))
 
     # --- benchmark hooks: jitted on first call with a new shape (call once in asv's setup) ---
     def to_native(self, a: np.ndarray, dtype: str) -> jax.Array:
-        return jax.device_put(np.asarray(a, dtype=np.float64).astype(numpy_dtype(dtype)), self._device)
+        return to_jax(a, dtype, self._device)
 
     def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
-        self._check_fused(kind, dtype)
+        contract.check_bench_fused(self, kind, dtype)
         return _bench_fused_fn(kind, backward)  # with_bias=False: pass bias=None (jit specialises on it)
 
     def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
-        self._check_dtype(dtype)
+        contract.check_dtype(self, dtype)
+        contract.check_blocks(self, cfg)
         check_params(cfg, params)
         layers, final = self._stack_params(params, dtype)
         vjp, scalars = _stack_vjp_fn(jb.StaticBlock.of(cfg)), jb.Scalars.of(cfg)
@@ -171,16 +167,7 @@ class JaxBackend(JaxTensorParallel, Backend):
     def synchronize(self, result) -> None:
         jax.block_until_ready(result)
 
-    # --- argument checks and conversion ---
-    def _check_dtype(self, dtype: str) -> None:
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-
-    def _check_fused(self, kind: str, dtype: str) -> None:
-        self._check_dtype(dtype)
-        if kind not in self.capabilities.fused_kinds:
-            raise ValueError(f"fused add+norm kind {kind!r} is not one of {sorted(self.capabilities.fused_kinds)}")
-
+    # --- conversion ---
     def _stack_params(self, params: Sequence[LayerParams], dtype: str) -> tuple[LayerParams, LayerParams | None]:
         """(the layers' tensors stacked along a new axis 0, the final norm's tensors or None): the final
         norm lives in the last record only, so it cannot be scanned over."""
@@ -191,39 +178,25 @@ class JaxBackend(JaxTensorParallel, Backend):
 
     def _stacked(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str
                  ) -> tuple[LayerParams, LayerParams | None]:
-        """Eager checks naming both shapes (a shape error from inside jit would not say which tensor of
-        which layer is wrong), then the stacked tensors."""
-        self._check_dtype(dtype)
-        if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
-            raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
+        """The parameters checked eagerly, naming both shapes (a shape error from inside jit would not say
+        which tensor of which layer is wrong), then the stacked tensors."""
         check_params(cfg, params)
         return self._stack_params(params, dtype)
 
-    def _fused_args(self, x, residual, weight, bias, kind, dtype, residual_in_fp32):
-        self._check_fused(kind, dtype)
-        _check_same_shape("residual", residual, "x", x)
-        for label, t in (("weight", weight), ("bias", bias)):
-            if t is not None and np.shape(t) != np.shape(x)[-1:]:
-                raise ValueError(f"fused add+norm: {label} has shape {np.shape(t)}, expected {np.shape(x)[-1:]} "
-                                 f"(the last axis of x, shape {np.shape(x)})")
-        # residual_in_fp32: a low-precision caller keeps its residual in float32, so it arrives as float32
-        residual_dtype = "float32" if residual_in_fp32 and dtype in ("bfloat16", "float16") else dtype
-        return (self.to_native(x, dtype), self.to_native(residual, residual_dtype),
+    def _fused_args(self, x, residual, weight, bias, dtype, residual_in_fp32):
+        """The arrays on the device. jnp broadcasts a (1, C) residual silently, so the adapter's own guard
+        rejects it here (BI-1 calls the hooks directly); the residual arrives in its residual dtype."""
+        contract.check_fused_shapes(x, residual, weight, bias)
+        return (self.to_native(x, dtype), self.to_native(residual, residual_dtype(dtype, residual_in_fp32)),
                 self.to_native(weight, dtype), None if bias is None else self.to_native(bias, dtype))
-
-
-def _check_same_shape(label: str, a: np.ndarray, ref_label: str, ref: np.ndarray) -> None:
-    if np.shape(a) != np.shape(ref):
-        raise ValueError(f"{label} has shape {np.shape(a)} but {ref_label} has shape {np.shape(ref)}; "
-                         f"they must be equal (no broadcasting)")
 
 
 def _unstack(params: Sequence[LayerParams], dlayers: LayerParams, dfinal: LayerParams | None
              ) -> tuple[LayerParams, ...]:
     """Per-layer float64 gradient records with the parameters' names in their order (the pytree's dicts
     come back with sorted keys); the final norm's gradients go to the last record."""
-    stacked = {name: _to64(t) for name, t in dlayers.items()}  # (L, ...) each
-    final = {} if dfinal is None else {name: _to64(t) for name, t in dfinal.items()}
+    stacked = {name: to_numpy(t) for name, t in dlayers.items()}  # (L, ...) each
+    final = {} if dfinal is None else {name: to_numpy(t) for name, t in dfinal.items()}
     return tuple(LayerParams({name: final[name] if name.startswith(jb.FINAL) else stacked[name][layer]
                               for name, _ in p.items()})
                  for layer, p in enumerate(params))

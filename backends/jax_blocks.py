@@ -24,6 +24,7 @@ import numpy as np
 from jax import lax
 
 from resconf.backends.config import BlockConfig
+from resconf.backends.jax_dtypes import jax_residual_dtype
 from resconf.backends.params import LayerParams
 
 # LayerParams as a pytree: its `tensors` dict is the subtree, so stacked layers go through lax.scan and
@@ -284,7 +285,6 @@ def fused_add_norm(x: jax.Array, residual: jax.Array, weight: jax.Array, bias: j
     """(norm(x + residual) * weight (+ bias), x + residual). The sum is taken in the wider of its inputs
     and rounded once to the residual dtype (x's dtype, or float32 when residual_in_fp32); the norm reads
     that rounded sum, with statistics in float32 or wider, and writes x's dtype."""
-    residual_dtype = jnp.float32 if residual_in_fp32 else x.dtype
     wide = jnp.result_type(x.dtype, residual.dtype)
-    new_residual = (x.astype(wide) + residual.astype(wide)).astype(residual_dtype)
+    new_residual = (x.astype(wide) + residual.astype(wide)).astype(jax_residual_dtype(x.dtype, residual_in_fp32))
     return norm(new_residual, weight, bias, kind, eps, x.dtype), new_residual

@@ -17,14 +17,16 @@ import jax
 import jaxlib
 import numpy as np
 
-from resconf.backends.base import Backend, Capabilities, StackGrads, StackTrace, dtype_error
-from resconf.backends.config import DTYPES, BlockConfig
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.base import Backend, Capabilities, StackGrads, StackTrace
+from resconf.backends.config import BlockConfig
+from resconf.backends.dtypes import claims
 from resconf.backends.jax_backend import jax_device
+from resconf.backends.jax_dtypes import to_jax, to_numpy
 from resconf.backends.params import LayerParams, check_params
 
 TRANSFORMER_LAYER = ("attention", "mlp")
 FINAL = "final."  # the final norm's tensors, in the last layer's record only
+DTYPES_CLAIMED = claims("float64", "float32", "bfloat16", "float16")  # unless dtypes_on says otherwise
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,6 @@ class Slot:
     from_module: Callable[[np.ndarray, Structure], np.ndarray] = lambda a, s: a
 
 
-def to64(a: jax.Array) -> np.ndarray:
-    return np.asarray(a).astype(np.float64)
-
-
-def check_same_shape(label: str, a: np.ndarray, ref_label: str, ref: np.ndarray) -> None:
-    if np.shape(a) != np.shape(ref):
-        raise ValueError(f"{label} has shape {np.shape(a)} but {ref_label} has shape {np.shape(ref)}; "
-                         f"they must be equal (no broadcasting)")
-
-
 class ModuleBackend(Backend):
     """A backend whose layer is a library's module (Flax, Equinox). Subclasses give the library's name and
     version, their features, the parameter table (`slots`) and two jitted runs over native arrays:
@@ -87,7 +79,7 @@ class ModuleBackend(Backend):
 
     devices = ("cpu", "cuda")
     features: frozenset[str] = frozenset()
-    dtypes_on: dict[str, frozenset[str]] = {}  # device -> the dtypes claimed there, when not all of DTYPES
+    dtypes_on: dict[str, frozenset[str]] = {}  # device -> the dtypes claimed there, when not DTYPES_CLAIMED
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
@@ -98,7 +90,7 @@ class ModuleBackend(Backend):
         # One Pre-LN transformer layer (attention then MLP), as the library's users write it.
         return Capabilities(placements=frozenset({"pre"}), norms=frozenset({"layernorm", "rmsnorm"}),
                             branches=frozenset(TRANSFORMER_LAYER), features=self.features,
-                            dtypes=self.dtypes_on.get(self.device, frozenset(DTYPES)),
+                            dtypes=self.dtypes_on.get(self.device, DTYPES_CLAIMED),
                             layers=frozenset({TRANSFORMER_LAYER}),
                             requires=frozenset({"sublayers"}))
 
@@ -116,34 +108,27 @@ class ModuleBackend(Backend):
         raise NotImplementedError
 
     # --- the adapter API ---
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         s, layers, final = self._prepare(cfg, params, x, dtype)
         states, writes, out = self._forward(s, layers, final, self.to_native(x, dtype))
-        states, writes = (to64(a).reshape((cfg.n_updates,) + np.shape(x)) for a in (states, writes))  # (L, 2, ...)
+        states, writes = (to_numpy(a).reshape((cfg.n_updates,) + np.shape(x)) for a in (states, writes))  # (L, 2, ...)
         return StackTrace(states=np.concatenate([np.asarray(x, dtype=np.float64)[None], states]), branches=writes,
-                          final=None if out is None else to64(out))
+                          final=None if out is None else to_numpy(out))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
         s, layers, final = self._prepare(cfg, params, x, dtype)
-        check_same_shape("g", g, "x", x)
         dx, dlayers, dfinal = self._vjp(s, layers, final, self.to_native(x, dtype), self.to_native(g, dtype))
-        return StackGrads(dx=to64(dx), dparams=self._unstack(s, params, dlayers, dfinal))
+        return StackGrads(dx=to_numpy(dx), dparams=self._unstack(s, params, dlayers, dfinal))
 
     def to_native(self, a: np.ndarray, dtype: str) -> jax.Array:
-        return jax.device_put(np.asarray(a, dtype=np.float64).astype(numpy_dtype(dtype)), self._device)
+        return to_jax(a, dtype, self._device)
 
     # --- checks and the parameter map ---
     def _prepare(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str):
-        """Eager checks naming the shapes (an error from inside jit would not say which tensor of which
-        layer is wrong), then (structure, layer tensors stacked over layers, final norm's tensors or None)."""
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-        why = self.capabilities.why_not(cfg)
-        if why:
-            raise ValueError(f"backend {self.name!r} {why}: cannot run {cfg.describe()}")
-        if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
-            raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
+        """The parameters checked eagerly, naming the shapes (an error from inside jit would not say which
+        tensor of which layer is wrong), then (structure, layer tensors stacked over layers, final norm's
+        tensors or None)."""
         check_params(cfg, params)
         s = Structure.of(cfg, dtype)
         layers, final = {}, {}
@@ -159,8 +144,8 @@ class ModuleBackend(Backend):
                  ) -> tuple[LayerParams, ...]:
         """Per-layer float64 gradient records under resconf's names, in the parameters' order."""
         slots = {slot.name: slot for slot in self.slots(s)}
-        stacked = {name: to64(t) for name, t in dlayers.items()}  # (L, ...) each
-        final = {name: to64(t) for name, t in (dfinal or {}).items()}
+        stacked = {name: to_numpy(t) for name, t in dlayers.items()}  # (L, ...) each
+        final = {name: to_numpy(t) for name, t in (dfinal or {}).items()}
         return tuple(LayerParams({name: slots[name].from_module(final[name] if name.startswith(FINAL)
                                                                 else stacked[name][layer], s)
                                   for name, _ in p.items()})

@@ -21,7 +21,7 @@ from resconf.backends import tensor_parallel as tp
 from resconf.backends import tp_launch
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
-from resconf.backends.params import LayerParams
+from resconf.backends.params import LayerParams, check_params
 
 TP_DEVICES = 4  # host devices of the JAX rank process: the largest P claimed
 
@@ -51,24 +51,20 @@ def _handle(job: Job):
     import jax
 
     from resconf.backends import jax_blocks as jb
-    from resconf.backends.dtypes import numpy_dtype
+    from resconf.backends.jax_dtypes import to_jax, to_numpy
 
     def native(a):
-        return jax.numpy.asarray(np.asarray(a, dtype=np.float64).astype(numpy_dtype(job.dtype)))
+        return to_jax(a, job.dtype)
 
     layers = LayerParams({name: native(np.stack([p[name] for p in job.params])) for name, _ in job.params[0].items()})
     x, static, sc = native(job.x), jb.StaticBlock.of(tp.local_config(job.cfg, job.ranks)), jb.Scalars.of(job.cfg)
     names = tuple(name for name, _ in job.params[0].items())
     if job.g is None:
         states, writes = _forward_fn(static, names, job.ranks)(x, layers, sc)
-        return _to64(states), _to64(writes)
+        return to_numpy(states), to_numpy(writes)
     dx, dlayers = _vjp_fn(static, names, job.ranks)(x, layers, sc, native(job.g))
-    return _to64(dx), tuple(LayerParams({name: _to64(dlayers[name][i]) for name in names})
+    return to_numpy(dx), tuple(LayerParams({name: to_numpy(dlayers[name][i]) for name in names})
                             for i in range(len(job.params)))
-
-
-def _to64(a) -> np.ndarray:
-    return np.asarray(a).astype(np.float64)
 
 
 def _sharded_stack(static, names: tuple[str, ...], ranks: int):
@@ -153,17 +149,17 @@ class JaxTensorParallel:
                                 f"{TP_DEVICES} host devices", env=(("XLA_FLAGS", flags), ("JAX_PLATFORMS", "cpu")))
 
     def _tp_run(self, cfg, params, x, g, dtype, ranks):
-        tp.check_call(self, cfg, params, x, g, dtype, ranks)
+        check_params(cfg, params)  # a wrong-shaped tensor would fail inside shard_map, far from the cause
         job = Job(cfg, tuple(params), np.asarray(x, dtype=np.float64),
                   None if g is None else np.asarray(g, dtype=np.float64), dtype, ranks)
         return tp_launch.run(self._launch(), [job], self.tp_timeout_s)[0]
 
-    def tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
-                         ranks: int) -> StackTrace:
+    def _tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
+                              ranks: int) -> StackTrace:
         states, writes = self._tp_run(cfg, params, x, None, dtype, ranks)
         return StackTrace(states=states, branches=writes)
 
-    def tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                     dtype: str, ranks: int) -> StackGrads:
+    def _tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                      dtype: str, ranks: int) -> StackGrads:
         dx, dparams = self._tp_run(cfg, params, x, g, dtype, ranks)
         return StackGrads(dx=dx, dparams=dparams)

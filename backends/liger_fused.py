@@ -41,14 +41,16 @@ import numpy as np
 import torch
 import triton
 
-from resconf.backends.base import Backend, Capabilities, DeviceUnavailable, FusedGrads, dtype_error
+from resconf.backends import contract
+from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads
 from resconf.backends.config import FUSED_KINDS
-from resconf.backends.fused_args import check_fused_args, residual_dtype
+from resconf.backends.dtypes import claims
+from resconf.backends.fused_args import residual_dtype
+from resconf.backends.torch_dtypes import to_numpy, torch_dtype
 
 CASTING_MODES = ("llama", "gemma", "none")
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CPU_DTYPES = ("float32", "float16")  # no bfloat16 in Triton 3.9's interpreter (backends/liger_interpret.py)
-BENCH_EPS = 1e-5  # the bench callables take no eps argument
+GPU_DTYPES = claims("float32", "bfloat16", "float16")
+CPU_DTYPES = claims("float32", "float16")  # no bfloat16 in Triton 3.9's interpreter (backends/liger_interpret.py)
 
 
 def _load_ops(device: str):
@@ -83,9 +85,8 @@ class LigerFusedBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        dtypes = CPU_DTYPES if self.device == "cpu" else tuple(TORCH_DTYPES)
         return Capabilities(placements=frozenset(), norms=frozenset(), branches=frozenset(),
-                            dtypes=frozenset(dtypes), fused_kinds=frozenset(FUSED_KINDS), blocks=False)
+                            dtypes=CPU_DTYPES if self.device == "cpu" else GPU_DTYPES, fused_kinds=frozenset(FUSED_KINDS), blocks=False)
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
@@ -97,14 +98,12 @@ class LigerFusedBackend(Backend):
 
     def _tensor(self, a: np.ndarray, dtype: str, grad: bool = False) -> torch.Tensor:
         """float64 values representable in dtype -> a tensor in dtype on our device (exact)."""
-        t = torch.from_numpy(np.ascontiguousarray(a, np.float64)).to(self.device, TORCH_DTYPES[dtype])
+        t = torch.from_numpy(np.ascontiguousarray(a, np.float64)).to(self.device, torch_dtype(dtype))
         return t.requires_grad_(grad)
 
     def _graph(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32, grad):
         """Inputs (as tensors) and the (out, new_residual) they give, with autograd recording when `grad`."""
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-        check_fused_args(x, residual, weight, bias, eps, kind)
+        contract.check_fused_shapes(x, residual, weight, bias)  # Liger's kernels would read past a short residual
         shape, C = x.shape, x.shape[-1]
         res_name = residual_dtype(dtype, residual_in_fp32)  # the incoming residual is already in that dtype
         inputs = [self._tensor(x.reshape(-1, C), dtype, grad), self._tensor(residual.reshape(-1, C), res_name, grad),
@@ -126,16 +125,15 @@ class LigerFusedBackend(Backend):
             y = self.layer_ops.LigerLayerNormFunction.apply(s, weight, b, eps)
             return y.to(x.dtype), s
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         with torch.no_grad():
             _, out, new_residual, shape = self._graph(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32,
                                                       grad=False)
         return _numpy(out, shape), _numpy(new_residual, shape)
 
-    def fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
-                           residual_in_fp32=False) -> FusedGrads:
-        if g_out.shape != x.shape or g_residual.shape != x.shape:
-            raise ValueError(f"g_out {g_out.shape} and g_residual {g_residual.shape} must have x's shape {x.shape}")
+    def _fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
+                            residual_in_fp32=False) -> FusedGrads:
+        contract.check_fused_shapes(x, residual, weight, bias, ("g_out", g_out), ("g_residual", g_residual))
         inputs, out, new_residual, shape = self._graph(x, residual, weight, bias, eps, kind, dtype,
                                                        residual_in_fp32, grad=True)
         C = shape[-1]
@@ -149,16 +147,14 @@ class LigerFusedBackend(Backend):
 
     # --- benchmark hooks: torch tensors on our device ---
     def to_native(self, a: np.ndarray, dtype: str) -> torch.Tensor:
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
+        contract.check_dtype(self, dtype)
         return self._tensor(a, dtype)
 
     def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
         """f(x, residual, weight, bias, g_out) -> outputs, on tensors from to_native, through Liger's autograd
         Functions (the backward as torch.autograd.grad, no cotangent on the new residual). For "layernorm"
         it times the separate torch add too: that is what running Liger's LayerNorm after an add costs."""
-        if dtype not in self.capabilities.dtypes or kind not in FUSED_KINDS:
-            raise NotImplementedError(f"{self.name} does not support kind {kind!r} in dtype {dtype!r}")
+        contract.check_bench_fused(self, kind, dtype)
 
         def run(x, residual, weight, bias, g_out):
             b = bias if with_bias else None
@@ -198,4 +194,4 @@ class _NoBridge:
 
 def _numpy(t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """Exact upcast to float64 NumPy in the caller's shape."""
-    return t.detach().to("cpu", torch.float64).numpy().reshape(shape)
+    return to_numpy(t).reshape(shape)

@@ -17,12 +17,11 @@ import numba
 import numpy as np
 
 from resconf.backends import numba_kernels as nk
-from resconf.backends.base import Backend, Capabilities, FusedGrads, dtype_error
+from resconf.backends import contract
+from resconf.backends.base import BENCH_EPS, Backend, Capabilities, FusedGrads
 from resconf.backends.config import FUSED_KINDS
-from resconf.backends.fused_args import check_fused_args, residual_dtype
-from resconf.backends.dtypes import numpy_dtype
-
-BENCH_EPS = 1e-5  # the bench callables take no eps argument
+from resconf.backends.dtypes import claims, numpy_dtype
+from resconf.backends.fused_args import residual_dtype
 
 
 def _rows(a: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -85,35 +84,32 @@ class NumbaFusedBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(placements=frozenset(), norms=frozenset(), branches=frozenset(),
-                            dtypes=frozenset({"float32", "float64"}), fused_kinds=frozenset(FUSED_KINDS),
+                            dtypes=claims("float64", "float32"), fused_kinds=frozenset(FUSED_KINDS),
                             blocks=False)
 
     def versions(self) -> dict[str, str]:
         return {"numba": numba.__version__}
 
-    def _native_args(self, x, residual, weight, bias, eps, kind, dtype):
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-        check_fused_args(x, residual, weight, bias, eps, kind)
+    def _native_args(self, x, residual, weight, bias, dtype):
+        contract.check_fused_shapes(x, residual, weight, bias)  # the kernels index rows unchecked
         dt = numpy_dtype(dtype)
         return _rows(x, dt), _rows(residual, dt), np.ascontiguousarray(weight, dt), \
             None if bias is None else np.ascontiguousarray(bias, dt)
 
     def _run_forward(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32, backward_ws):
-        x2, r2, w, b = self._native_args(x, residual, weight, bias, eps, kind, dtype)
+        x2, r2, w, b = self._native_args(x, residual, weight, bias, dtype)
         ws = Workspace.allocate(x2.shape[0], x2.shape[1], numpy_dtype(dtype),
                                 numpy_dtype(residual_dtype(dtype, residual_in_fp32)), b is not None, backward_ws)
         fused_forward(x2, r2, w, b, eps, kind, ws)
         return w, ws
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         _, ws = self._run_forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32, False)
         return (ws.out.astype(np.float64).reshape(x.shape), ws.new_residual.astype(np.float64).reshape(x.shape))
 
-    def fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
-                           residual_in_fp32=False) -> FusedGrads:
-        if g_out.shape != x.shape or g_residual.shape != x.shape:
-            raise ValueError(f"g_out {g_out.shape} and g_residual {g_residual.shape} must have x's shape {x.shape}")
+    def _fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
+                            residual_in_fp32=False) -> FusedGrads:
+        contract.check_fused_shapes(x, residual, weight, bias, ("g_out", g_out), ("g_residual", g_residual))
         w, ws = self._run_forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32, True)
         dt = numpy_dtype(dtype)
         dweight, dbias = fused_backward(_rows(g_out, dt), _rows(g_residual, dt), w, kind, ws)
@@ -124,8 +120,7 @@ class NumbaFusedBackend(Backend):
 
     # --- benchmark hooks: NumPy arrays in the dtype; the kernels run synchronously ---
     def to_native(self, a: np.ndarray, dtype: str) -> np.ndarray:
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
+        contract.check_dtype(self, dtype)
         return np.ascontiguousarray(a, numpy_dtype(dtype))
 
     def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
@@ -137,10 +132,7 @@ class NumbaFusedBackend(Backend):
             backward  (3 N C + C) b    read g_out, the saved new residual, weight; write d_sum once
         plus O(N) statistics and O(64 C) float64 weight/bias partials, under 1% and not counted.
         """
-        if dtype not in self.capabilities.dtypes:
-            raise NotImplementedError(f"{self.name} does not support dtype {dtype!r}")
-        if kind not in FUSED_KINDS:
-            raise NotImplementedError(f"{self.name} does not support kind {kind!r}")
+        contract.check_bench_fused(self, kind, dtype)
         workspaces: dict[tuple[int, int], Workspace] = {}
 
         def run(x, residual, weight, bias, g_out):

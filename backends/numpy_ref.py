@@ -14,9 +14,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from resconf.backends import numpy_ops as ops
-from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace, dtype_error
-from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
-from resconf.backends.dtypes import round_to
+from resconf.backends import contract
+from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace
+from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig
+from resconf.backends.dtypes import claims, round_to
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.params import LayerParams, check_params
 
@@ -377,59 +378,32 @@ class NumpyReference(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(dtypes=frozenset(DTYPES), fused_kinds=frozenset(FUSED_KINDS), features=frozenset(FEATURES))
+        return Capabilities(dtypes=claims("float64", "float32", "bfloat16", "float16"),
+                            fused_kinds=frozenset(FUSED_KINDS), features=frozenset(FEATURES))
 
     def versions(self) -> dict[str, str]:
         return {"numpy": np.__version__}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
-        self._check_dtype(dtype)
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         return stack_forward(cfg, params, _checked_stream(cfg, params, x))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
-        self._check_dtype(dtype)
-        x = _checked_stream(cfg, params, x)
-        _check_same_shape("g", g, "x", x)
-        return stack_vjp(cfg, params, x, np.asarray(g, dtype=np.float64))
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
+        return stack_vjp(cfg, params, _checked_stream(cfg, params, x), np.asarray(g, dtype=np.float64))
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
-        self._check_fused(x, residual, weight, bias, kind, dtype)
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        contract.check_fused_shapes(x, residual, weight, bias)  # NumPy would broadcast: the oracle's own guard
         return fused_add_norm(x, residual, weight, bias, eps, kind, residual_dtype(dtype, residual_in_fp32))
 
-    def fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
-                           residual_in_fp32=False) -> FusedGrads:
-        self._check_fused(x, residual, weight, bias, kind, dtype)
-        _check_same_shape("g_out", g_out, "x", x)
-        _check_same_shape("g_residual", g_residual, "x", x)
+    def _fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
+                            residual_in_fp32=False) -> FusedGrads:
+        contract.check_fused_shapes(x, residual, weight, bias)
         return fused_add_norm_vjp(x, residual, weight, bias, eps, kind, residual_dtype(dtype, residual_in_fp32),
                                   g_out, g_residual)
 
-    def _check_dtype(self, dtype: str) -> None:
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-
-    def _check_fused(self, x, residual, weight, bias, kind, dtype) -> None:
-        self._check_dtype(dtype)
-        if kind not in FUSED_KINDS:
-            raise ValueError(f"fused add+norm kind {kind!r} is not one of {FUSED_KINDS}")
-        _check_same_shape("residual", residual, "x", x)
-        for name, t in (("weight", weight), ("bias", bias)):
-            if t is not None and np.shape(t) != np.shape(x)[-1:]:
-                raise ValueError(f"{name} has shape {np.shape(t)} but x has shape {np.shape(x)}: "
-                                 f"it must be ({np.shape(x)[-1]},), one value per feature")
-
-
-def _check_same_shape(name: str, a: np.ndarray, other: str, b: np.ndarray) -> None:
-    """Same shape exactly: a (1, C) residual that NumPy would broadcast silently is an error (BI-1)."""
-    if np.shape(a) != np.shape(b):
-        raise ValueError(f"{name} has shape {np.shape(a)} but {other} has shape {np.shape(b)}; they must match")
-
 
 def _checked_stream(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray) -> np.ndarray:
-    """x as float64 (B, T, d_model), and every layer's tensors as the parameter table says, or a ValueError."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 3 or x.shape[-1] != cfg.d_model:
-        raise ValueError(f"x has shape {x.shape}; expected (B, T, {cfg.d_model}) for d_model={cfg.d_model}")
+    """x as float64, and every layer's tensors as the parameter table says, or a ValueError (the oracle's
+    own guard: NumPy would broadcast a wrong-width branch write, BI-1)."""
     check_params(cfg, params)
-    return x
+    return np.asarray(x, dtype=np.float64)

@@ -24,7 +24,7 @@ import numpy as np
 
 from resconf.backends import numpy_ref as ref
 from resconf.backends.config import BlockConfig
-from resconf.backends.params import LayerParams, check_params
+from resconf.backends.params import LayerParams
 
 BRANCHES = ("attention", "mlp")  # a linear branch has no hidden width to split
 # tensor name -> the axis split over the ranks; every other tensor is replicated
@@ -55,23 +55,6 @@ def check(cfg: BlockConfig, ranks: int) -> None:
     reason = why_not(cfg, ranks)
     if reason is not None:
         raise ValueError(f"{cfg.describe()} cannot run on {ranks} tensor-parallel ranks: {reason}")
-
-
-def check_call(backend, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray | None,
-               dtype: str, ranks: int) -> None:
-    """The eager checks of a tp_stack_forward / tp_stack_vjp call, each error naming the fix."""
-    caps = backend.capabilities
-    if ranks not in caps.tensor_parallel:
-        raise ValueError(f"backend {backend.name!r} claims tensor-parallel rank counts {sorted(caps.tensor_parallel)}, "
-                         f"not {ranks}")
-    if dtype not in caps.dtypes:
-        raise ValueError(f"backend {backend.name!r} does not claim dtype {dtype!r}; it claims {sorted(caps.dtypes)}")
-    check(cfg, ranks)
-    check_params(cfg, params)
-    if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
-        raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for {cfg.describe()}")
-    if g is not None and np.shape(g) != np.shape(x):
-        raise ValueError(f"g has shape {np.shape(g)}, expected the shape of x, {np.shape(x)}")
 
 
 def _block(t: np.ndarray, axis: int, rank: int, ranks: int) -> np.ndarray:

@@ -11,17 +11,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from resconf.backends.base import (Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads, StackTrace,
-                                   dtype_error)
-from resconf.backends.config import DTYPES, FEATURES, FUSED_KINDS, BlockConfig
+from resconf.backends import contract
+from resconf.backends.base import (BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads,
+                                   StackTrace)
+from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig
+from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.params import LayerParams
 from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params, output
+from resconf.backends.torch_dtypes import TORCH_DTYPES, to_numpy, to_tensor, torch_dtype
 from resconf.backends.torch_tp import TorchTensorParallel
-
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
-                "bfloat16": torch.bfloat16, "float16": torch.float16}
-BENCH_EPS = 1e-5  # the bench hooks take no eps; nn.LayerNorm's default
 
 
 AddNorm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -55,27 +54,24 @@ class TorchBackend(TorchTensorParallel, Backend):
         # Checked on torch 2.13 CPU: SDPA (enable_gqa too), rms_norm, layer_norm, gelu, relu and silu run
         # forward and backward in float16 and bfloat16.
         if self.device == "cuda" and not torch.cuda.is_bf16_supported():
-            return frozenset(DTYPES) - {"bfloat16"}
-        return frozenset(DTYPES)
+            return claims("float64", "float32", "float16")
+        return claims("float64", "float32", "bfloat16", "float16")
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
     # --- blocks ---
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
-        td = self._dtype(dtype)
-        _check_stream(cfg, x)
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+        td = torch_dtype(dtype)
         stack = build_stack(cfg, params, td, self.device)
         with torch.no_grad():
             states, writes, final = stack(self._tensor(x, td))
-        return StackTrace(states=_numpy(torch.stack(states)), branches=_numpy(_stack_or_empty(writes, states[0])),
-                          final=None if final is None else _numpy(final))
+        return StackTrace(states=to_numpy(torch.stack(states)), branches=to_numpy(_stack_or_empty(writes, states[0])),
+                          final=None if final is None else to_numpy(final))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
-        td = self._dtype(dtype)
-        _check_stream(cfg, x)
-        _check_same_shape("g", g, "x", x)
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
+        td = torch_dtype(dtype)
         stack = build_stack(cfg, params, td, self.device)
         x0 = self._tensor(x, td).requires_grad_()
         states, _, final = stack(x0)
@@ -83,49 +79,41 @@ class TorchBackend(TorchTensorParallel, Backend):
         dx, *dweights = torch.autograd.grad(output(states, final), [x0, *named.values()], self._tensor(g, td),
                                             allow_unused=True)
         dparams = grads_as_params(cfg, params, stack, dict(zip(named, dweights)))
-        return StackGrads(dx=_numpy(_or_zeros(dx, x0)), dparams=dparams)
+        return StackGrads(dx=to_numpy(_or_zeros(dx, x0)), dparams=dparams)
 
     # --- fused add+norm ---
     def _add_norm(self, kind: str, with_bias: bool, residual_in_fp32: bool) -> AddNorm:
         """The add+norm function to run; the eager backend runs the plain composition."""
         return ADD_NORMS[kind]
 
-    def fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                       eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        leaves = self._fused_leaves(x, residual, weight, bias, kind, dtype, residual_in_fp32, requires_grad=False)
+    def _fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                        eps: float, kind: str, dtype: str, residual_in_fp32: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        leaves = self._fused_leaves(x, residual, weight, bias, dtype, residual_in_fp32, requires_grad=False)
         with torch.no_grad():
             out, new_residual = self._add_norm(kind, bias is not None, residual_in_fp32)(
                 *leaves, eps, _residual_dtype(dtype, residual_in_fp32))
-        return _numpy(out), _numpy(new_residual)
+        return to_numpy(out), to_numpy(new_residual)
 
-    def fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                           eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
-                           residual_in_fp32: bool = False) -> FusedGrads:
-        _check_same_shape("g_out", g_out, "x", x)
-        _check_same_shape("g_residual", g_residual, "x", x)
-        leaves = self._fused_leaves(x, residual, weight, bias, kind, dtype, residual_in_fp32, requires_grad=True)
+    def _fused_add_norm_vjp(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                            eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
+                            residual_in_fp32: bool = False) -> FusedGrads:
+        leaves = self._fused_leaves(x, residual, weight, bias, dtype, residual_in_fp32, requires_grad=True)
         residual_dtype = _residual_dtype(dtype, residual_in_fp32)
         out, new_residual = self._add_norm(kind, bias is not None, residual_in_fp32)(*leaves, eps, residual_dtype)
-        cotangents = (self._tensor(g_out, TORCH_DTYPES[dtype]), self._tensor(g_residual, residual_dtype))
+        cotangents = (self._tensor(g_out, torch_dtype(dtype)), self._tensor(g_residual, residual_dtype))
         present = [t for t in leaves if t is not None]
         grads = torch.autograd.grad((out, new_residual), present, cotangents, allow_unused=True)
-        dx, dresidual, dweight, *dbias = [_numpy(_or_zeros(d, t)) for d, t in zip(grads, present)]
+        dx, dresidual, dweight, *dbias = [to_numpy(_or_zeros(d, t)) for d, t in zip(grads, present)]
         return FusedGrads(dx=dx, dresidual=dresidual, dweight=dweight, dbias=dbias[0] if dbias else None)
 
-    def _fused_leaves(self, x, residual, weight, bias, kind: str, dtype: str, residual_in_fp32: bool,
+    def _fused_leaves(self, x, residual, weight, bias, dtype: str, residual_in_fp32: bool,
                       requires_grad: bool) -> list[torch.Tensor | None]:
-        """[x, residual, weight, bias] as tensors after checking kind, dtype and shapes. The residual comes in
-        the wider of dtype and the residual dtype, so that no input is rounded before the add."""
-        if kind not in self.capabilities.fused_kinds:
-            raise ValueError(f"backend {self.name!r}: fused kind {kind!r} is not one of "
-                             f"{sorted(self.capabilities.fused_kinds)}")
-        td = self._dtype(dtype)
-        _check_same_shape("residual", residual, "x", x)
-        for label, t in (("weight", weight), ("bias", bias)):
-            if t is not None and np.shape(t) != np.shape(x)[-1:]:
-                raise ValueError(f"{label} has shape {np.shape(t)} but x has shape {np.shape(x)}: "
-                                 f"it must be ({np.shape(x)[-1] if np.ndim(x) else '?'},), one value per feature")
+        """[x, residual, weight, bias] as tensors. torch broadcasts a (1, C) residual silently, so the
+        adapter's own guard rejects it here (BI-1 calls this hook directly). The residual comes in the wider
+        of dtype and the residual dtype, so that no input is rounded before the add."""
+        contract.check_fused_shapes(x, residual, weight, bias)
+        td = torch_dtype(dtype)
         wide = torch.promote_types(td, _residual_dtype(dtype, residual_in_fp32))
         leaves = [self._tensor(x, td), self._tensor(residual, wide), self._tensor(weight, td),
                   None if bias is None else self._tensor(bias, td)]
@@ -143,9 +131,7 @@ class TorchBackend(TorchTensorParallel, Backend):
         returns (dx, dresidual, dweight[, dbias]). Call it once in the benchmark's setup on the real
         inputs: that is when torch.compile compiles (once per shape and dtype, with dynamic=False).
         """
-        if kind not in self.capabilities.fused_kinds:
-            raise NotImplementedError(f"backend {self.name!r} has no fused kind {kind!r}")
-        self._dtype(dtype)
+        contract.check_bench_fused(self, kind, dtype)
         add_norm = self._add_norm(kind, with_bias, False)
 
         def forward(x, residual, weight, bias, g_out):
@@ -179,14 +165,11 @@ class TorchBackend(TorchTensorParallel, Backend):
 
     # --- conversions ---
     def _dtype(self, name: str) -> torch.dtype:
-        if name not in self.capabilities.dtypes:
-            raise dtype_error(self, name)
+        contract.check_dtype(self, name)
         return TORCH_DTYPES[name]
 
     def _tensor(self, a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        """a on this device in dtype; the cast is exact because the suite hands representable values.
-        torch.tensor copies, so strided or negative-stride views arrive contiguous."""
-        return torch.tensor(np.asarray(a, dtype=np.float64), device=self.device).to(dtype)
+        return to_tensor(a, dtype, self.device)
 
 
 class TorchCompileBackend(TorchBackend):
@@ -195,7 +178,6 @@ class TorchCompileBackend(TorchBackend):
 
     name = "torch_compile"
     RECOMPILE_LIMIT = 256  # dynamo's default (8) would silently fall back to eager after 8 shapes or dtypes
-    _FUSED_ONLY = "backend {!r} offers fused add+norm only (capabilities.blocks is False)"
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
@@ -215,14 +197,8 @@ class TorchCompileBackend(TorchBackend):
                                                    self.RECOMPILE_LIMIT)
         return self._compiled[key]
 
-    def stack_forward(self, cfg, params, x, dtype) -> StackTrace:
-        raise NotImplementedError(self._FUSED_ONLY.format(self.name))
-
-    def stack_vjp(self, cfg, params, x, g, dtype) -> StackGrads:
-        raise NotImplementedError(self._FUSED_ONLY.format(self.name))
-
     def bench_stack(self, cfg, params, dtype):
-        raise NotImplementedError(self._FUSED_ONLY.format(self.name))
+        contract.check_blocks(self, cfg)
 
 
 def _loud_recompiles(fn: AddNorm, limit: int) -> AddNorm:
@@ -251,10 +227,6 @@ def _residual_dtype(dtype: str, residual_in_fp32: bool) -> torch.dtype:
     return TORCH_DTYPES[residual_dtype(dtype, residual_in_fp32)]
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """autograd gives None for an input the output does not depend on; the API wants zeros."""
     return torch.zeros_like(like) if grad is None else grad
@@ -263,13 +235,3 @@ def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def _stack_or_empty(ts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.stack(ts) if ts else like.new_empty((0, *like.shape))
 
-
-def _check_stream(cfg: BlockConfig, x: np.ndarray) -> None:
-    if np.ndim(x) != 3 or np.shape(x)[-1] != cfg.d_model:
-        raise ValueError(f"x has shape {np.shape(x)}, expected (B, T, {cfg.d_model}) for {cfg.describe()}")
-
-
-def _check_same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None:
-    """No silent broadcasting: a (1, C) residual against an (N, C) x is an error (SPEC BI-1)."""
-    if np.shape(a) != np.shape(ref):
-        raise ValueError(f"{name} has shape {np.shape(a)}, expected the shape of {ref_name}, {np.shape(ref)}")

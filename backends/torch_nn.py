@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from resconf.backends.base import Capabilities
-from resconf.backends.config import DTYPES, BlockConfig
+from resconf.backends.config import BlockConfig
+from resconf.backends.dtypes import claims
 from resconf.backends.torch_real import Record, RealModuleBackend, Slot, first
 
 FIXED = frozenset({"sublayers"})  # always attention then mlp, never one sublayer alone
@@ -59,7 +60,8 @@ class TorchNnBackend(RealModuleBackend):
         return EncoderCapabilities(placements=frozenset({"pre", "post"}), norms=frozenset({"layernorm"}),
                                    branches=frozenset({"attention", "mlp"}),
                                    features=FIXED | {"final_norm", "relu", "no_bias", "no_norm_bias", "bidirectional"},
-                                   dtypes=frozenset(DTYPES), layers=frozenset({("attention", "mlp")}), requires=FIXED)
+                                   dtypes=claims("float64", "float32", "bfloat16", "float16"),
+                                   layers=frozenset({("attention", "mlp")}), requires=FIXED)
 
     def build(self, cfg: BlockConfig, dtype: torch.dtype) -> nn.TransformerEncoder:
         kw = dict(device=self.device, dtype=dtype)
@@ -121,7 +123,7 @@ class TorchNnFastPathBackend(TorchNnBackend):
 
     name = "torch_nn_fast"
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         module, x0 = self._prepare(cfg, params, x, dtype)
         kw = self.mask(cfg, x0)
         mask, causal = kw.get("mask"), kw.get("is_causal", False)

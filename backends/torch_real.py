@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from resconf.backends.base import Backend, StackGrads, StackTrace, dtype_error
+from resconf.backends.base import Backend, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import LayerParams, check_params
-from resconf.backends.torch_backend import (TORCH_DTYPES, _check_same_shape, _check_stream, _numpy,
-                                            require_torch_device)
+from resconf.backends.torch_backend import require_torch_device
+from resconf.backends.torch_dtypes import to_numpy, to_tensor, torch_dtype
 
 
 BUILT_KEPT = 4  # modules kept per backend instance (one conformance case reuses one structure)
@@ -86,7 +86,7 @@ class RealModuleBackend(Backend):
         return {"torch": torch.__version__}
 
     # --- the adapter API ---
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         module, x0 = self._prepare(cfg, params, x, dtype)
         record = Record()
         handles = self.watch(module, cfg, record)
@@ -98,9 +98,8 @@ class RealModuleBackend(Backend):
                 h.remove()
         return self._trace(cfg, x0, record, out)
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
-        _check_same_shape("g", g, "x", x)
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
         module, x0 = self._prepare(cfg, params, x, dtype)
         x0.requires_grad_()
         out = self.run(module, cfg, x0)
@@ -110,21 +109,15 @@ class RealModuleBackend(Backend):
         dx, *dw = torch.autograd.grad(out, [x0, *leaves], self._tensor(g, x0.dtype), allow_unused=True)
         grads: list[dict[str, np.ndarray]] = [{name: np.zeros_like(t) for name, t in p.items()} for p in params]
         for (layer, s), d, leaf in zip(slots, dw, leaves):
-            grads[layer].update(s.unpack(_numpy(torch.zeros_like(leaf) if d is None else d), params[layer]))
-        return StackGrads(dx=_numpy(torch.zeros_like(x0) if dx is None else dx),
+            grads[layer].update(s.unpack(to_numpy(torch.zeros_like(leaf) if d is None else d), params[layer]))
+        return StackGrads(dx=to_numpy(torch.zeros_like(x0) if dx is None else dx),
                           dparams=tuple(LayerParams({n: grads[i][n] for n, _ in p.items()})
                                         for i, p in enumerate(params)))
 
     # --- helpers ---
     def _prepare(self, cfg, params, x, dtype) -> tuple[nn.Module, torch.Tensor]:
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-        reason = self.capabilities.why_not(cfg)
-        if reason is not None:
-            raise ValueError(f"backend {self.name!r} {reason}: cannot run {cfg.describe()}")
-        _check_stream(cfg, x)
         check_params(cfg, params)
-        td = TORCH_DTYPES[dtype]
+        td = torch_dtype(dtype)
         module = self._module(cfg, td)
         state = {s.path: self._tensor(s.pack(p), td)
                  for layer, p in enumerate(params) for s in self.slots(cfg, layer, p)}
@@ -150,8 +143,8 @@ class RealModuleBackend(Backend):
         if len(record.states) != cfg.n_updates or len(record.writes) != cfg.n_updates:
             raise RuntimeError(f"backend {self.name!r}: its hooks saw {len(record.states)} states and "
                                f"{len(record.writes)} writes, expected {cfg.n_updates} each for {cfg.describe()}")
-        return StackTrace(states=_numpy(torch.stack([x0, *record.states])), branches=_numpy(torch.stack(record.writes)),
-                          final=_numpy(out) if cfg.final_norm else None)
+        return StackTrace(states=to_numpy(torch.stack([x0, *record.states])), branches=to_numpy(torch.stack(record.writes)),
+                          final=to_numpy(out) if cfg.final_norm else None)
 
     def _tensor(self, a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(np.asarray(a, dtype=np.float64), device=self.device).to(dtype)  # exact: representable
+        return to_tensor(a, dtype, self.device)

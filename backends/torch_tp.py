@@ -23,11 +23,10 @@ from resconf.backends import tensor_parallel as tp
 from resconf.backends import tp_launch
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
-from resconf.backends.params import LayerParams
+from resconf.backends.params import LayerParams, check_params
 from resconf.backends.torch_blocks import activation, apply_rotary, rope_cos_sin
+from resconf.backends.torch_dtypes import torch_dtype
 
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
-                "bfloat16": torch.bfloat16, "float16": torch.float16}
 Shard = dict[str, torch.Tensor]  # one layer's tensors on this rank, by full name (tensor_parallel.SPLIT)
 
 
@@ -159,7 +158,7 @@ def rank_server(timeout_s: float = tp_launch.JOB_TIMEOUT_S) -> Callable[[Job], o
     group, rank = dist.group.WORLD, dist.get_rank()
 
     def handle(job: Job):
-        td, vjp = TORCH_DTYPES[job.dtype], job.g is not None
+        td, vjp = torch_dtype(job.dtype), job.g is not None
         leaves = [{name: torch.tensor(t, dtype=torch.float64).to(td).requires_grad_(vjp) for name, t in p.items()}
                   for p in job.shards]
         x0 = torch.tensor(job.x, dtype=torch.float64).to(td).requires_grad_(vjp)
@@ -195,18 +194,18 @@ class TorchTensorParallel:
                                 f"torch/gloo tensor-parallel, P={ranks}", env=(("OMP_NUM_THREADS", "1"),))
 
     def _tp_run(self, cfg, params, x, g, dtype, ranks):
-        tp.check_call(self, cfg, params, x, g, dtype, ranks)
+        check_params(cfg, params)  # a shard of a wrong-shaped tensor would fail on the ranks, far from the cause
         jobs = [Job(cfg, tp.shard_stack(cfg, params, r, ranks), np.asarray(x, dtype=np.float64),
                     None if g is None else np.asarray(g, dtype=np.float64), dtype, self.tp_layer)
                 for r in range(ranks)]
         return tp_launch.run(self._launch(ranks), jobs, self.tp_timeout_s)
 
-    def tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
-                         ranks: int) -> StackTrace:
+    def _tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
+                              ranks: int) -> StackTrace:
         states, writes = self._tp_run(cfg, params, x, None, dtype, ranks)[0]
         return StackTrace(states=states, branches=writes)
 
-    def tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                     dtype: str, ranks: int) -> StackGrads:
+    def _tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                      dtype: str, ranks: int) -> StackGrads:
         results = self._tp_run(cfg, params, x, g, dtype, ranks)
         return StackGrads(dx=results[0][0], dparams=tp.gather_stack([dshards for _, dshards in results]))

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import triton
 
-from resconf.backends.base import Backend, Capabilities, DeviceUnavailable, FusedGrads, dtype_error
+from resconf.backends import contract
+from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads
 from resconf.backends.config import FUSED_KINDS
-from resconf.backends.fused_args import check_fused_args, residual_dtype
-
-BENCH_EPS = 1e-5  # the bench callables take no eps argument
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from resconf.backends.dtypes import claims
+from resconf.backends.fused_args import residual_dtype
+from resconf.backends.torch_dtypes import to_numpy, torch_dtype
 KERNELS_MODULE = "resconf.backends.triton_kernels"
 
 
@@ -53,47 +53,43 @@ class TritonFusedBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(placements=frozenset(), norms=frozenset(), branches=frozenset(),
-                            dtypes=frozenset(TORCH_DTYPES), fused_kinds=frozenset(FUSED_KINDS), blocks=False)
+                            dtypes=claims("float32", "bfloat16", "float16"), fused_kinds=frozenset(FUSED_KINDS), blocks=False)
 
     def versions(self) -> dict[str, str]:
         return {"triton": triton.__version__, "torch": torch.__version__}
 
     def _tensor(self, a: np.ndarray, dtype: str) -> torch.Tensor:
         """float64 values representable in dtype -> a tensor in dtype on our device (exact)."""
-        return torch.from_numpy(np.ascontiguousarray(a, np.float64)).to(self.device, TORCH_DTYPES[dtype])
+        return torch.from_numpy(np.ascontiguousarray(a, np.float64)).to(self.device, torch_dtype(dtype))
 
     def _forward(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32):
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
-        check_fused_args(x, residual, weight, bias, eps, kind)
+        contract.check_fused_shapes(x, residual, weight, bias)  # the kernel would read past a short residual
         w = self._tensor(weight, dtype)
         res_name = residual_dtype(dtype, residual_in_fp32)  # the incoming residual is already in that dtype
-        res_dtype = TORCH_DTYPES[res_name]
+        res_dtype = torch_dtype(res_name)
         fwd = self.kernels.add_norm_forward(self._tensor(x, dtype), self._tensor(residual, res_name), w,
                                             None if bias is None else self._tensor(bias, dtype), eps,
                                             kind == "rmsnorm", res_dtype, self.max_block)
         return w, fwd
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         _, fwd = self._forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
         return _numpy(fwd.out, x.shape), _numpy(fwd.new_residual, x.shape)
 
-    def fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
-                           residual_in_fp32=False) -> FusedGrads:
-        if g_out.shape != x.shape or g_residual.shape != x.shape:
-            raise ValueError(f"g_out {g_out.shape} and g_residual {g_residual.shape} must have x's shape {x.shape}")
+    def _fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
+                            residual_in_fp32=False) -> FusedGrads:
+        contract.check_fused_shapes(x, residual, weight, bias, ("g_out", g_out), ("g_residual", g_residual))
         w, fwd = self._forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
         dx, dres, dw, db = self.kernels.add_norm_backward(
             self._tensor(g_out, dtype), self._tensor(g_residual, residual_dtype(dtype, residual_in_fp32)), fwd, w,
             bias is not None,
-            kind == "rmsnorm", TORCH_DTYPES[dtype], self.max_block)
+            kind == "rmsnorm", torch_dtype(dtype), self.max_block)
         return FusedGrads(dx=_numpy(dx, x.shape), dresidual=_numpy(dres, x.shape).copy(),
                           dweight=_numpy(dw, weight.shape), dbias=None if db is None else _numpy(db, weight.shape))
 
     # --- benchmark hooks: torch tensors on our device ---
     def to_native(self, a: np.ndarray, dtype: str) -> torch.Tensor:
-        if dtype not in self.capabilities.dtypes:
-            raise dtype_error(self, dtype)
+        contract.check_dtype(self, dtype)
         return self._tensor(a, dtype)
 
     def bench_fused_add_norm(self, kind: str, dtype: str, with_bias: bool, backward: bool):
@@ -103,8 +99,7 @@ class TritonFusedBackend(Backend):
         shape before timing. The backward has no cotangent on the residual output, and returns one tensor
         for dx and dresidual (the same numbers).
         """
-        if dtype not in self.capabilities.dtypes or kind not in FUSED_KINDS:
-            raise NotImplementedError(f"{self.name} does not support kind {kind!r} in dtype {dtype!r}")
+        contract.check_bench_fused(self, kind, dtype)
         k, rms, max_block = self.kernels, kind == "rmsnorm", self.max_block
 
         def run(x, residual, weight, bias, g_out):
@@ -123,5 +118,5 @@ class TritonFusedBackend(Backend):
 
 def _numpy(t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """Exact upcast to float64 NumPy in the caller's shape."""
-    return t.detach().to("cpu", torch.float64).numpy().reshape(shape)
+    return to_numpy(t).reshape(shape)
 

@@ -1,5 +1,11 @@
 """BI: bad input. Wrong shapes and dtypes get a clear error naming what was wrong; NaN and Inf travel
-only where the maths sends them; empty inputs give empty outputs; large magnitudes are measured."""
+only where the maths sends them; empty inputs give empty outputs; large magnitudes are measured.
+
+BI-1 tests the subject, not the suite's template: `Backend`'s public methods reject a wrong shape before the
+adapter runs (backends/contract.py), so the shape cases call the adapter's hooks (`_stack_forward`,
+`_fused_add_norm`) directly; a framework that broadcasts a (1, C) residual, behind an adapter that does not
+guard it, fails (tests/mutants.py FusedSilentBroadcast). Every other case is a valid call and goes through the
+public API."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,7 +71,7 @@ def test_block_shape_mismatch(subject, case, dtype, placement, prop):
     wide = p.replace(wider)
     x = hh.normal_input(0, shape, 1.0, dtype)
     _check_rejected(prop, "a branch writing d_model + 3 features",
-                    lambda: subject.stack_forward(cfg, (wide,), x, dtype),
+                    lambda: subject._stack_forward(cfg, (wide,), x, dtype),
                     ([a.shape for a in wider.values()], (cfg.d_model,)))
 
 
@@ -78,9 +84,9 @@ def test_fused_shape_mismatch(subject, dtype, kind, prop):
     x = hh.normal_input(0, (6, 16), 1.0, dtype)
     weight, bias = np.ones(16), np.zeros(16)
     prop.example(kind=kind, x_shape=x.shape)
-    _check_rejected(prop, "a (1, C) residual", lambda: subject.fused_add_norm(
+    _check_rejected(prop, "a (1, C) residual", lambda: subject._fused_add_norm(
         x, x[:1], weight, bias, 1e-5, kind, dtype), (x.shape, (1, 16)))
-    _check_rejected(prop, "a weight of C + 1 values", lambda: subject.fused_add_norm(
+    _check_rejected(prop, "a weight of C + 1 values", lambda: subject._fused_add_norm(
         x, x, np.ones(17), bias, 1e-5, kind, dtype), ((17,), [x.shape, (16,)]))
 
 

@@ -28,10 +28,10 @@ class MisbehavesInBrokenCases(NumpyReference):
     def misbehave(self) -> None:
         raise NotImplementedError
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         if broken(cfg, dtype):
             self.misbehave()
-        return super().stack_forward(cfg, params, x, dtype)
+        return super()._stack_forward(cfg, params, x, dtype)
 
 
 class Raises(NumpyReference):
@@ -39,7 +39,7 @@ class Raises(NumpyReference):
 
     name = "raises"
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         raise RuntimeError("stack_forward exploded")
 
 
@@ -48,10 +48,10 @@ class Hangs(NumpyReference):
 
     name = "hangs"
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         while broken(cfg, dtype):
             time.sleep(3600)
-        return super().stack_forward(cfg, params, x, dtype)
+        return super()._stack_forward(cfg, params, x, dtype)
 
 
 class HangsUninterruptibly(MisbehavesInBrokenCases):
@@ -129,11 +129,11 @@ class Chatty(NumpyReference):
 
     name = "chatty"
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         print("chatter " * (CHATTY_BYTES // 8))
         if broken(cfg, dtype):
             raise RuntimeError("chatty and wrong")
-        return super().stack_forward(cfg, params, x, dtype)
+        return super()._stack_forward(cfg, params, x, dtype)
 
 
 class RaisesChained(NumpyReference):
@@ -142,7 +142,7 @@ class RaisesChained(NumpyReference):
 
     name = "raises-chained"
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         try:
             {}["weights"]
         except KeyError as exc:

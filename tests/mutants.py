@@ -37,7 +37,7 @@ class BlockMutant(NumpyReference):
     def vjp_block(self, cfg, p, kinds, x, g):
         return ref.update_vjp(cfg, p, kinds, x, g)
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         states, branches = [np.asarray(x, dtype=np.float64)], []
         for _, p, kinds in ref.layer_updates(cfg, params):
             y, f = self.forward_block(cfg, p, kinds, states[-1])
@@ -46,8 +46,8 @@ class BlockMutant(NumpyReference):
         final = ref.norm(cfg, params[-1].sub("final"), states[-1]) if cfg.final_norm else None
         return StackTrace(states=np.stack(states), branches=np.stack(branches), final=final)
 
-    def stack_vjp(self, cfg, params, x, g, dtype):
-        states = self.stack_forward(cfg, params, x, dtype).states
+    def _stack_vjp(self, cfg, params, x, g, dtype):
+        states = self._stack_forward(cfg, params, x, dtype).states
         dparams = [ref.zero_grads(p) for p in params]
         if cfg.final_norm:
             g, part = ref.norm_vjp(cfg, params[-1].sub("final"), states[-1], g)
@@ -173,7 +173,7 @@ class FastVariance(BlockMutant):
     narrow dtypes, float64 for float64: flax.nnx.LayerNorm's default use_fast_variance=True. It cancels
     when a token's mean dwarfs its spread (test_forward_offset_mean)."""
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         acc = np.float64 if dtype == "float64" else np.float32
 
         def layernorm(x, w, b, eps):
@@ -186,7 +186,7 @@ class FastVariance(BlockMutant):
         original = ref.NORM["layernorm"]
         ref.NORM["layernorm"] = layernorm
         try:
-            return super().stack_forward(cfg, params, x, dtype)
+            return super()._stack_forward(cfg, params, x, dtype)
         finally:
             ref.NORM["layernorm"] = original
 
@@ -247,9 +247,9 @@ class NonDeterministic(BlockMutant):
 class LayoutSensitive(BlockMutant):
     """Reads the input in memory order, as if it were contiguous: views come out scrambled."""
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         x = np.asarray(x)
-        return super().stack_forward(cfg, params, x.ravel(order="K").reshape(x.shape), dtype)
+        return super()._stack_forward(cfg, params, x.ravel(order="K").reshape(x.shape), dtype)
 
 
 class NanToZero(BlockMutant):
@@ -263,10 +263,10 @@ class NanToZero(BlockMutant):
 class EmptyCrashes(BlockMutant):
     """Refuses empty batches and sequences."""
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         if np.size(x) == 0:
             raise ZeroDivisionError("mean of an empty token")
-        return super().stack_forward(cfg, params, x, dtype)
+        return super()._stack_forward(cfg, params, x, dtype)
 
 
 class NormStatisticsInFloat16(BlockMutant):
@@ -347,9 +347,9 @@ class Bfloat16WeightGradient(BlockMutant):
     """In bfloat16, pre's output-projection weight gradient is accumulated in bfloat16, token after token
     (frameworks accumulate in float32 and round once)."""
 
-    def stack_vjp(self, cfg, params, x, g, dtype):
+    def _stack_vjp(self, cfg, params, x, g, dtype):
         self.dtype = dtype
-        return super().stack_vjp(cfg, params, x, g, dtype)
+        return super()._stack_vjp(cfg, params, x, g, dtype)
 
     def vjp_block(self, cfg, p, kinds, x, g):
         dx, dp = ref.update_vjp(cfg, p, kinds, x, g)
@@ -400,13 +400,13 @@ class SwapMutant(BlockMutant):
     def replace(self, original):
         raise NotImplementedError
 
-    def stack_forward(self, cfg, params, x, dtype):
+    def _stack_forward(self, cfg, params, x, dtype):
         with _swapped(self.module, self.attribute, self.replace(getattr(self.module, self.attribute))):
-            return super().stack_forward(cfg, params, x, dtype)
+            return super()._stack_forward(cfg, params, x, dtype)
 
-    def stack_vjp(self, cfg, params, x, g, dtype):
+    def _stack_vjp(self, cfg, params, x, g, dtype):
         with _swapped(self.module, self.attribute, self.replace(getattr(self.module, self.attribute))):
-            return super().stack_vjp(cfg, params, x, g, dtype)
+            return super()._stack_vjp(cfg, params, x, g, dtype)
 
 
 class BlockwiseSoftmaxNoRescale(SwapMutant):
@@ -515,15 +515,15 @@ class ParallelNormsSwapped(BlockMutant):
 class FusedStaleResidual(NumpyReference):
     """Fused add+norm returns the residual from before the add."""
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
-        out, _ = super().fused_add_norm(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        out, _ = super()._fused_add_norm(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
         return out, residual
 
 
 class FusedSilentBroadcast(NumpyReference):
     """Fused add+norm lets NumPy broadcast a (1, C) residual or a wrong-length weight."""
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         s = x + residual
         return ref.NORM[kind](s, weight[: s.shape[-1]], bias, eps), s
 
@@ -531,16 +531,16 @@ class FusedSilentBroadcast(NumpyReference):
 class FusedNanToZero(NumpyReference):
     """Fused add+norm replaces NaN and Inf in its inputs by finite numbers before the add."""
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
-        return super().fused_add_norm(np.nan_to_num(x), np.nan_to_num(residual), weight, bias, eps, kind, dtype,
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        return super()._fused_add_norm(np.nan_to_num(x), np.nan_to_num(residual), weight, bias, eps, kind, dtype,
                                       residual_in_fp32)
 
 
 class FusedSilentDowncast(NumpyReference):
     """residual_in_fp32 is ignored: the new residual is rounded to the narrow dtype."""
 
-    def fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
-        return super().fused_add_norm(x, residual, weight, bias, eps, kind, dtype, False)
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        return super()._fused_add_norm(x, residual, weight, bias, eps, kind, dtype, False)
 
 
 class KeyBiasGradientFromValue(BlockMutant):
@@ -564,12 +564,12 @@ class Float32Outputs(NumpyReference):
     def _rounded(a, dtype):
         return None if a is None else round_to(a, "float32" if dtype in ("bfloat16", "float16") else dtype)
 
-    def stack_forward(self, cfg, params, x, dtype):
-        t = super().stack_forward(cfg, params, x, dtype)
+    def _stack_forward(self, cfg, params, x, dtype):
+        t = super()._stack_forward(cfg, params, x, dtype)
         return StackTrace(*(self._rounded(a, dtype) for a in (t.states, t.branches, t.final)))
 
-    def stack_vjp(self, cfg, params, x, g, dtype):
-        grads = super().stack_vjp(cfg, params, x, g, dtype)
+    def _stack_vjp(self, cfg, params, x, g, dtype):
+        grads = super()._stack_vjp(cfg, params, x, g, dtype)
         return StackGrads(dx=self._rounded(grads.dx, dtype),
                           dparams=tuple(p.map(lambda t: self._rounded(t, dtype)) for p in grads.dparams))
 

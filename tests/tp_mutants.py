@@ -17,7 +17,8 @@ import torch.distributed as dist
 from resconf.backends import torch_sp
 from resconf.backends import torch_tp as ttp
 from resconf.backends.base import Capabilities
-from resconf.backends.config import DTYPES, FEATURES
+from resconf.backends.config import FEATURES
+from resconf.backends.dtypes import claims
 from resconf.backends.numpy_ref import NumpyReference
 from resconf.backends.tensor_parallel import OUT_BIAS
 
@@ -104,7 +105,8 @@ class TPMutant(ttp.TorchTensorParallel, NumpyReference):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(dtypes=frozenset(DTYPES), features=frozenset(FEATURES), tensor_parallel=frozenset({2, 4}))
+        return Capabilities(dtypes=claims("float64", "float32", "bfloat16", "float16"), features=frozenset(FEATURES),
+                            tensor_parallel=frozenset({2, 4}))
 
 
 class Control(TPMutant):
