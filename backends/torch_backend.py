@@ -149,6 +149,7 @@ class TorchBackend(TorchTensorParallel, Backend):
     def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
         """f(x, g): the stack forward and the backward of <g, output> to x_0 and every parameter; returns the
         gradients (x_0's first)."""
+        contract.check_blocks(self, cfg)
         stack = build_stack(cfg, params, self._dtype(dtype), self.device)
         weights = list(stack.parameters())
 
@@ -197,8 +198,6 @@ class TorchCompileBackend(TorchBackend):
                                                    self.RECOMPILE_LIMIT)
         return self._compiled[key]
 
-    def bench_stack(self, cfg, params, dtype):
-        contract.check_blocks(self, cfg)
 
 
 def _loud_recompiles(fn: AddNorm, limit: int) -> AddNorm:

@@ -3,7 +3,8 @@
 It uses only resconf's public API (the `backends` package) and claims exactly what the model can express:
 the `pre` placement, layers of one `mlp` sublayer, layernorm or rmsnorm, float32 and float64, on the CPU.
 It claims no layer-model features (Capabilities.features stays empty: no second sublayer, no final norm,
-GELU only, biases everywhere). The suite skips, and records as skipped, everything else.
+GELU only, biases everywhere). The suite skips, and records as skipped, everything else. It validates
+nothing by hand: `Backend`'s public methods check the claim and the shapes, then call the hooks below.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from resconf.backends import Backend, BlockConfig, Capabilities, LayerParams, StackGrads, StackTrace
+from resconf.backends import Backend, BlockConfig, Capabilities, LayerParams, StackGrads, StackTrace, claims
 from user_torch_block.model import MyPreLNBlock
 
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the dtypes claimed, as torch's
 GELU_APPROXIMATION = {"tanh": "tanh", "exact": "none"}  # resconf's name -> nn.GELU(approximate=...)
 # The suite's tensor name (LayerParams, `<sublayer>.<name>`) -> the block's parameter. The suite stores linear
 # weights as (in, out) for y = x @ w + b; nn.Linear stores (out, in), so those two are transposed on the way
@@ -35,13 +36,15 @@ class UserBlockBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(placements=frozenset({"pre"}), norms=frozenset({"layernorm", "rmsnorm"}),
-                            branches=frozenset({"mlp"}), dtypes=frozenset(TORCH_DTYPES))
+                            branches=frozenset({"mlp"}), dtypes=claims("float64", "float32"))
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
-        self.check_inputs(cfg, params, x, dtype)
+    # The hooks: Backend's public stack_forward / stack_vjp have already checked the dtype and the
+    # configuration against `capabilities`, x's (B, T, d_model) shape and g's, before calling these.
+    def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str
+                       ) -> StackTrace:
         blocks = self.build_blocks(cfg, params, dtype)
         branches: list[torch.Tensor] = []  # each block's write F: the output of its `proj`, caught by a hook
         for block in blocks:  # the blocks live for this call only, so the hooks need no removing
@@ -50,9 +53,8 @@ class UserBlockBackend(Backend):
             states = run_stack(blocks, self.tensor(x, dtype))
         return StackTrace(states=as_numpy(torch.stack(states)), branches=as_numpy(torch.stack(branches)))
 
-    def stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
-                  dtype: str) -> StackGrads:
-        self.check_inputs(cfg, params, x, dtype, g)
+    def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
+                   dtype: str) -> StackGrads:
         blocks = self.build_blocks(cfg, params, dtype)
         x0 = self.tensor(x, dtype).requires_grad_()
         run_stack(blocks, x0)[-1].backward(self.tensor(g, dtype))  # fills x0.grad and every parameter's .grad
@@ -65,33 +67,12 @@ class UserBlockBackend(Backend):
         for p in params:
             block = self.block_class(cfg.d_model, cfg.d_hidden, cfg.norm, cfg.eps, GELU_APPROXIMATION[cfg.gelu])
             block = block.to(TORCH_DTYPES[dtype])
-            # strict: a parameter of the block the suite did not provide (or the reverse) is an error
+            # strict: a parameter the suite did not provide (or the reverse), or of another shape, is an error
+            # naming both shapes (torch's own check: the suite's BI-1 calls this hook directly)
             block.load_state_dict({PARAMETER_OF[name]: torch.tensor(t.T if name in TRANSPOSED else t)
                                    for name, t in p.items()})
             blocks.append(block)
         return blocks
-
-    def check_inputs(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
-                     g: np.ndarray | None = None) -> None:
-        """Reject what is not claimed, and wrong shapes with both shapes named (torch would broadcast some,
-        and name a weight's shape transposed)."""
-        if not self.capabilities.supports(cfg) or dtype not in TORCH_DTYPES:
-            raise ValueError(f"{self.name} does not claim {cfg.describe()} in {dtype}: it runs pre-LN mlp blocks "
-                             f"in {sorted(TORCH_DTYPES)}")
-        C, H = cfg.d_model, cfg.d_hidden
-        if np.ndim(x) != 3 or np.shape(x)[-1] != C:
-            raise ValueError(f"x has shape {np.shape(x)}; expected (B, T, {C}) for d_model={C}")
-        if g is not None and np.shape(g) != np.shape(x):
-            raise ValueError(f"g has shape {np.shape(g)} but x has shape {np.shape(x)}; they must match")
-        expected = {"mlp.norm_weight": (C,), "mlp.norm_bias": (C,), "mlp.w_up": (C, H), "mlp.b_up": (H,),
-                    "mlp.w_down": (H, C), "mlp.b_down": (C,)}
-        for layer, p in enumerate(params):
-            for name, t in p.items():
-                if name not in expected:
-                    raise ValueError(f"block {layer}: tensor {name} is not one of MyPreLNBlock's {sorted(expected)}")
-                if np.shape(t) != expected[name]:
-                    raise ValueError(f"block {layer}: {name} has shape {np.shape(t)}, expected {expected[name]} "
-                                     f"for x of shape {np.shape(x)}")
 
     def tensor(self, a: np.ndarray, dtype: str) -> torch.Tensor:
         """Exact: the suite hands float64 values already representable in `dtype`."""
