@@ -121,7 +121,8 @@ class JaxBackend(JaxTensorParallel, Backend):
         layers, final = self._stacked(cfg, params, x, dtype)
         states, writes, out = _stack_forward_fn(jb.StaticBlock.of(cfg))(
             self.to_native(x, dtype), layers, final, jb.Scalars.of(cfg))
-        return StackTrace(states=to_numpy(states), branches=to_numpy(writes), final=None if out is None else to_numpy(out))
+        return StackTrace(states=to_numpy(states), branches=to_numpy(writes),
+                          final=None if out is None else to_numpy(out))
 
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                    dtype: str) -> StackGrads:
@@ -146,7 +147,8 @@ class JaxBackend(JaxTensorParallel, Backend):
             *args, np.float64(eps), self.to_native(g_out, dtype),
             self.to_native(g_residual, residual_dtype(dtype, residual_in_fp32)))
         dx, dresidual, dweight, dbias = grads
-        return FusedGrads(to_numpy(dx), to_numpy(dresidual), to_numpy(dweight), None if dbias is None else to_numpy(dbias))
+        return FusedGrads(to_numpy(dx), to_numpy(dresidual), to_numpy(dweight),
+                          None if dbias is None else to_numpy(dbias))
 
     # --- benchmark hooks: jitted on first call with a new shape (call once in asv's setup) ---
     def to_native(self, a: np.ndarray, dtype: str) -> jax.Array:

@@ -86,7 +86,8 @@ class LigerFusedBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(placements=frozenset(), norms=frozenset(), branches=frozenset(),
-                            dtypes=CPU_DTYPES if self.device == "cpu" else GPU_DTYPES, fused_kinds=frozenset(FUSED_KINDS), blocks=False)
+                            dtypes=CPU_DTYPES if self.device == "cpu" else GPU_DTYPES,
+                            fused_kinds=frozenset(FUSED_KINDS), blocks=False)
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version

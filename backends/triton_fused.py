@@ -53,7 +53,8 @@ class TritonFusedBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(placements=frozenset(), norms=frozenset(), branches=frozenset(),
-                            dtypes=claims("float32", "bfloat16", "float16"), fused_kinds=frozenset(FUSED_KINDS), blocks=False)
+                            dtypes=claims("float32", "bfloat16", "float16"), fused_kinds=frozenset(FUSED_KINDS),
+                            blocks=False)
 
     def versions(self) -> dict[str, str]:
         return {"triton": triton.__version__, "torch": torch.__version__}

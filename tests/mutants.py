@@ -521,7 +521,9 @@ class FusedStaleResidual(NumpyReference):
 
 
 class FusedSilentBroadcast(NumpyReference):
-    """Fused add+norm lets NumPy broadcast a (1, C) residual or a wrong-length weight."""
+    """Fused add+norm lets NumPy broadcast a (1, C) residual or a wrong-length weight. Its public method
+    rejects both (Backend's template), so BI-1 catches it only because it calls the hook: the proof that BI-1
+    tests the subject, not the template (tests/test_backend_template.py)."""
 
     def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         s = x + residual

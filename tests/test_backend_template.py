@@ -110,3 +110,14 @@ def test_the_hook_itself_is_not_guarded():
     out, s = backend._fused_add_norm(np.zeros((6, 16)), np.ones((1, 16)), np.ones(16), None, 1e-5, "rmsnorm",
                                      "float32")
     assert s.shape == (6, 16)
+
+
+def test_bi1_mutant_broadcasts_behind_a_template_that_rejects():
+    """tests/mutants.py FusedSilentBroadcast: the public call is rejected, the hook BI-1 calls broadcasts."""
+    from tests.mutants import FusedSilentBroadcast
+
+    mutant, x = FusedSilentBroadcast(), np.ones((6, 16))
+    with pytest.raises(ValueError, match=r"residual has shape \(1, 16\) but x has shape \(6, 16\)"):
+        mutant.fused_add_norm(x, x[:1], np.ones(16), None, 1e-5, "rmsnorm", "float32")
+    _, s = mutant._fused_add_norm(x, x[:1], np.ones(16), None, 1e-5, "rmsnorm", "float32")
+    assert s.shape == (6, 16)
