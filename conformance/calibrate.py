@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from resconf.conformance.summary import property_sort_key
+from resconf.conformance.catalogue import property_order
 from resconf.conformance.home import HOME
 
 
@@ -68,7 +68,7 @@ def table(rows: list[dict]) -> dict[tuple[str, str, str], Cell]:
 def render(cells: dict[tuple[str, str, str], Cell]) -> str:
     lines = [f"{'backend':<16} {'property':<8} {'dtype':<9} {'cases':>5} {'examples':>8} {'false':>5} "
              f"{'xfail':>5} {'worst':>6}  worst case"]
-    for (backend, prop, dtype), c in sorted(cells.items(), key=lambda kv: (kv[0][0], property_sort_key(kv[0][1]),
+    for (backend, prop, dtype), c in sorted(cells.items(), key=lambda kv: (kv[0][0], property_order(kv[0][1]),
                                                                           kv[0][2])):
         worst = "exact" if c.worst == -math.inf else f"{c.worst:.3g}"
         lines.append(f"{backend:<16} {prop:<8} {dtype:<9} {c.cases:>5} {c.examples:>8} {c.false_failures:>5} "

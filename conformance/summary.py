@@ -4,25 +4,18 @@ from __future__ import annotations
 import textwrap
 from collections import Counter, defaultdict
 
+from resconf.conformance.catalogue import FAMILIES, property_order
 from resconf.conformance.results import ResultRow
 
 UNEXPECTED = ("failed", "xpassed")
-FAMILY_ORDER = ("ID", "GR", "VG", "XB", "BI", "TP", "RUN", "GUARD")  # the catalogue's order, then the harness'
-
-
-def property_sort_key(prop: str) -> tuple[int, str, int]:
-    family, _, number = prop.partition("-")
-    rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
-    return rank, family, int(number) if number.isdigit() else 0
 
 
 WIDTH = 80  # the summary must read in an 80-column terminal or CI log without wrapping
 CELL = 10  # "FAIL 12/34"; a column is CELL + 1 wide
 LABEL = 12  # a backend name longer than this becomes B1, B2, ... in the header, with a key below
 LEGEND = ("cells: 'ok N' N cases passed (skips aside), 'FAIL k/N' k failed, 'xf k/N' k expected failures, '-' all "
-          "skipped (not claimed). RUN: the backend's run as a whole; GUARD: coverage. Families: ID identity at zero, "
-          "GR gradient, VG variance growth, XB agreement with the oracle, BI bad input, TP tensor parallel "
-          "(docs/spec.md).")
+          "skipped (not claimed). RUN: the backend's run as a whole; GUARD: coverage. Families: "
+          + ", ".join(f"{f.code} {f.name}" for f in FAMILIES) + " (docs/spec.md).")
 
 
 def matrix(rows: list[ResultRow]) -> str:
@@ -32,7 +25,7 @@ def matrix(rows: list[ResultRow]) -> str:
     for row in rows:
         cells[(row.property, row.backend)][row.outcome] += 1
     backends = sorted({r.backend for r in rows})
-    props = sorted({r.property for r in rows}, key=property_sort_key)
+    props = sorted({r.property for r in rows}, key=property_order)
     labels = {b: b if len(b) <= LABEL else f"B{i}" for i, b in enumerate(backends, 1)}
     width = max([len(p) for p in props] + [8])
     per_block = max(1, (WIDTH - width) // (max([CELL] + [len(v) for v in labels.values()]) + 1))

@@ -19,8 +19,6 @@ case that starts passing fails the run (the entry is stale), and so does an entr
 """
 from __future__ import annotations
 
-import functools
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +27,11 @@ from typing import Callable
 import pytest
 
 from resconf.backends.config import DTYPES
+from resconf.conformance import catalogue
 
 SUITE_DIR = Path(__file__).parent
 BUILTIN_DIR = SUITE_DIR / "xfails"
 KEYS = ("property", "reason", "test", "dtype", "backend", "config")
-PROPERTY_MARK = re.compile(r"""@pytest\.mark\.property\(["']([A-Z]{2,}-\d+)["']\)""")
 
 
 @dataclass(frozen=True)
@@ -115,12 +113,10 @@ def _kind(value) -> str:
     return next((name for t, name in names.items() if isinstance(value, t)), f"a {type(value).__name__}")
 
 
-@functools.cache
 def property_ids() -> frozenset[str]:
-    """The property catalogue as the suite implements it: the IDs its tests carry (`@pytest.mark.property`),
-    read from the test files' text (importing them is slow). Each is a row of docs/spec.md
-    (tests/test_xfail_files.py checks that), which an installed resconf may not ship."""
-    return frozenset(m for path in SUITE_DIR.glob("test_*.py") for m in PROPERTY_MARK.findall(path.read_text()))
+    """The property IDs the suite implements: the catalogue's (tests/test_catalogue.py holds it to the tests'
+    `@pytest.mark.property` and to docs/spec.md)."""
+    return frozenset(catalogue.BY_ID)
 
 
 def load(backend_names: list[str], extra_files: list[Path]) -> list[XfailEntry]:

@@ -1,4 +1,4 @@
-"""Section 4: the residual stream against theory, plotted from the curves the conformance run recorded.
+"""The residual stream against theory, plotted from the curves the conformance run recorded.
 
 VG-2 records Var(x_l) against depth with its theory line (the seeds' example: unit-variance embeddings and
 192 sublayers writing variance 0.01 give 1 + 192 * 0.01 = 2.92); VG-3 records Var(x_L)/Var(x_0) against L
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from resconf.conformance.results import ResultRow
 
+from . import sections
 from .document import Cell, Paragraph, Section, Table
 from .recorded_curves import Curve, curves_of, property_order
 from .stream_plots import property_figure
@@ -29,7 +30,7 @@ def endpoint_table(curves: list[Curve]) -> Table:
 
 
 def curves_section(rows: list[ResultRow]) -> Section:
-    title = "4. The residual stream against theory"
+    title = sections.title(sections.CURVES)
     curves = [c for r in rows if r.curve_x for c in curves_of(r)]
     if not curves:
         return Section(title, (Paragraph("No recorded curves in the results (properties VG-2, VG-3 and GR-3 "

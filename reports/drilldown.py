@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+from resconf.conformance.catalogue import property_order
 from resconf.conformance.results import ResultRow
 
 from .document import Cell, Fold, Table
 from .outcomes import cell_status, cell_text
 from .spec_index import Spec
 
-FAMILY_ORDER = ("ID", "GR", "VG", "XB", "BI", "TP", "RUN", "GUARD")  # the catalogue's, then the harness' rows
 DTYPE_ORDER = ("float64", "float32", "bfloat16", "float16")  # then any other, "-" (the whole backend) last
 STATEMENT_CHARS = 90  # the column's cut; the full statement is the property link's hover text
-
-
-def property_order(prop: str) -> tuple:
-    family, _, number = prop.partition("-")
-    rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
-    return rank, family, int(number) if number.isdigit() else 0, number
 
 
 def dtype_order(dtype: str) -> tuple:

@@ -1,4 +1,4 @@
-"""Section 3: time per backend across commits/dates, with regressions marked.
+"""Time per backend across commits/dates, with regressions marked.
 
 A regression is a time more than REGRESSION_FACTOR times the same case's time at the previous point on the
 same machine: asv continuous's rule (a commit against its parent) applied along the whole series.
@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter
 
+from . import sections
 from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
 from .document import Cell, Figure, Paragraph, Section, Table
 from .load import BenchRow
@@ -118,7 +119,7 @@ def history_figure(machine: str, device: str, op: str, rows: list[BenchRow], fou
 
 
 def history_section(rows: list[BenchRow]) -> Section:
-    title = "3. Over time"
+    title = sections.title(sections.HISTORY)
     points = ordered_points(rows)
     if not any(len(p) > 1 for p in points.values()):
         return Section(title, (Paragraph("The benchmark data holds one commit per machine: nothing to compare "

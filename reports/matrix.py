@@ -1,24 +1,22 @@
-"""Section 1: the conformance matrix (backend x property family) of the runs shown, a legend of the family
+"""The conformance matrix (backend x property family) of the runs shown, a legend of the family
 codes linked to the catalogue, a property x dtype fold per backend, and every failure with its rerun line."""
 from __future__ import annotations
 
 from collections import Counter
 
+from resconf.conformance import catalogue
+from resconf.conformance.catalogue import FAMILY_NAMES
 from resconf.conformance.results import ResultRow
 
+from . import sections
 from .document import Cell, Detail, Paragraph, Section, Table
 from .drilldown import drilldown
 from .outcomes import cell_status, cell_text
 from .runs import View
+
 from .spec_index import Spec
 
-FAMILIES = ("ID", "GR", "VG", "XB", "BI", "TP")  # the catalogue's order (docs/spec.md); unknown ones go after
-FAMILY_NAMES = {
-    "ID": "identity at zero", "GR": "gradient", "VG": "variance growth",
-    "XB": "cross-backend agreement with the oracle", "BI": "bad input", "TP": "tensor parallel",
-    "RUN": "the backend could not run (a row written by resconf check, docs/results.md)",
-    "GUARD": "the run covered less than the backend claims (a row written by resconf check, docs/results.md)",
-}
+FAMILIES = tuple(f.code for f in catalogue.FAMILIES)  # the catalogue's order; unknown ones go after
 
 
 def family(property_id: str) -> str:
@@ -26,7 +24,8 @@ def family(property_id: str) -> str:
 
 
 def empty_family_text(fam: str, spec: Spec) -> str:
-    """A column with no result at all: the catalogue's "not yet implemented" (TP), else not run here."""
+    """A column with no result at all: "not implemented" for a catalogue family with no property yet, else
+    not run here."""
     return "not implemented" if fam in spec.not_implemented else "not run"
 
 
@@ -95,15 +94,12 @@ def failures(view: View, all_rows: list[ResultRow]) -> list:
 
 
 def matrix_section(view: View, all_rows: list[ResultRow], spec: Spec) -> Section:
-    title = "1. Conformance matrix"
+    title = sections.title(sections.MATRIX)
     if not view.rows:
         return Section(title, (Paragraph("No conformance results were given or readable."),))
     rows = list(view.rows)
     table = matrix_table(rows, spec)
     blocks = [Paragraph(view.how), Paragraph(summary(rows)), table, legend_table(table.headers[2:], spec)]
-    if not spec.found:
-        blocks.append(Paragraph("docs/spec.md was not found beside this resconf (installed without its docs): "
-                                "properties show without statements or links."))
     blocks += [Paragraph("Per backend, property by dtype (a backend with a failure starts unfolded):"),
                *drilldown(rows, spec), *failures(view, all_rows)]
     return Section(title, tuple(blocks))

@@ -1,4 +1,4 @@
-"""Section 5: where the numbers come from: runs, versions, machines, dates, and the files read."""
+"""Where the numbers come from: runs, versions, machines, dates, and the files read."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from resconf.conformance.results import ResultRow
 
+from . import sections
 from .bench_points import ordered_points
 from .document import Cell, Paragraph, Section, Table
 from .load import BenchRow, Inputs
@@ -75,7 +76,8 @@ def runs_table(rows: list[ResultRow], view: View) -> Table:
             span([str(r.timestamp or "") for r in mine]),
             str(len(mine)),
         )))
-    return Table("Conformance runs, oldest first ('shown': what section 1 and the plots take from the run)",
+    return Table("Conformance runs, oldest first ('shown': what section "
+                 f"{sections.number(sections.MATRIX)} and the plots take from the run)",
                  ("run", "shown", "backends", "suite", "spec", "schema", "frameworks", "Python", "machine",
                   "date (UTC)", "results"), tuple(table_rows))
 
@@ -121,4 +123,4 @@ def metadata_section(inputs: Inputs, view: View) -> Section:
                         + tuple((Cell(u.path), Cell(f"unreadable: {u.reason}", "fail")) for u in inputs.unreadable)))
     if not inputs.results and not inputs.bench:
         blocks.insert(0, Paragraph("Nothing could be read."))
-    return Section("5. Run metadata", tuple(blocks))
+    return Section(sections.title(sections.METADATA), tuple(blocks))

@@ -1,4 +1,4 @@
-"""Section 4's figures: one per property, a panel per backend and dtype (dtypes agree closely, so drawn in one
+"""The curves section's figures: one per property, a panel per backend and dtype (dtypes agree closely, so drawn in one
 panel they hide each other), theory and oracle lines in black, and the seeds' reference values marked (2.92
 at the end of VG-2's theory line; 0.8^80 = 1.8e-8 on GR-3's log axis, whose range is clipped)."""
 from __future__ import annotations

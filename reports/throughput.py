@@ -1,4 +1,4 @@
-"""Section 2: throughput at each machine's latest commit: time, GB/s and % of the copy roofline measured on
+"""Throughput at each machine's latest commit: time, GB/s and % of the copy roofline measured on
 the same machine, per operation, dtype and shape, with a bar chart per shape.
 
 GB/s = bytes_moved / time (the formulas in reports/bytes_moved.py); the roofline is the GB/s of a plain copy
@@ -14,6 +14,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from resconf.conformance.results import ResultRow
 
+from . import sections
 from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
 from .bytes_moved import ROOFLINE_OPS
 from .document import Cell, Figure, Paragraph, Section, Table
@@ -127,7 +128,7 @@ def bar_figure(machine: str, device: str, rows: list[BenchRow], roof: dict[Key, 
 
 
 def throughput_section(rows: list[BenchRow], results: list[ResultRow] = ()) -> Section:
-    title = "2. Throughput"
+    title = sections.title(sections.THROUGHPUT)
     if not rows:
         return Section(title, (Paragraph("No benchmark export was given or readable (--bench BENCH.parquet)."),))
     latest = latest_rows(rows)
@@ -139,7 +140,7 @@ def throughput_section(rows: list[BenchRow], results: list[ResultRow] = ()) -> S
     blocks: list = [Paragraph("Each machine at its latest commit. GB/s counts the bytes an ideal single-pass "
                               "kernel must move (docs/benchmarks.md); % of roofline divides it by the GB/s of "
                               "a copy of the same shape on the same machine and device. 'conformance' gives "
-                              "the outcomes, in the runs section 1 shows, of the properties that check the "
+                              f"the outcomes, in the runs section {sections.number(sections.MATRIX)} shows, of the properties that check the "
                               "timed kernel on that backend, device and dtype (XB-3 for a fused add+norm, XB-1 "
                               "and XB-2 for a stack).")]
     for machine, mine in sorted(by_machine.items()):

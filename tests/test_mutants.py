@@ -1,6 +1,7 @@
 """Every property can fail: each deliberately broken backend in tests/mutants.py is flagged by the
-property IDs listed for it in EXPECTED. One pytest run covers the mutants that show in float64 (smoke
-profile); a mutant that shows in another dtype only runs apart, on the cases named in SELECTION."""
+property IDs the catalogue (conformance/catalogue.py) lists it under, and every property of the catalogue
+names at least one mutant. One pytest run covers the mutants that show in float64 (smoke profile); a mutant
+that shows in another dtype only runs apart, on the cases named in SELECTION."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from resconf.conformance.catalogue import PROPERTIES
 from tests.mutants import EXPECTED, SELECTION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +47,46 @@ def failed_properties(tmp_path_factory) -> dict[str, set[str]]:
     return failed
 
 
+def flagged_by(mutant_name: str) -> set[str]:
+    """The property IDs the catalogue says must flag this mutant."""
+    return {p.id for p in PROPERTIES if mutant_name in p.mutants}
+
+
 @pytest.mark.parametrize("mutant", list(EXPECTED), ids=lambda m: m.__name__)
 def test_mutant_is_caught(mutant, failed_properties):
-    missing = EXPECTED[mutant] - failed_properties[mutant.__name__]
+    missing = flagged_by(mutant.__name__) - failed_properties[mutant.__name__]
     assert not missing, (f"{mutant.__name__} ({mutant.__doc__.strip()}) was not flagged by {sorted(missing)}; "
                          f"flagged by {sorted(failed_properties[mutant.__name__])}")
 
 
 def test_every_property_has_a_mutant():
-    """Each property ID of the catalogue implemented so far is proven sensitive by at least one mutant."""
-    covered = set().union(*EXPECTED.values())
-    implemented = {f"{family}-{i}" for family, n in (("ID", 4), ("GR", 4), ("VG", 4), ("XB", 5), ("BI", 5))
-                   for i in range(1, n + 1)}
-    assert implemented <= covered, f"properties without a mutant: {sorted(implemented - covered)}"
+    """Each property of the catalogue is proven sensitive by at least one mutant: a new property without one
+    fails here."""
+    without = [p.id for p in PROPERTIES if not p.mutants]
+    assert not without, f"properties without a mutant in conformance/catalogue.py: {without}; expected at least one"
+
+
+def _pairs(expected: dict[type, set[str]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(mutant, property) pairs: the catalogue's for these mutants, and those their runs check."""
+    names = {m.__name__ for m in expected}
+    listed = {(name, p.id) for p in PROPERTIES for name in p.mutants if name in names}
+    return listed, {(m.__name__, prop) for m, props in expected.items() for prop in props}
+
+
+def test_catalogue_names_the_mutants_that_run():
+    """The catalogue's pairs for tests/mutants.py are the ones this file's runs check (EXPECTED)."""
+    listed, checked = _pairs(EXPECTED)
+    assert listed == checked, (f"conformance/catalogue.py lists {sorted(listed - checked)}, which tests/mutants.py's "
+                               f"EXPECTED does not check; it misses {sorted(checked - listed)}")
+
+
+def test_catalogue_names_the_tp_mutants_that_run():
+    """The same for tests/tp_mutants.py (run by tests/test_tp_mutants.py), and no catalogue mutant is unknown."""
+    pytest.importorskip("torch")
+    from tests.tp_mutants import EXPECTED as TP_EXPECTED
+    listed, checked = _pairs(TP_EXPECTED)
+    assert listed == checked, (f"conformance/catalogue.py lists {sorted(listed - checked)}, which "
+                               f"tests/tp_mutants.py's EXPECTED does not check; it misses {sorted(checked - listed)}")
+    known = {m.__name__ for m in (*EXPECTED, *TP_EXPECTED)}
+    unknown = {name for p in PROPERTIES for name in p.mutants} - known
+    assert not unknown, f"conformance/catalogue.py names mutants that no mutant file defines: {sorted(unknown)}"

@@ -36,11 +36,14 @@ from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
 from resconf.reports.markdown import detail_md  # noqa: E402
 from resconf.reports.matrix import FAMILIES, empty_family_text  # noqa: E402
 from resconf.reports.runs import RunSelection  # noqa: E402
-from resconf.reports.spec_index import SPEC_PATH, SPEC_URL, parse_spec  # noqa: E402
+from resconf.conformance.catalogue import FAMILIES as CATALOGUE_FAMILIES, Family  # noqa: E402
+from resconf.reports.sections import ORDER, title  # noqa: E402
+from resconf.reports.spec_index import SPEC_URL, load_spec  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 RESULTS = [FIXTURES / "run_old.parquet", FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
 BENCH = FIXTURES / "bench.parquet"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,6 +96,11 @@ def spec_anchors() -> set[str]:
 
 # --- the tables against the fixtures ---
 
+def test_sections_are_numbered_in_their_fixed_order(document):
+    assert [s.title for s in document.sections] == [title(name) for name in ORDER]
+    assert document.sections[0].title == "1. Conformance matrix"
+
+
 def test_matrix_counts_and_colours_match_the_fixtures(document):
     table = document.section("1.").tables()[0]
     assert table.headers == ("backend", "device", *FAMILIES)
@@ -117,13 +125,13 @@ def test_matrix_counts_and_colours_match_the_fixtures(document):
 
 
 def test_a_family_without_any_result_reads_not_run_or_not_implemented(document):
-    """TP is in the catalogue but has no rows in the fixtures: "not run"; a family the catalogue lists under
-    "Not yet implemented" reads "not implemented"."""
+    """TP is in the catalogue but has no rows in the fixtures: "not run"; a catalogue family with no property
+    yet reads "not implemented"."""
     assert not any(r["property"].startswith("TP-") for r in fixture_results())
     table = document.section("1.").tables()[0]
     assert set(table.column("TP")) == {"not run"}
     assert all(row[2].text != "not implemented" for row in table.rows)  # ID has results: counts or "-"
-    later = parse_spec("## Not yet implemented\n\nQQ (a family for later).\n")
+    later = load_spec(families=(*CATALOGUE_FAMILIES, Family("QQ", "a family for later", "later")))
     assert (empty_family_text("QQ", later), empty_family_text("TP", later)) == ("not implemented", "not run")
 
 
