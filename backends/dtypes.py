@@ -86,6 +86,15 @@ def max_finite(name: str) -> float:
     return dtype_info(name).max_finite
 
 
+def smallest_normal(name: str) -> float:
+    return dtype_info(name).smallest_normal
+
+
+def element_bytes(name: str) -> int:
+    """Bytes per element, as a benchmark counts the memory it moves."""
+    return dtype_info(name).bits // 8
+
+
 def accumulation_dtype(name: str) -> str:
     """The dtype a framework sums `name` in: float32 for the narrow dtypes, else the dtype itself."""
     return dtype_info(name).accumulates_in

@@ -33,11 +33,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.dtypes import DTYPE_INFO, accumulation_dtype, numpy_dtype
 
 ORDERS = ("blas", "reversed", "sequential", "pairwise", "blocked")
 BLOCK = 16  # terms per block of the blocked order (a typical split-K tile)
-NARROW = frozenset({np.dtype(np.float16), numpy_dtype("bfloat16")})
+# A narrow dtype's NumPy type -> the one a framework accumulates it in (bfloat16, float16 -> float32); every
+# other dtype (float32, float64) accumulates in itself and gets faithful library functions.
+ACCUMULATORS = {info.numpy: numpy_dtype(accumulation_dtype(name)) for name, info in DTYPE_INFO.items() if info.narrow}
+NARROW = frozenset(ACCUMULATORS)
+WIDE = frozenset(info.numpy for info in DTYPE_INFO.values() if not info.narrow)
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,9 @@ class Arithmetic:
             raise ValueError(f"order={self.order!r} is not one of {ORDERS}")
 
     def accumulator(self, dtype: np.dtype) -> np.dtype:
-        """float32 for bfloat16/float16 (float64 when wide), else the dtype itself."""
+        """A narrow dtype's accumulation dtype, float32 (float64 when wide), else the dtype itself."""
         if dtype in NARROW:
-            return np.dtype(np.float64 if self.wide else np.float32)
+            return np.dtype(np.float64) if self.wide else ACCUMULATORS[dtype]
         return np.dtype(dtype)
 
 
@@ -121,7 +125,7 @@ def _is_library_function(ufunc) -> bool:
 def _perturb(obj: Any, rng: np.random.Generator) -> Any:
     """A float32/float64 result times (1 + d), d uniform in [-u, u]: within one ulp of the correctly
     rounded value, independently of how the oracle rounded it."""
-    if isinstance(obj, np.ndarray) and obj.dtype in (np.float32, np.float64):
+    if isinstance(obj, np.ndarray) and obj.dtype in WIDE:
         plain = np.asarray(obj)
         u = float(np.finfo(plain.dtype).eps) / 2
         with np.errstate(invalid="ignore", over="ignore"):

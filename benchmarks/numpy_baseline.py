@@ -13,7 +13,7 @@ import numpy as np
 
 from resconf.backends.base import Backend, Capabilities, dtype_error
 from resconf.backends.config import FUSED_KINDS
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.dtypes import claims, numpy_dtype
 
 EPS = 1e-5
 
@@ -59,7 +59,7 @@ class NumpyBaseline(Backend):
     @property
     def capabilities(self) -> Capabilities:
         # bfloat16 is left out on purpose: ml_dtypes emulates it elementwise, which times the emulation.
-        return Capabilities(dtypes=frozenset({"float64", "float32"}), fused_kinds=frozenset(FUSED_KINDS),
+        return Capabilities(dtypes=claims("float64", "float32"), fused_kinds=frozenset(FUSED_KINDS),
                             blocks=False)
 
     def to_native(self, a: np.ndarray, dtype: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from resconf.backends.base import Backend
 from resconf.backends.config import GELUS, BlockConfig
-from resconf.backends.dtypes import max_finite, numpy_dtype, round_to, unit_roundoff
+from resconf.backends.dtypes import DTYPES, max_finite, numpy_dtype, round_to, smallest_normal, unit_roundoff
 from resconf.backends.params import LayerParams, draw_params
 from resconf.backends.presets import PRESETS, preset
 
@@ -35,7 +35,7 @@ STRUCTURE_PER_EXAMPLE = True
 
 # A structure-drawing property runs twice per dtype: on single-sublayer blocks (every norm x branch x GELU) and
 # on the layer presets (GPT-2, Llama, GPT-J, encoder, modern; backends/presets.py). In the fixed profiles the
-# four dtypes of a case take four consecutive presets, so every property meets (nearly) every preset in `ci`.
+# dtypes of a case take consecutive presets, so every property meets (nearly) every preset in `ci`.
 LAYERS = ("block", "preset")
 
 
@@ -86,7 +86,7 @@ def fixed_structure(backend: Backend, case: int, placement: str, init: str, shap
     if not combos:
         raise ValueError(f"{backend.name} claims no norm/branch among norms={norms}, branches={branches}; "
                          f"the test should have skipped (conformance.requirements)")
-    family, dtype_index = divmod(case, 4)  # plugin.case: the dtypes of a family take consecutive structures
+    family, dtype_index = divmod(case, len(DTYPES))  # plugin.case: the dtypes of a family take consecutive structures
     if layer == "block":
         return combos[(family + dtype_index) % len(combos)]
     _, preset_combos = combos[(family + dtype_index) % len(combos)]
@@ -129,14 +129,20 @@ def identity_domain(dtype: str, d_model: int) -> float:
     return math.sqrt(max_finite(dtype) / d_model) / 2.0
 
 
+def drawn_in(dtype: str) -> np.dtype:
+    """The NumPy float Hypothesis draws `dtype`'s values in: the dtype itself where NumPy has it (float16, 32,
+    64), else float32 (an ml_dtypes type such as bfloat16; the draws are then rounded to the dtype)."""
+    own = numpy_dtype(dtype)
+    return own if own.kind == "f" else np.dtype(np.float32)
+
+
 def finite_arrays(dtype: str, shape: tuple[int, ...], bound: float, subnormals: bool = False
                   ) -> st.SearchStrategy[np.ndarray]:
     """Adversarial finite arrays representable in `dtype` (as float64), |x| <= bound: zeros of both
     signs, tiny and huge normals, and subnormals only when asked (a separate case, so a backend that
     flushes them can carry an expected failure for that case alone)."""
-    width = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 32}[dtype]
-    element_dtype = np.dtype(np.float32) if dtype == "bfloat16" else numpy_dtype(dtype)
-    tiny = float(np.finfo(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype)).tiny)
+    element_dtype = drawn_in(dtype)
+    width, tiny = element_dtype.itemsize * 8, smallest_normal(dtype)
     bound = float(np.nextafter(element_dtype.type(bound), 0))  # representable, never above the domain
     elements = st.floats(-bound, bound, width=width, allow_nan=False, allow_subnormal=subnormals)
     if subnormals:
@@ -177,5 +183,4 @@ def resolvable(ref: np.ndarray, dtype: str, scale: float | None = None) -> bool:
         rms = scale / math.sqrt(max(ref.size, 1))
     else:
         rms = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
-    tiny = float(np.finfo(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype)).tiny)
-    return rms >= tiny / unit_roundoff(dtype)
+    return rms >= smallest_normal(dtype) / unit_roundoff(dtype)

@@ -13,10 +13,10 @@ from typing import Iterable
 import numpy as np
 
 from resconf.backends.base import Backend, FusedGrads, StackGrads, StackTrace
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.dtypes import DTYPE_INFO, DTYPES, numpy_dtype
 from resconf.backends.fused_args import residual_dtype
 
-WIDENING = ("float16", "bfloat16", "float32", "float64")  # the first that holds every value names what came
+WIDENING = DTYPES[::-1]  # narrowest first: the first that holds every value names what came
 
 
 def holds(dtype: str, a: np.ndarray) -> bool:
@@ -30,7 +30,7 @@ def holds(dtype: str, a: np.ndarray) -> bool:
 def returned_dtype(a: np.ndarray) -> str:
     """The narrowest float dtype holding every value of `a` (the array's own, when it is not float64)."""
     own = np.asarray(a).dtype
-    if own.kind != "f" and own != numpy_dtype("bfloat16"):
+    if own.kind != "f" and own not in {info.numpy for info in DTYPE_INFO.values()}:
         return str(own)
     return next((d for d in WIDENING if holds(d, a)), str(own))
 

@@ -245,12 +245,12 @@ def baseline():
 @pytest.fixture
 def case(request: pytest.FixtureRequest) -> int:
     """A stable number per case, the backend left out: every backend gets the same fixed structure.
-    It is 4 * (the number of the case's family: its parameters but dtype) + the dtype's index, so the
+    It is len(DTYPES) * (the number of the case's family: its parameters but dtype) + the dtype's index, so the
     four dtypes of one family rotate through consecutive structures (hypothesis_helpers.fixed_structure)."""
     params = _params_of(request.node)
     family = sorted((k, str(v)) for k, v in params.items() if k not in ("backend_name", "dtype"))
     dtype = DTYPES.index(params["dtype"]) if params.get("dtype") in DTYPES else 0
-    return 4 * zlib.crc32(f"{request.node.originalname}{family}".encode()) + dtype
+    return len(DTYPES) * zlib.crc32(f"{request.node.originalname}{family}".encode()) + dtype
 
 
 @pytest.fixture

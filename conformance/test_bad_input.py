@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resconf.backends.dtypes import max_finite, round_to
+from resconf.backends.dtypes import NARROW_DTYPES, max_finite, round_to
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.requirements import require_branch, require_fused, require_placement
 
@@ -111,7 +111,7 @@ def test_dtype_errors_and_no_silent_downcast(subject, dtype, prop):
         exc = _error_of(call)
         prop.at_most(f"{api} with dtype {unknown}: an error naming it (got {exc!r:.200})",
                      0 if exc is not None and unknown in str(exc) else 1, 0)
-    if dtype in ("bfloat16", "float16") and kinds:
+    if dtype in NARROW_DTYPES and kinds:
         x = hh.normal_input(1, (4, 32), 1.0, dtype)
         residual = hh.normal_input(2, (4, 32), 1.0, "float32")
         _, new_residual = subject.fused_add_norm(x, residual, np.ones(32), None, 1e-5, kinds[0], dtype, True)

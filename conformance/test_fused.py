@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resconf.backends.dtypes import NARROW_DTYPES
 from resconf.backends.fused_args import residual_dtype
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.requirements import require_cpu, require_fused
@@ -22,7 +23,7 @@ VARIANT_IDS = ["rms", "rms+bias", "layer+bias", "layer", "rms-res32", "layer+bia
 
 
 def _fused_case(data, backend, case, dtype, kind, with_bias, residual_in_fp32, prop):
-    if residual_in_fp32 and dtype not in ("bfloat16", "float16"):
+    if residual_in_fp32 and dtype not in NARROW_DTYPES:
         pytest.skip("residual_in_fp32 changes only narrower dtypes than float32")
     require_fused(backend, kind)
     shapes = FUSED_SHAPES if hh.STRUCTURE_PER_EXAMPLE else (FUSED_SHAPES[case % len(FUSED_SHAPES)],)

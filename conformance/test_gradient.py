@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from resconf.backends import numpy_ref as ref
 from resconf.backends.config import BlockConfig
-from resconf.backends.dtypes import unit_roundoff
+from resconf.backends.dtypes import NARROW_DTYPES, smallest_normal, unit_roundoff
 from resconf.conformance import budgets
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance import profiles
@@ -117,7 +117,7 @@ def test_gradient_depth_sweep(subject, baseline, dtype, prop):
     plain value is below the dtype's normal range are recorded, not compared), and the plain curve lies
     below the residual one from depth 2 on. A recorded curve, kept to float64 and float32: the plain curve
     falls to 1e-90 and out of float16's range, and low-precision agreement is checked per block elsewhere."""
-    if dtype not in ("float64", "float32"):
+    if dtype in NARROW_DTYPES:
         pytest.skip("GR-3 records its curve in float64 and float32 only")
     require_placement(subject, "pre", "plain")
     L, shape, seed = SWEEP_DEPTHS[-1], (2, 4, 16), 20261122
@@ -129,7 +129,7 @@ def test_gradient_depth_sweep(subject, baseline, dtype, prop):
     zero = lambda p: p.replace({"linear.w_out": np.zeros_like(p["linear.w_out"]),
                                 "linear.b_out": np.zeros_like(p["linear.b_out"])})
     eye = lambda p: p.replace({"linear.w_out": np.eye(cfg.d_model), "linear.b_out": np.zeros_like(p["linear.b_out"])})
-    tiny = float(np.finfo(np.float32).tiny if dtype == "bfloat16" else np.finfo(dtype).tiny)
+    tiny = smallest_normal(dtype)
     curves = {}
     for label, c, identity in (("residual", cfg, zero), ("plain", plain, eye)):
         ours, oracle, base = [], [], []

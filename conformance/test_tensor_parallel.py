@@ -15,14 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resconf.backends import tensor_parallel as tp
-from resconf.backends.dtypes import round_to
+from resconf.backends.dtypes import DTYPES, NARROW_DTYPES, round_to
 from resconf.backends.presets import preset
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance import profiles
 from resconf.conformance.requirements import require_config
 
 RANKS = (2, 4)
-TP_DTYPES = ("float64", "float32")
+TP_DTYPES = tuple(d for d in DTYPES if d not in NARROW_DTYPES)  # float64, float32
 TP_SHAPES = ((2, 4, 16), (3, 8, 32))  # T divisible by P too: a sequence-parallel layer splits the tokens
 HEADS = {"gpt2": {"n_heads": 4}, "llama": {"n_heads": 8, "n_kv_heads": 4}}
 
@@ -43,7 +43,7 @@ def structures(backend, case: int, ranks: int, init: str, depths=(1, 2)):
     combos = [(shape, cfg) for shape, cfg in combos if tp.why_not(cfg, ranks) is None]
     if hh.STRUCTURE_PER_EXAMPLE:
         return st.sampled_from(combos)
-    family, dtype_index = divmod(case, 4)
+    family, dtype_index = divmod(case, len(DTYPES))
     return st.just(combos[(family + dtype_index) % len(combos)])
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resconf.backends.config import BlockConfig
-from resconf.backends.dtypes import round_to
+from resconf.backends.dtypes import NARROW_DTYPES, round_to
 from resconf.backends.params import BASE_STD, OUT_BIASES, draw_params, expected_std, role_of
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance import stream_theory as theory
@@ -97,7 +97,7 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
     (relative sd of a sample std over m values: 1/sqrt(2m)). Every depth runs as a 96-block stack whose
     blocks past L write exactly zero, so a compiling backend compiles one shape. Statistical, so kept
     to float64 and float32, where rounding noise is far below the sampling band."""
-    if dtype not in ("float64", "float32"):
+    if dtype in NARROW_DTYPES:
         pytest.skip("VG-3 is checked in float64 and float32 only")
     require_placement(subject, "pre")
     C = STAT_SHAPE[-1]

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from resconf.backends.dtypes import numpy_dtype
+from resconf.backends.dtypes import element_bytes
 from resconf.conformance.results import write_parquet_atomic
 from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
 from resconf.conformance.home import HOME
@@ -148,7 +148,7 @@ def _row(results, date: datetime, benchmark: str, op: str, params: dict[str, Any
     dtype = params.get("dtype")
     formula = BYTES_MOVED.get(op)
     bytes_moved = (None if formula is None or dtype is None or tokens is None
-                   else formula(tokens, hidden, numpy_dtype(dtype).itemsize))
+                   else formula(tokens, hidden, element_bytes(dtype)))
     return BenchRow(
         machine=results.params["machine"], commit=results.commit_hash, date=date, env_name=results.env_name,
         benchmark=benchmark, op=op, params=";".join(f"{k}={_plain(v)}" for k, v in params.items()),

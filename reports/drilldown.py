@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from resconf.backends.dtypes import DTYPES
 from resconf.conformance.catalogue import property_order
 from resconf.conformance.results import ResultRow
 
@@ -11,7 +12,7 @@ from .document import Cell, Fold, Table
 from .outcomes import cell_status, cell_text
 from .spec_index import Spec
 
-DTYPE_ORDER = ("float64", "float32", "bfloat16", "float16")  # then any other, "-" (the whole backend) last
+DTYPE_ORDER = DTYPES  # the records' order, widest first; then any other, "-" (the whole backend) last
 STATEMENT_CHARS = 90  # the column's cut; the full statement is the property link's hover text
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from resconf.backends import numpy_ops as ops
 from resconf.backends import numpy_ref as ref
-from resconf.backends.dtypes import numpy_dtype, round_to
+from resconf.backends.dtypes import accumulation_dtype, numpy_dtype, round_to
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.numpy_ref import NumpyReference
 from resconf.backends.params import LayerParams, draw_params, role_of
@@ -564,7 +564,7 @@ class Float32Outputs(NumpyReference):
 
     @staticmethod
     def _rounded(a, dtype):
-        return None if a is None else round_to(a, "float32" if dtype in ("bfloat16", "float16") else dtype)
+        return None if a is None else round_to(a, accumulation_dtype(dtype))
 
     def _stack_forward(self, cfg, params, x, dtype):
         t = super()._stack_forward(cfg, params, x, dtype)

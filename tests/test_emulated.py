@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from resconf.backends import numpy_ops as ops
+from resconf.backends.dtypes import NARROW_DTYPES, accumulation_dtype, numpy_dtype
 from resconf.backends.emulated import EMULATED_AS, ORDERS, Arithmetic, Ordered, using
 
 F32 = np.float32
@@ -97,14 +98,17 @@ def test_sums_of_empty_arrays_keep_numpy_shapes(order):
         assert np.array_equal(np.asarray(got), np.sum(x, axis=axis, keepdims=True))
 
 
-def test_an_op_runs_in_float32_and_rounds_once_to_bfloat16():
+@pytest.mark.parametrize("dtype", NARROW_DTYPES)
+def test_an_op_runs_in_its_accumulation_dtype_and_rounds_once(dtype):
+    """bfloat16 and float16 (every narrow record): computed in float32, the record's accumulator."""
+    narrow, acc = numpy_dtype(dtype), numpy_dtype(accumulation_dtype(dtype))
     x, w = _pair(5, m=4, k=16, n=8)
     b = np.random.default_rng(6).standard_normal(8).astype(F32)
-    x, w, b = (t.astype(BF16) for t in (x, w, b))
-    want = (x.astype(F32) @ w.astype(F32) + b.astype(F32)).astype(BF16)
-    with using(Arithmetic("bfloat16", "blas")) as cast:
+    x, w, b = (t.astype(narrow) for t in (x, w, b))
+    want = (x.astype(acc) @ w.astype(acc) + b.astype(acc)).astype(narrow)
+    with using(Arithmetic(dtype, "blas")) as cast:
         got = ops.linear(cast(x), cast(w), cast(b))
-    assert isinstance(got, Ordered) and got.dtype == BF16
+    assert isinstance(got, Ordered) and got.dtype == narrow
     assert np.array_equal(np.asarray(got), want)
 
 

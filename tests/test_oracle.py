@@ -15,7 +15,7 @@ import pytest
 from resconf.backends import numpy_ops as ops
 from resconf.backends import numpy_ref as ref
 from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
-from resconf.backends.dtypes import numpy_dtype, round_to
+from resconf.backends.dtypes import DTYPES, numpy_dtype, round_to
 from resconf.backends.params import LayerParams, draw_params, expected_std
 from resconf.backends.presets import PRESETS, preset
 from resconf.backends.registry import load_backend
@@ -278,7 +278,7 @@ def test_fused_add_norm_vjp(kind, with_bias):
         assert grads.dbias is None
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != "float64"])
 @pytest.mark.parametrize("residual_in_fp32", [False, True])
 def test_fused_residual_is_bitwise_the_native_add(dtype, residual_in_fp32):
     backend = load_backend("numpy")

@@ -255,7 +255,7 @@ def _shapes(text: str) -> tuple[tuple[int, int], ...]:
 def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
     import pyarrow as pa
 
-    from resconf.backends.dtypes import numpy_dtype
+    from resconf.backends.dtypes import element_bytes
     from resconf.conformance.results import write_parquet_atomic
     from resconf.reports.bench_export import SCHEMA
     from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
@@ -271,7 +271,7 @@ def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
 
     def gbps(r: Record, t: float | None) -> float | None:
         formula = BYTES_MOVED.get(r.op)
-        return None if formula is None or not t else formula(r.tokens, r.hidden, numpy_dtype(r.dtype).itemsize) / t / 1e9
+        return None if formula is None or not t else formula(r.tokens, r.hidden, element_bytes(r.dtype)) / t / 1e9
 
     roofline: dict[tuple, float] = {}
     roofline_pipelined: dict[tuple, float] = {}
@@ -291,7 +291,7 @@ def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
             "op": r.op, "params": ";".join(f"{k}={v}" for k, v in params.items() if v is not None),
             "backend": r.backend, "device": r.device, "dtype": r.dtype, "tokens": r.tokens, "hidden": r.hidden,
             "depth": None, "time_s": r.time_s, "samples": r.samples,
-            "bytes_moved": None if formula is None else formula(r.tokens, r.hidden, numpy_dtype(r.dtype).itemsize),
+            "bytes_moved": None if formula is None else formula(r.tokens, r.hidden, element_bytes(r.dtype)),
             "gbps": g, "roofline_gbps": peak if g is not None else None,
             "roofline_fraction": g / peak if g is not None and peak else None,
             "time_s_pipelined": r.time_s_pipelined, "gbps_pipelined": gp,
