@@ -52,8 +52,8 @@ ONE_ROW = '    _info("float8_e4m3", ml_dtypes.float8_e4m3fn, accumulates_in="flo
 NEW_DTYPE_CHECKS = textwrap.dedent('''
     import importlib.util, sys, warnings
     from pathlib import Path
-    import resconf
-    path = Path(next(iter(resconf.__path__))) / "backends" / "dtypes.py"
+    # the folder of resconf.backends, found without importing it (its __init__ would import dtypes)
+    path = Path(importlib.util.find_spec("resconf.backends").submodule_search_locations[0]) / "dtypes.py"
     source = path.read_text()
     anchor = '    _info("float16", np.float16, accumulates_in="float32"),\\n'
     assert source.count(anchor) == 1, "the float16 row moved: update tests/test_dtypes.py's anchor"
