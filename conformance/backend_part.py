@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resconf.conformance import guard, worker
+from resconf.conformance.constants import WORKER_LOAD_FAILED, WORKER_NO_DEVICE
 from resconf.conformance.harness_rows import case_row, harness_row
 from resconf.conformance.interrupt import Interrupt
 from resconf.conformance.junit import JunitPart
 from resconf.conformance.options import CheckOptions
-from resconf.conformance.plugin import WORKER_LOAD_FAILED, WORKER_NO_DEVICE
 from resconf.conformance.progress import WorkerProgress
 from resconf.conformance.results import ResultRow, rows_from_jsonl
 

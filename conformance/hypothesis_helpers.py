@@ -86,7 +86,7 @@ def fixed_structure(backend: Backend, case: int, placement: str, init: str, shap
     if not combos:
         raise ValueError(f"{backend.name} claims no norm/branch among norms={norms}, branches={branches}; "
                          f"the test should have skipped (conformance.requirements)")
-    family, dtype_index = divmod(case, len(DTYPES))  # plugin.case: the dtypes of a family take consecutive structures
+    family, dtype_index = divmod(case, len(DTYPES))  # plugin_collection.case: the dtypes of a family take consecutive structures
     if layer == "block":
         return combos[(family + dtype_index) % len(combos)]
     _, preset_combos = combos[(family + dtype_index) % len(combos)]

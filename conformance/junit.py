@@ -8,9 +8,8 @@ from pathlib import Path
 
 from resconf.conformance import summary
 from resconf.conformance.outputs import write_atomic
-from resconf.conformance.plugin import JUNIT_PROPERTIES
+from resconf.conformance.constants import JUNIT_PROPERTIES, junit_suite_name
 from resconf.conformance.results import ResultRow
-from resconf.conformance.worker import junit_suite_name
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The array contract (docs/adapter.md): results are float64 NumPy whose values are values of `dtype`. A result
 left in float32 where bfloat16 was asked is more accurate than the dtype allows, so it passes every error
 budget while the adapter does not compute what it claims; here it fails, naming the backend, the method, the
-output and both dtypes. The `subject` fixture (conformance/plugin.py) hands every property its backend wrapped
+output and both dtypes. The `subject` fixture (conformance/plugin_backends.py) hands every property its backend wrapped
 in `Checked`. The oracle is exempt: it computes in float64 whatever the dtype (`Backend.computes_in_float64`).
 """
 from __future__ import annotations

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import pytest
-
 from resconf.conformance.outputs import write_text_atomic
 from resconf.conformance.home import HOME
 
@@ -92,21 +90,3 @@ def duration_key(nodeid: str) -> str:
     a checkout or an installed copy, whose node ids differ by the path up to the suite."""
     path, sep, rest = nodeid.partition("::")
     return Path(path).name + sep + rest
-
-
-class ShardSelector:
-    """A pytest plugin object: keeps this shard's cases. trylast, so it partitions what -k, -m and other
-    plugins left selected; resconf's event writer (a wrapper) still records the whole collection."""
-
-    def __init__(self, shard: Shard, durations: dict[str, float]) -> None:
-        self.shard, self.durations = shard, durations
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        keys = {item.nodeid: duration_key(item.nodeid) for item in items}
-        assigned = partition(keys.values(), self.durations, self.shard.count)
-        mine = [item for item in items if assigned[keys[item.nodeid]] == self.shard.index]
-        others = [item for item in items if assigned[keys[item.nodeid]] != self.shard.index]
-        items[:] = mine
-        if others:
-            config.hook.pytest_deselected(items=others)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resconf.conformance.capped_log import CappedLog
+from resconf.conformance.constants import junit_suite_name
 from resconf.conformance.interrupt import Interrupt, kill_group
 from resconf.conformance.options import CheckOptions
 from resconf.conformance.progress import WorkerProgress
@@ -71,11 +72,6 @@ class WorkerExit:
     tail: str  # the end of its output
     limit_s: float = 0.0  # the limit it ran under when it ended
     interrupt: str = ""  # the signal that interrupted the check ("SIGINT"), if one did
-
-
-def junit_suite_name(backend: str) -> str:
-    """JUnit suites are named by backend, so a CI test view groups cases by backend."""
-    return f"resconf.{backend}"
 
 
 def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, events: Path, junit: Path,

@@ -114,10 +114,11 @@ def test_the_case_timer_is_armed_at_the_timeout():
     how long a case took (a timed assertion on a loaded machine proves nothing either way)."""
     from types import SimpleNamespace
 
-    from resconf.conformance import plugin
+    from resconf.conformance.plugin_active import ACTIVE
+    from resconf.conformance.plugin_timeout import pytest_timeout_set_timer
 
-    item = SimpleNamespace(config=SimpleNamespace(stash={plugin.ACTIVE: True}))
-    assert plugin.pytest_timeout_set_timer(item, SimpleNamespace(method="signal", timeout=7.0)) is True
+    item = SimpleNamespace(config=SimpleNamespace(stash={ACTIVE: True}))
+    assert pytest_timeout_set_timer(item, SimpleNamespace(method="signal", timeout=7.0)) is True
     try:
         delay, interval = signal.getitimer(signal.ITIMER_REAL)
         assert 6.0 < delay <= 7.0 and interval == 0.0

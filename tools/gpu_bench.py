@@ -14,8 +14,10 @@ the device's throughput without the launch-and-wait gap of every call.
 
 `time` writes one JSON line per case as it finishes (a killed run keeps its finished cases) and exits 0 when
 every case was timed or skipped and at least one was timed, 77 when all were skipped (1 with --strict), 1
-when one failed. `export` writes the columns of `resconf bench-export` (docs/benchmarks.md), GB/s from
-reports/bytes_moved.py and the copy roofline of the same device and shape, plus the pipelined columns.
+when one failed. `export` writes the rows of `resconf bench-export` (docs/benchmarks.md), made by its own code
+(reports/bench_export.py: GB/s from reports/bytes_moved.py, the copy roofline of the same device and shape),
+plus the pipelined columns. Only asv's timing loop is done again here (`_samples`): asv, and with it
+asv_runner, is not installed on the GPU machine.
 """
 from __future__ import annotations
 
@@ -253,12 +255,12 @@ def _shapes(text: str) -> tuple[tuple[int, int], ...]:
 # --- export ---
 
 def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
+    """The rows `resconf bench-export` writes (reports/bench_export.py: its row, GB/s and copy roofline), plus
+    the pipelined columns: the same rows computed from the back-to-back time."""
     import pyarrow as pa
 
-    from resconf.backends.dtypes import element_bytes
     from resconf.conformance.results import write_parquet_atomic
-    from resconf.reports.bench_export import SCHEMA
-    from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
+    from resconf.reports import bench_export as bx
 
     records = [Record(**json.loads(line)) for p in paths if p.is_file() for line in p.read_text().splitlines()
                if line.strip()]
@@ -266,44 +268,44 @@ def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
     if not timed:
         print(f"gpu_bench: no timed case in {', '.join(map(str, paths))}", file=sys.stderr)
         return 1
-    now = datetime.now(timezone.utc)
-    env_name = f"gpu-check-py{sys.version_info.major}.{sys.version_info.minor}"
-
-    def gbps(r: Record, t: float | None) -> float | None:
-        formula = BYTES_MOVED.get(r.op)
-        return None if formula is None or not t else formula(r.tokens, r.hidden, element_bytes(r.dtype)) / t / 1e9
-
-    roofline: dict[tuple, float] = {}
-    roofline_pipelined: dict[tuple, float] = {}
-    for r in timed:
-        if r.op in ROOFLINE_OPS:
-            key = (r.device, r.tokens, r.hidden)
-            roofline[key] = max(gbps(r, r.time_s) or 0.0, roofline.get(key, 0.0))
-            roofline_pipelined[key] = max(gbps(r, r.time_s_pipelined) or 0.0, roofline_pipelined.get(key, 0.0))
-    rows = []
-    for r in timed:
-        key, g, gp = (r.device, r.tokens, r.hidden), gbps(r, r.time_s), gbps(r, r.time_s_pipelined)
-        peak, peak_p = roofline.get(key) or None, roofline_pipelined.get(key) or None
-        formula = BYTES_MOVED.get(r.op)
-        params = {"backend": r.backend, "device": r.device, "dtype": r.dtype, "shape": f"{r.tokens}x{r.hidden}"}
-        rows.append({
-            "machine": machine, "commit": commit, "date": now, "env_name": env_name, "benchmark": r.benchmark,
-            "op": r.op, "params": ";".join(f"{k}={v}" for k, v in params.items() if v is not None),
-            "backend": r.backend, "device": r.device, "dtype": r.dtype, "tokens": r.tokens, "hidden": r.hidden,
-            "depth": None, "time_s": r.time_s, "samples": r.samples,
-            "bytes_moved": None if formula is None else formula(r.tokens, r.hidden, element_bytes(r.dtype)),
-            "gbps": g, "roofline_gbps": peak if g is not None else None,
-            "roofline_fraction": g / peak if g is not None and peak else None,
-            "time_s_pipelined": r.time_s_pipelined, "gbps_pipelined": gp,
-            "roofline_gbps_pipelined": peak_p if gp is not None else None,
-            "roofline_fraction_pipelined": gp / peak_p if gp is not None and peak_p else None,
-            "setup_s": r.setup_s,
-        })
-    schema = pa.schema(list(SCHEMA) + [pa.field(n, pa.float64()) for n in EXTRA_COLUMNS],
-                       metadata={**SCHEMA.metadata, b"resconf_bench_source": b"tools/gpu_bench.py"})
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), output)
+    run = _AsvRun(machine, commit, f"gpu-check-py{sys.version_info.major}.{sys.version_info.minor}",
+                  datetime.now(timezone.utc))
+    rows = bx._with_roofline([_bench_row(bx, run, r, r.time_s) for r in timed])
+    back_to_back = [r for r in timed if r.time_s_pipelined is not None]
+    pipelined = dict(zip(map(id, back_to_back),
+                         bx._with_roofline([_bench_row(bx, run, r, r.time_s_pipelined) for r in back_to_back])))
+    table = []
+    for record, row in zip(timed, rows):
+        p = pipelined.get(id(record))
+        table.append({**dataclasses.asdict(row), "time_s_pipelined": record.time_s_pipelined,
+                      "gbps_pipelined": p and p.gbps, "roofline_gbps_pipelined": p and p.roofline_gbps,
+                      "roofline_fraction_pipelined": p and p.roofline_fraction, "setup_s": record.setup_s})
+    schema = pa.schema(list(bx.SCHEMA) + [pa.field(n, pa.float64()) for n in EXTRA_COLUMNS],
+                       metadata={**bx.SCHEMA.metadata, b"resconf_bench_source": b"tools/gpu_bench.py"})
+    write_parquet_atomic(pa.Table.from_pylist(table, schema=schema), output)
     print(f"gpu_bench: wrote {len(rows)} rows to {output}")
     return 0
+
+
+@dataclass(frozen=True)
+class _AsvRun:
+    """What bench_export reads of an asv results file (asv.results.Results) to make a row: this run's."""
+
+    machine: str
+    commit_hash: str
+    env_name: str
+    date: datetime  # bench_export's row takes the commit's date; here, the run's
+
+    @property
+    def params(self) -> dict:
+        return {"machine": self.machine}
+
+
+def _bench_row(bx, run: _AsvRun, r: Record, time_s: float):
+    """A timed case as `resconf bench-export` makes a row of an asv result (its roofline columns empty)."""
+    params = {"backend": r.backend, "device": r.device, "dtype": r.dtype, "shape": (r.tokens, r.hidden)}
+    return bx._row(run, run.date, r.benchmark, r.op,
+                   {k: v for k, v in params.items() if v is not None}, time_s, {"repeat": r.samples})
 
 
 def _machine(env_json: Path | None) -> str:

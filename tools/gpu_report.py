@@ -25,10 +25,6 @@ from pathlib import Path
 SKIPPED_WHOLE = 77  # exit status: nothing ran (automake's "skipped"; tools/gpu-check.sh records a skipped step)
 PACKAGES = ("numpy", "torch", "triton", "jax", "jaxlib", "numba", "liger-kernel", "hypothesis", "pytest",
             "pytest-timeout", "pytest-xdist", "pyarrow", "setuptools", "resconf")
-OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped")
-KINDS = {"add_rmsnorm_forward": "rmsnorm fwd", "add_layernorm_forward": "layernorm fwd",
-         "add_rmsnorm_forward_backward": "rmsnorm fwd+bwd", "add_layernorm_forward_backward": "layernorm fwd+bwd",
-         "copy": "copy", "add": "add (unfused)", "copy_all_cores": "copy, all cores"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,13 +202,14 @@ def _conformance_rows(work: Path, out: Path) -> list[dict]:
 def conformance_table(rows: list[dict], device: str) -> list[str]:
     if not rows:
         return ["Conformance: no results"]
+    from resconf.reports.outcomes import SHOWN_OUTCOMES  # the report's order (resconf imports by now)
     lines = [f"Conformance on {device}: cases per backend and outcome",
-             f"  {'backend':<16}" + "".join(f"{o:>9}" for o in OUTCOMES)]
+             f"  {'backend':<16}" + "".join(f"{o:>9}" for o in SHOWN_OUTCOMES)]
     by_backend: dict[str, Counter] = {}
     for r in rows:
         by_backend.setdefault(r["backend"], Counter())[r["outcome"]] += 1
     for backend, counts in sorted(by_backend.items()):
-        lines.append(f"  {backend:<16}" + "".join(f"{counts[o]:>9}" for o in OUTCOMES))
+        lines.append(f"  {backend:<16}" + "".join(f"{counts[o]:>9}" for o in SHOWN_OUTCOMES))
     unexpected = [r for r in rows if r["outcome"] in ("failed", "xpassed")]
     for r in unexpected[:20]:
         lines.append(f"  {r['outcome'].upper()} {r['backend']} {r['property']} {r['dtype']} {r['config']}: "
@@ -228,17 +225,19 @@ def throughput_table(path: Path, device: str) -> list[str]:
     if not path.is_file():
         return ["Throughput: no benchmark results"]
     import pyarrow.parquet as pq
+
+    from resconf.reports.bench_points import short_op  # the report's names and order of the operations
+    from resconf.reports.bytes_moved import ROOFLINE_OPS
     rows = pq.read_table(path).to_pylist()
-    order = {op: i for i, op in enumerate(KINDS)}
-    rows.sort(key=lambda r: (r["tokens"], r["hidden"], r["backend"] is not None, r["dtype"], order.get(r["op"], 99),
-                             r["backend"] or ""))
+    rows.sort(key=lambda r: (r["tokens"], r["hidden"], r["backend"] is not None, r["dtype"],
+                             r["op"] not in ROOFLINE_OPS, r["op"], r["backend"] or ""))
     lines = [f"Throughput on {device}: time = median seconds per synchronised call (asv's measure); GB/s = bytes",
              "moved (reports/bytes_moved.py) / time; % = of the copy roofline measured here at the same shape;",
              "b2b = calls back to back, one sync per sample",
-             f"  {'backend':<14}{'kind':<18}{'dtype':<10}{'shape':<12}{'ms':>9}{'GB/s':>9}{'%roof':>7}"
+             f"  {'backend':<14}{'kind':<23}{'dtype':<10}{'shape':<12}{'ms':>9}{'GB/s':>9}{'%roof':>7}"
              f"{'b2b GB/s':>10}{'%roof':>7}"]
     for r in rows:
-        lines.append(f"  {r['backend'] or '(roofline)':<14}{KINDS.get(r['op'], r['op']):<18}{r['dtype']:<10}"
+        lines.append(f"  {r['backend'] or '(roofline)':<14}{short_op(r['op']):<23}{r['dtype']:<10}"
                      f"{r['tokens']}x{r['hidden']:<7}{r['time_s'] * 1e3:>9.4f}{_num(r['gbps'], 9, 1)}"
                      f"{_pct(r['roofline_fraction'])}{_num(r.get('gbps_pipelined'), 10, 1)}"
                      f"{_pct(r.get('roofline_fraction_pipelined'))}")
@@ -261,7 +260,10 @@ def _skipped_cases(records: dict[str, list[dict]]) -> list[str]:
 def _step_detail(name: str, work: Path, conformance: list[dict], records: dict[str, list[dict]]) -> str:
     if name.startswith("check-"):
         counts = Counter(r["outcome"] for r in conformance if r["backend"] == name.removeprefix("check-"))
-        return ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o])
+        if not counts:
+            return ""
+        from resconf.reports.outcomes import SHOWN_OUTCOMES  # the report's order (resconf imports by now)
+        return ", ".join(f"{counts[o]} {o}" for o in SHOWN_OUTCOMES if counts[o])
     if name.startswith("bench-") and name.removeprefix("bench-") in records:
         counts = Counter(r["status"] for r in records[name.removeprefix("bench-")])
         return ", ".join(f"{counts[s]} {s}" for s in ("timed", "skipped", "failed") if counts[s])

@@ -1,0 +1,41 @@
+"""The suite's parameters: backend (by its own name) and dtype are pytest parameters, so an expected
+failure can name one; each case's structure number; each case's JUnit properties."""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from resconf.backends.config import DTYPES
+from resconf.conformance.plugin_active import active
+from resconf.conformance.plugin_backends import NAME_OF
+from resconf.conformance.plugin_cases import junit_properties, params_of
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not active(metafunc.config):
+        return
+    if "backend_name" in metafunc.fixturenames:  # by the backend's own name, whatever spelling selected it
+        names = list(dict.fromkeys(NAME_OF.values()))
+        metafunc.parametrize("backend_name", names, ids=names, scope="session")
+    if "dtype" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("dtypes")
+        metafunc.parametrize("dtype", marker.args if marker else DTYPES)
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest) -> int:
+    """A stable number per case, the backend left out: every backend gets the same fixed structure.
+    It is len(DTYPES) * (the number of the case's family: its parameters but dtype) + the dtype's index, so the
+    dtypes of one family rotate through consecutive structures (hypothesis_helpers.fixed_structure)."""
+    params = params_of(request.node)
+    family = sorted((k, str(v)) for k, v in params.items() if k not in ("backend_name", "dtype"))
+    dtype = DTYPES.index(params["dtype"]) if params.get("dtype") in DTYPES else 0
+    return len(DTYPES) * zlib.crc32(f"{request.node.originalname}{family}".encode()) + dtype
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not active(config):
+        return
+    for item in items:
+        item.user_properties.extend(junit_properties(item))

@@ -1,0 +1,35 @@
+"""The plugin's command-line options (all `--resconf-*`: a user's conftest may define --backend and the like)."""
+from __future__ import annotations
+
+import pytest
+
+from resconf.backends.base import DEVICES
+from resconf.conformance import profiles
+from resconf.conformance.shards import DURATIONS_FILE
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("resconf", "resconf conformance")
+    group.addoption("--resconf-backend", action="append", default=[], metavar="NAME",
+                    help="backend to check: a built-in name, an entry point, or package.module:attr (repeatable)")
+    group.addoption("--resconf-device", default="cpu", choices=DEVICES,
+                    help="device the backends run on (default cpu)")
+    group.addoption("--resconf-max-examples", type=int, default=None, metavar="N",
+                    help="examples per property, overriding the profile's (heavy properties run a fraction)")
+    group.addoption("--resconf-profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
+                    help=f"hypothesis profile (default {profiles.DEFAULT}, as for resconf check)")
+    group.addoption("--resconf-xfails", action="append", default=[], metavar="FILE",
+                    help="expected-failure file (TOML) on top of the backend's built-in one (repeatable)")
+    group.addoption("--resconf-skip-xfails", action="store_true", help="ignore every expected-failure entry")
+    group.addoption("--resconf-results-jsonl", default=None, metavar="FILE",
+                    help="append one JSON result row per test to FILE (resconf check merges them into Parquet)")
+    group.addoption("--resconf-run-id", default=None, help="run id written into every result row")
+    group.addoption("--resconf-events-jsonl", default=None, metavar="FILE",
+                    help="append what was collected and which case starts and ends to FILE (for resconf check)")
+    group.addoption("--resconf-shard", default=None, metavar="K/N",
+                    help="run shard K of N: the selected cases split in N, balanced by --resconf-durations-file")
+    group.addoption("--resconf-durations-file", default=None, metavar="FILE",
+                    help=f"recorded case durations that balance the shards (default {DURATIONS_FILE} "
+                         "in the folder pytest runs from, when present)")
+    group.addoption("--resconf-already-run", default=None, metavar="FILE",
+                    help="node ids (one a line) to leave out: resuming a worker that crashed")
