@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from resconf.backends import tensor_parallel as tp
 from resconf.backends.config import FUSED_KINDS, BlockConfig
 
 
@@ -53,8 +54,6 @@ def check_stack_call(backend, cfg: BlockConfig, x: np.ndarray, g: np.ndarray | N
 
 def check_tp_call(backend, cfg: BlockConfig, x: np.ndarray, g: np.ndarray | None, dtype: str, ranks: int) -> None:
     """tp_stack_forward / tp_stack_vjp: the rank count claimed and cfg splittable over it, then as a stack."""
-    from resconf.backends import tensor_parallel as tp
-
     claimed = backend.capabilities.tensor_parallel
     if not claimed:
         raise NotImplementedError(f"backend {backend.name!r} does not implement tensor-parallel layers")

@@ -1,6 +1,6 @@
 """The dtypes the suite knows: one record each, read by the strategies, the emulated baseline, the budgets,
 the adapters and the tests. Adding a dtype is one row here (plus the frameworks' tables of their own types,
-backends/torch_dtypes.py and backends/jax_dtypes.py, where a framework has it). Imports no framework
+backends/torch/dtypes.py and backends/jax/dtypes.py, where a framework has it). Imports no framework
 (ml_dtypes gives bfloat16 and the float8 types to NumPy)."""
 from __future__ import annotations
 

@@ -25,25 +25,25 @@ class BuiltinBackend:
 
 
 BUILTIN = {
-    "numpy": BuiltinBackend("resconf.backends.numpy_ref:NumpyReference", ("numpy",)),
-    "torch": BuiltinBackend("resconf.backends.torch_backend:TorchBackend", ("torch",)),
-    "torch_compile": BuiltinBackend("resconf.backends.torch_backend:TorchCompileBackend", ("torch",)),
-    "jax": BuiltinBackend("resconf.backends.jax_backend:JaxBackend", ("jax",)),
-    "numba_fused": BuiltinBackend("resconf.backends.numba_fused:NumbaFusedBackend", ("numba",)),
-    "triton_fused": BuiltinBackend("resconf.backends.triton_fused:TritonFusedBackend", ("triton", "torch")),
+    "numpy": BuiltinBackend("resconf.backends.oracle.numpy_ref:NumpyReference", ("numpy",)),
+    "torch": BuiltinBackend("resconf.backends.torch.backend:TorchBackend", ("torch",)),
+    "torch_compile": BuiltinBackend("resconf.backends.torch.backend:TorchCompileBackend", ("torch",)),
+    "jax": BuiltinBackend("resconf.backends.jax.backend:JaxBackend", ("jax",)),
+    "numba_fused": BuiltinBackend("resconf.backends.kernels.numba_fused:NumbaFusedBackend", ("numba",)),
+    "triton_fused": BuiltinBackend("resconf.backends.kernels.triton_fused:TritonFusedBackend", ("triton", "torch")),
     # the real modules and kernels people run, each mapped from the suite's parameters (optional extras)
-    "torch_nn": BuiltinBackend("resconf.backends.torch_nn:TorchNnBackend", ("torch",)),
-    "hf_gpt2": BuiltinBackend("resconf.backends.hf_blocks:HfGpt2Backend", ("transformers", "torch"), "hf"),
-    "hf_llama": BuiltinBackend("resconf.backends.hf_blocks:HfLlamaBackend", ("transformers", "torch"), "hf"),
-    "hf_phi": BuiltinBackend("resconf.backends.hf_blocks:HfPhiBackend", ("transformers", "torch"), "hf"),
-    "flax_block": BuiltinBackend("resconf.backends.flax_block:FlaxBlockBackend", ("flax", "jax")),
-    "equinox_block": BuiltinBackend("resconf.backends.equinox_block:EquinoxBlockBackend", ("equinox", "jax")),
-    "liger": BuiltinBackend("resconf.backends.liger_fused:LigerFusedBackend", ("liger_kernel", "triton", "torch"), "liger"),
+    "torch_nn": BuiltinBackend("resconf.backends.modules.torch_nn:TorchNnBackend", ("torch",)),
+    "hf_gpt2": BuiltinBackend("resconf.backends.modules.hf_blocks:HfGpt2Backend", ("transformers", "torch"), "hf"),
+    "hf_llama": BuiltinBackend("resconf.backends.modules.hf_blocks:HfLlamaBackend", ("transformers", "torch"), "hf"),
+    "hf_phi": BuiltinBackend("resconf.backends.modules.hf_blocks:HfPhiBackend", ("transformers", "torch"), "hf"),
+    "flax_block": BuiltinBackend("resconf.backends.modules.flax_block:FlaxBlockBackend", ("flax", "jax")),
+    "equinox_block": BuiltinBackend("resconf.backends.modules.equinox_block:EquinoxBlockBackend", ("equinox", "jax")),
+    "liger": BuiltinBackend("resconf.backends.kernels.liger_fused:LigerFusedBackend", ("liger_kernel", "triton", "torch"), "liger"),
     # Liger's other casting modes (the default, "llama", is `liger`): all in float32, and none
-    **{f"liger_{mode}": BuiltinBackend(f"resconf.backends.liger_fused:Liger{mode.title()}Backend",
+    **{f"liger_{mode}": BuiltinBackend(f"resconf.backends.kernels.liger_fused:Liger{mode.title()}Backend",
                                        ("liger_kernel", "triton", "torch"), "liger") for mode in ("gemma", "none")},
-    # positive controls: the oracle's maths rounded differently on purpose (backends/controls.py)
-    **{f"control_{order}": BuiltinBackend(f"resconf.backends.controls:{cls}", ("numpy",))
+    # positive controls: the oracle's maths rounded differently on purpose (backends/oracle/controls.py)
+    **{f"control_{order}": BuiltinBackend(f"resconf.backends.oracle.controls:{cls}", ("numpy",))
        for order, cls in (("reversed", "ReversedControl"), ("fma", "FmaControl"),
                           ("pairwise", "PairwiseControl"), ("blocked", "BlockedControl"), ("wide", "WideControl"))},
 }

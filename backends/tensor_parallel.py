@@ -12,7 +12,7 @@ each rank normalises the full hidden vector itself. One pre-norm update on rank 
 f is the identity forward and an all-reduce backward, g the reverse (Megatron's two operators). Shards are
 contiguous blocks, so rank r owns query heads r nh/P .. and kv heads r nkv/P ..: with grouped queries (kv
 head j serves query heads j G .. (j+1) G - 1) each rank's queries find their kv heads on the same rank.
-This module is the spec every tensor-parallel adapter follows; `reference_forward` runs it in float64.
+This module is the spec every tensor-parallel adapter follows; `oracle/tensor_parallel.py` runs it in float64.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from typing import Sequence
 
 import numpy as np
 
-from resconf.backends import numpy_ref as ref
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import LayerParams
 
@@ -93,21 +92,6 @@ def local_config(cfg: BlockConfig, ranks: int) -> BlockConfig:
     check(cfg, ranks)
     return dataclasses.replace(cfg, n_heads=cfg.n_heads // ranks, n_kv_heads=cfg.kv_heads // ranks,
                                d_ff=cfg.d_hidden // ranks)
-
-
-def reference_forward(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, ranks: int) -> np.ndarray:
-    """x_U computed the tensor-parallel way in float64 NumPy: the spec, run (tests/test_tensor_parallel.py)."""
-    local = local_config(cfg, ranks)
-    for p in params:
-        shards = [shard_params(cfg, p, r, ranks) for r in range(ranks)]
-        for kind in cfg.sublayers:
-            h = ref.norm(cfg, p.sub(kind), x)  # (B, T, C), replicated
-            parts = [ref.BRANCH[kind](local, without_out_bias(s.sub(kind), kind), h) for s in shards]
-            out = sum(parts[1:], parts[0])  # the all-reduce
-            bias = getattr(p.sub(kind), OUT_BIAS[kind])
-            w = ref._write_scale(cfg, p.sub(kind)) * (out if bias is None else out + bias)
-            x = cfg.skip * x + w
-    return x
 
 
 def without_out_bias(s: types.SimpleNamespace, kind: str) -> types.SimpleNamespace:

@@ -2,7 +2,7 @@
 
 x + residual, then the norm, then the affine, each a whole-array NumPy expression in float32 (or float64),
 and the hand-derived backward for a cotangent on `out` only. It is the baseline the fused kernels are
-measured against. The float64 oracle (backends/numpy_ref.py) is the reference for *correctness* and is
+measured against. The float64 oracle (backends/oracle/numpy_ref.py) is the reference for *correctness* and is
 never meant to be fast, so it is not what this row times.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from resconf.backends.controls import Baseline
+from resconf.backends.oracle.controls import Baseline
 
 DRAWS = 3  # the error of one draw varies by up to ~3x between draws; the RMS of three is steadier
 

@@ -85,8 +85,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resconf.backends import numpy_ops as ops
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ops as ops
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import unit_roundoff
 from resconf.backends.params import LayerParams

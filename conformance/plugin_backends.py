@@ -103,6 +103,6 @@ def oracle():
 
 @pytest.fixture(scope="session")
 def baseline():
-    """The oracle's maths in the working dtype, another order (backends/controls.py), in a few lazily run
+    """The oracle's maths in the working dtype, another order (backends/oracle/controls.py), in a few lazily run
     draws (conformance/baseline.py): it measures each comparison's error budget (conformance/budgets.py)."""
     return Baselines()

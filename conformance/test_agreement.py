@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import PLACEMENTS, BlockConfig
 from resconf.backends.presets import preset
 from resconf.conformance import budgets, profiles

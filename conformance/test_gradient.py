@@ -16,7 +16,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import NARROW_DTYPES, smallest_normal, unit_roundoff
 from resconf.conformance import budgets

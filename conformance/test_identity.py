@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.dtypes import round_to
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.requirements import require_placement

@@ -5,7 +5,7 @@ backends/tensor_parallel.py) is the single-device layer.
 The layers are the GPT-2 and Llama presets (pre-norm), with head counts every P divides: GPT-2 with 4 heads,
 Llama with 8 query and 4 kv heads (grouped queries, so a rank's queries must find their kv heads on that
 rank). float64 and float32: a low-precision all-reduce sums rounded partials, another numerical contract.
-Each call starts nothing: a backend keeps its ranks for the session (backends/tp_launch.py).
+Each call starts nothing: a backend keeps its ranks for the session (backends/parallel/launch.py).
 """
 from __future__ import annotations
 

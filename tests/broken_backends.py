@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from resconf.backends.base import Capabilities
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.numpy_ref import NumpyReference
 
 
 def broken(cfg, dtype: str) -> bool:

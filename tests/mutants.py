@@ -10,11 +10,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from resconf.backends import numpy_ops as ops
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ops as ops
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.dtypes import accumulation_dtype, numpy_dtype, round_to
 from resconf.backends.base import StackGrads, StackTrace
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.numpy_ref import NumpyReference
 from resconf.backends.params import LayerParams, draw_params, role_of
 
 TINY = 2.0**-10

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from resconf.backends.base import Capabilities
-from resconf.backends.torch_nn import TorchNnBackend
+from resconf.backends.modules.torch_nn import TorchNnBackend
 
 
 def _only(caps: Capabilities, placement: str) -> Capabilities:

@@ -18,7 +18,7 @@ import pytest
 from benchmarks import common as cm
 from benchmarks.numpy_baseline import NumpyBaseline
 from resconf.backends.base import Capabilities
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.numpy_ref import NumpyReference
 
 REPO = Path(__file__).resolve().parents[1]
 FUSED_ONLY, BLOCKS_ONLY = "tests.test_bench_backends:FusedOnly", "tests.test_bench_backends:BlocksOnly"

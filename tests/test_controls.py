@@ -1,4 +1,4 @@
-"""The positive controls (backends/controls.py) are correct backends that round differently on purpose
+"""The positive controls (backends/oracle/controls.py) are correct backends that round differently on purpose
 (other summation orders, FMA contraction, wider accumulation): each passes every property it claims,
 so no allowance is tighter than legitimate rounding (conformance/budgets.py)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from resconf.backends.controls import CONTROLS
+from resconf.backends.oracle.controls import CONTROLS
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLEMENTED = {f"{f}-{i}" for f, n in (("ID", 4), ("GR", 4), ("VG", 4), ("XB", 5), ("BI", 5)) for i in range(1, n + 1)}

@@ -65,13 +65,13 @@ NEW_DTYPE_CHECKS = textwrap.dedent('''
     import ml_dtypes
     import numpy as np
     from hypothesis import given, settings
-    from resconf.backends import numpy_ops as ops
-    from resconf.backends import numpy_ref as ref
-    from resconf.backends.controls import Baseline
+    from resconf.backends.oracle import numpy_ops as ops
+    from resconf.backends.oracle import numpy_ref as ref
+    from resconf.backends.oracle.controls import Baseline
     from resconf.backends.config import DTYPES, BlockConfig
     from resconf.backends.dtypes import NARROW_DTYPES, element_bytes, round_to, smallest_normal
     from resconf.backends.params import draw_params
-    from resconf.backends.emulated import Arithmetic, using
+    from resconf.backends.oracle.emulated import Arithmetic, using
     from resconf.conformance import budgets, output_dtypes
     from resconf.conformance import hypothesis_helpers as hh
     from resconf.reports.drilldown import DTYPE_ORDER

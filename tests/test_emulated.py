@@ -1,4 +1,4 @@
-"""The emulated arithmetic (backends/emulated.py) does what it says: each order sums as named, FMA
+"""The emulated arithmetic (backends/oracle/emulated.py) does what it says: each order sums as named, FMA
 contracts, @op rounds once, the faithful perturbation stays within an ulp, and none of it is wrong maths
 (every order stays within Higham's bound of the exact sum)."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from resconf.backends import numpy_ops as ops
+from resconf.backends.oracle import numpy_ops as ops
 from resconf.backends.dtypes import NARROW_DTYPES, accumulation_dtype, numpy_dtype
-from resconf.backends.emulated import EMULATED_AS, ORDERS, Arithmetic, Ordered, using
+from resconf.backends.oracle.emulated import EMULATED_AS, ORDERS, Arithmetic, Ordered, using
 
 F32 = np.float32
 BF16 = np.dtype(ml_dtypes.bfloat16)

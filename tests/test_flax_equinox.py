@@ -12,7 +12,7 @@ import pytest
 
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import round_to
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.numpy_ref import NumpyReference
 from resconf.backends.params import draw_params
 from resconf.backends.presets import preset
 from tests import oracle_errors
@@ -40,14 +40,14 @@ def ref() -> NumpyReference:
 @pytest.fixture(scope="module")
 def eqx_backend():
     pytest.importorskip("equinox")
-    from resconf.backends.equinox_block import EquinoxBlockBackend
+    from resconf.backends.modules.equinox_block import EquinoxBlockBackend
     return EquinoxBlockBackend("cpu")
 
 
 @pytest.fixture(scope="module")
 def flax_backend():
     pytest.importorskip("flax")
-    from resconf.backends.flax_block import FlaxBlockBackend
+    from resconf.backends.modules.flax_block import FlaxBlockBackend
 
     class FlaxInFloat64(FlaxBlockBackend):
         """flax_block does not claim float64 (its softmax is float32 anyway); the mapping of every
@@ -145,7 +145,7 @@ def test_claims_only_transformer_layers(request, which):
     # nnx attention in float16 asks XLA:CPU for the F16_F16_F32 dot algorithm, which fails to compile there
     assert ("float16" in caps.dtypes) == (which == "eqx_backend")
     if which == "flax_backend":
-        from resconf.backends.flax_block import FlaxBlockBackend
+        from resconf.backends.modules.flax_block import FlaxBlockBackend
         assert "float64" not in FlaxBlockBackend("cpu").capabilities.dtypes  # float32 softmax: not claimed
 
 

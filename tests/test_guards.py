@@ -209,7 +209,7 @@ def test_two_backends_of_one_name_are_refused():
     one would mix their results. (One backend by two spellings is one backend: it runs once.)"""
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-o", "addopts=", "-p", "no:cacheprovider",
            "-q", "--collect-only", "-k", "test_identity_block and float64", "--resconf-backend", "numpy",
-           "--resconf-backend", "resconf.backends.numpy_ref:NumpyReference"]
+           "--resconf-backend", "resconf.backends.oracle.numpy_ref:NumpyReference"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     once = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert once.returncode == 0 and "[numpy-float64-" in once.stdout and "[numpy0-" not in once.stdout, once.stdout

@@ -121,3 +121,44 @@ def test_the_supervisor_imports_no_part_of_the_pytest_plugin():
             "print(sorted(m for m in sys.modules if m.startswith('resconf.conformance.plugin')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", f"the supervisor imported the plugin's modules: {proc.stdout.strip()}"
+
+
+# Inside backends/: the API modules at its root (base, contract, config, dtypes, params, tensor_parallel, ...)
+# import no subfolder, so an adapter author reads them alone; the subfolders import the root and those below.
+BACKEND_LAYERS = ("", "oracle", "parallel", "torch", "jax", "kernels", "modules")  # "" = backends/ itself
+
+
+def backend_edges(root: Path = ROOT) -> dict[tuple[str, str], str]:
+    """(importing subfolder, imported subfolder) -> the first 'file:line imports module', inside backends/."""
+    edges: dict[tuple[str, str], str] = {}
+    for path in sorted((root / "backends").rglob("*.py")):
+        parts = path.relative_to(root / "backends").parts
+        source = parts[0] if len(parts) > 1 else ""
+        for line, name, target in imports_of(path, root):
+            inner = name.split(".")[2:] if target == "backends" else []
+            sub = inner[0] if inner and (root / "backends" / inner[0]).is_dir() else ""
+            if target == "backends" and sub != source:
+                edges.setdefault((source, sub), f"{path.relative_to(root)}:{line} imports {name}")
+    return edges
+
+
+def backend_layering_errors(edges: dict[tuple[str, str], str]) -> list[str]:
+    return [f"{where}: backends/{source or ''} imports backends/{target}/, a layer above it; expected only "
+            f"{', '.join(f'backends/{f}' for f in BACKEND_LAYERS[:BACKEND_LAYERS.index(source)]) or 'none'}"
+            for (source, target), where in sorted(edges.items())
+            if BACKEND_LAYERS.index(target) > BACKEND_LAYERS.index(source)]
+
+
+def test_inside_backends_the_api_imports_no_subfolder_and_subfolders_form_layers():
+    errors = backend_layering_errors(backend_edges())
+    assert not errors, "imports against backends/' layering:\n" + "\n".join(errors)
+
+
+def test_the_backends_map_sees_an_api_module_importing_a_subfolder(tmp_path):
+    (tmp_path / "backends" / "torch").mkdir(parents=True)
+    (tmp_path / "backends" / "oracle").mkdir()
+    (tmp_path / "backends" / "base.py").write_text("def f():\n    from resconf.backends.torch import tp\n")
+    (tmp_path / "backends" / "oracle" / "ref.py").write_text("from resconf.backends import base\n")
+    errors = backend_layering_errors(backend_edges(tmp_path))
+    assert errors == ["backends/base.py:2 imports resconf.backends.torch: backends/ imports backends/torch/, "
+                      "a layer above it; expected only none"]

@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("jax")
 
-from resconf.backends import jax_backend  # noqa: E402
+from resconf.backends.jax import backend as jax_backend  # noqa: E402
 from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig  # noqa: E402
 from resconf.backends.dtypes import round_to  # noqa: E402
-from resconf.backends.jax_backend import TRACES, JaxBackend  # noqa: E402
-from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
+from resconf.backends.jax.backend import TRACES, JaxBackend  # noqa: E402
+from resconf.backends.oracle.numpy_ref import NumpyReference  # noqa: E402
 from resconf.backends.params import draw_params  # noqa: E402
 from resconf.backends.presets import PRESETS, preset  # noqa: E402
 from tests import oracle_errors  # noqa: E402

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from resconf.backends.dtypes import numpy_dtype, round_to
-from resconf.backends.controls import Baseline
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.controls import Baseline
+from resconf.backends.oracle.numpy_ref import NumpyReference
 from resconf.conformance import budgets
 
 EPS = 1e-5
@@ -88,7 +88,7 @@ def assert_deterministic(backend, rows, cols, dtype, kind):
 @pytest.fixture(scope="module")
 def numba_backend():
     pytest.importorskip("numba")
-    from resconf.backends.numba_fused import NumbaFusedBackend
+    from resconf.backends.kernels.numba_fused import NumbaFusedBackend
     return NumbaFusedBackend()
 
 
@@ -160,7 +160,7 @@ def test_numba_empty_batch(numba_backend):
 def triton_cpu():
     pytest.importorskip("triton")
     pytest.importorskip("torch")
-    from resconf.backends.triton_fused import KERNELS_MODULE, TritonFusedBackend
+    from resconf.backends.kernels.triton_fused import KERNELS_MODULE, TritonFusedBackend
     saved_env, saved_module = os.environ.get("TRITON_INTERPRET"), sys.modules.pop(KERNELS_MODULE, None)
     os.environ["TRITON_INTERPRET"] = "1"
     try:
@@ -216,7 +216,7 @@ def test_triton_empty_batch(triton_cpu):
 def test_triton_cpu_needs_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     pytest.importorskip("torch")
-    from resconf.backends.triton_fused import TritonFusedBackend
+    from resconf.backends.kernels.triton_fused import TritonFusedBackend
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         TritonFusedBackend("cpu")

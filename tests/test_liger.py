@@ -1,8 +1,8 @@
-"""Liger-Kernel's add + norm kernels (backends/liger_fused.py) against the float64 oracle, run by Triton's
+"""Liger-Kernel's add + norm kernels (backends/kernels/liger_fused.py) against the float64 oracle, run by Triton's
 interpreter on the CPU: forward and backward for RMSNorm (fused add) and LayerNorm (add not fused), what
 each casting mode does, what is written in place, and the interpreter gaps the bridge covers.
 
-The interpreter needs TRITON_INTERPRET=1 before triton is first imported (backends/liger_interpret.py),
+The interpreter needs TRITON_INTERPRET=1 before triton is first imported (backends/kernels/liger_interpret.py),
 which a pytest process that has run other tests cannot promise. So in a plain `pytest` the interpreted
 tests skip here and `test_interpreted_cases_in_their_own_process` runs this file again in a child pytest
 with the variable set; in the child (or under TRITON_INTERPRET=1 from the start) they run directly.
@@ -26,7 +26,7 @@ from triton.language.extra import libdevice  # noqa: E402
 
 from resconf.backends.base import DeviceUnavailable  # noqa: E402
 from resconf.backends.dtypes import round_to  # noqa: E402
-from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
+from resconf.backends.oracle.numpy_ref import NumpyReference  # noqa: E402
 from tests.test_kernels import (EPS, assert_deterministic, assert_empty_batch_works,  # noqa: E402
                                 assert_matches_reference, make_inputs, rel_error)
 
@@ -63,7 +63,7 @@ def test_interpreted_cases_in_their_own_process():
 # --- without the interpreter ---
 
 def test_unknown_casting_mode_is_an_error_naming_the_modes():
-    from resconf.backends.liger_fused import LigerFusedBackend
+    from resconf.backends.kernels.liger_fused import LigerFusedBackend
     with pytest.raises(ValueError, match=r"casting_mode='fp8'.*'llama', 'gemma', 'none'"):
         LigerFusedBackend("cpu", casting_mode="fp8")
 
@@ -71,7 +71,7 @@ def test_unknown_casting_mode_is_an_error_naming_the_modes():
 def test_cpu_without_the_interpreter_names_the_fix(monkeypatch):
     if INTERPRETED:
         pytest.skip("this process interprets")
-    from resconf.backends.liger_fused import LigerFusedBackend
+    from resconf.backends.kernels.liger_fused import LigerFusedBackend
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         LigerFusedBackend("cpu")
@@ -91,7 +91,7 @@ def test_cuda_without_a_gpu_is_device_unavailable():
 def backends():
     if not INTERPRETED:
         pytest.skip("needs TRITON_INTERPRET=1 from the start of the process")
-    from resconf.backends.liger_fused import LigerFusedBackend
+    from resconf.backends.kernels.liger_fused import LigerFusedBackend
     return {mode: LigerFusedBackend("cpu", casting_mode=mode) for mode in ("llama", "gemma", "none")}
 
 
@@ -216,7 +216,7 @@ def test_none_overflows_where_float32_statistics_do_not(backends):
 @pytest.mark.parametrize("casting_mode", ["llama", "gemma", "none"])
 def test_forward_keeps_x_and_residual_and_backward_keeps_dy_by_default(casting_mode):
     from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
-    from resconf.backends import liger_interpret
+    from resconf.backends.kernels import liger_interpret as liger_interpret
     x, r, w = (torch.randn(*s, dtype=torch.float16, requires_grad=True) for s in ((4, 33), (4, 33), (33,)))
     dy, ds = torch.randn(4, 33, dtype=torch.float16), torch.randn(4, 33, dtype=torch.float16)
     before = [t.detach().clone() for t in (x, r, dy, ds)]
@@ -232,7 +232,7 @@ def test_in_place_backward_overwrites_the_callers_cotangent():
     """liger_fused_add_rms_norm (the functional form) defaults to in_place=True: its backward writes dx into
     the dy tensor the caller passed, so the caller's cotangent is lost after .backward()."""
     from liger_kernel.transformers.functional import liger_fused_add_rms_norm
-    from resconf.backends import liger_interpret
+    from resconf.backends.kernels import liger_interpret as liger_interpret
     x, r, w = (torch.randn(*s, requires_grad=True) for s in ((4, 33), (4, 33), (33,)))
     dy = torch.randn(4, 33)
     kept = dy.clone()
@@ -271,7 +271,7 @@ def test_unbridged_libdevice_returns_none():
 def test_the_bridge_puts_everything_back(backends):
     import liger_kernel.ops.fused_add_rms_norm as rms_ops
     from triton.runtime import interpreter
-    from resconf.backends import liger_interpret
+    from resconf.backends.kernels import liger_interpret as liger_interpret
     before = (interpreter._implicit_cvt, rms_ops.rsqrt)
     with liger_interpret.bridged(rms_ops):
         assert interpreter._implicit_cvt is not before[0] and rms_ops.rsqrt is not before[1]

@@ -12,8 +12,8 @@ import itertools
 import numpy as np
 import pytest
 
-from resconf.backends import numpy_ops as ops
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ops as ops
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
 from resconf.backends.dtypes import DTYPES, numpy_dtype, round_to
 from resconf.backends.params import LayerParams, draw_params, expected_std

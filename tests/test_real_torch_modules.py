@@ -19,11 +19,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
+from resconf.backends.oracle.numpy_ref import NumpyReference  # noqa: E402
 from resconf.backends.params import draw_params  # noqa: E402
 from resconf.backends.presets import preset  # noqa: E402
 from resconf.backends.registry import load_backend  # noqa: E402
-from resconf.backends.torch_nn import TorchNnBackend, TorchNnFastPathBackend  # noqa: E402
+from resconf.backends.modules.torch_nn import TorchNnBackend, TorchNnFastPathBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT64_RTOL = 1e-12

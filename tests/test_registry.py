@@ -26,7 +26,7 @@ def test_bad_module_path_says_what_failed():
     with pytest.raises(BackendUnavailable, match="cannot import 'no_such_module'"):
         load_backend("no_such_module:Backend")
     with pytest.raises(BackendUnavailable, match="has no attribute 'Nope'"):
-        load_backend("resconf.backends.numpy_ref:Nope")
+        load_backend("resconf.backends.oracle.numpy_ref:Nope")
 
 
 def test_device_not_offered_is_a_clear_error():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import BASE_STD, draw_params
 from resconf.conformance import stream_theory as theory

@@ -1,4 +1,4 @@
-"""The tensor-parallel spec (backends/tensor_parallel.py) and the launcher (backends/tp_launch.py).
+"""The tensor-parallel spec (backends/tensor_parallel.py) and the launcher (backends/parallel/launch.py).
 
 The spec: sharding then gathering gives the record back, and the split layer run in float64 NumPy is the
 oracle's layer. The launcher: a rank that raises fails the call naming it; and a run killed while a rank
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends import tensor_parallel as tp
+from resconf.backends.oracle.tensor_parallel import reference_forward
 from resconf.backends.params import draw_params
 from resconf.backends.presets import gpt2, llama
 from tests.test_tp_mutants import tagged_processes
@@ -49,7 +50,7 @@ def test_the_split_layer_is_the_oracles_layer(name, ranks):
     params = draw_params(cfg, 1, perturb=True)
     x = np.random.default_rng(2).normal(size=(2, 5, cfg.d_model))
     want = ref.stack_forward(cfg, params, x).states[-1]
-    got = tp.reference_forward(cfg, params, x, ranks)
+    got = reference_forward(cfg, params, x, ranks)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-14
 
 
@@ -64,7 +65,7 @@ def test_why_not_names_what_does_not_divide():
 
 def test_a_call_outside_the_claims_is_refused_before_any_launch():
     pytest.importorskip("torch")
-    from resconf.backends.torch_backend import TorchBackend
+    from resconf.backends.torch.backend import TorchBackend
 
     cfg = CONFIGS["gpt2"]
     with pytest.raises(ValueError, match=r"claims tensor-parallel rank counts \[2, 4\], not 3"):

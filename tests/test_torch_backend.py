@@ -17,13 +17,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from resconf.backends import numpy_ops, torch_blocks  # noqa: E402
+from resconf.backends.oracle import numpy_ops  # noqa: E402
+from resconf.backends.torch import blocks as torch_blocks  # noqa: E402
 from resconf.backends.config import FEATURES, BlockConfig  # noqa: E402
 from resconf.backends.dtypes import round_to, unit_roundoff  # noqa: E402
-from resconf.backends.numpy_ref import NumpyReference  # noqa: E402
+from resconf.backends.oracle.numpy_ref import NumpyReference  # noqa: E402
 from resconf.backends.params import LayerParams, draw_params  # noqa: E402
 from resconf.backends.presets import PRESETS  # noqa: E402
-from resconf.backends.torch_backend import TORCH_DTYPES, TorchBackend, TorchCompileBackend  # noqa: E402
+from resconf.backends.torch.backend import TORCH_DTYPES, TorchBackend, TorchCompileBackend  # noqa: E402
 
 FLOAT64_RTOL = 1e-12
 FLOAT32_RTOL = 1e-4  # a sanity level only: the per-dtype budgets are the conformance suite's

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = "backends.adapter:UserReference"
 FAST = "test_identity_block and float64 and pre and not preset"
 USER_ADAPTER = '''
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.numpy_ref import NumpyReference
 
 
 class UserReference(NumpyReference):

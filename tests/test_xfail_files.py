@@ -90,8 +90,8 @@ def test_a_bad_file_is_refused_by_resconf_check_in_one_line(tmp_path):
 # --- keyed by the backend's own name ---
 
 def test_builtin_file_is_found_by_the_backends_own_name():
-    """`resconf.backends.jax_backend:JaxBackend` is the backend named `jax`: jax.toml applies to it."""
-    entries = xfails.for_session({"resconf.backends.jax_backend:JaxBackend": "jax"}, [])
+    """`resconf.backends.jax.backend:JaxBackend` is the backend named `jax`: jax.toml applies to it."""
+    entries = xfails.for_session({"resconf.backends.jax.backend:JaxBackend": "jax"}, [])
     assert entries and {e.source for e in entries} == {str(xfails.BUILTIN_DIR / "jax.toml")}
     assert {e.backend for e in entries} == {"jax"}
 

@@ -14,12 +14,12 @@ import time
 import torch
 import torch.distributed as dist
 
-from resconf.backends import torch_sp
-from resconf.backends import torch_tp as ttp
+from resconf.backends.torch import sp as torch_sp
+from resconf.backends.torch import tp as ttp
 from resconf.backends.base import Capabilities
 from resconf.backends.config import FEATURES
 from resconf.backends.dtypes import claims
-from resconf.backends.numpy_ref import NumpyReference
+from resconf.backends.oracle.numpy_ref import NumpyReference
 from resconf.backends.tensor_parallel import OUT_BIAS
 
 
@@ -116,7 +116,7 @@ class Control(TPMutant):
 
 
 class SequenceParallelControl(TPMutant):
-    """The correct sequence-parallel layer (backends/torch_sp.py)."""
+    """The correct sequence-parallel layer (backends/torch/sp.py)."""
 
     tp_layer = staticmethod(torch_sp.layer)
 

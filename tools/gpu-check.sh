@@ -158,7 +158,7 @@ sys.exit(not any(p.value.startswith("resconf.conformance.plugin") for p in e(gro
 liger_missing() {  # why the liger backend cannot be imported here; empty when it can
   "$PY" -c 'import importlib.util as u
 print("liger_kernel is not installed" if u.find_spec("liger_kernel") is None else
-      "backends/liger_fused.py is not there" if u.find_spec("resconf.backends.liger_fused") is None else "")' \
+      "backends/kernels/liger_fused.py is not there" if u.find_spec("resconf.backends.kernels.liger_fused") is None else "")' \
     2>/dev/null || echo "resconf does not import"
 }
 

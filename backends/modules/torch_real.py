@@ -1,4 +1,4 @@
-"""The shared half of the adapters for real PyTorch modules (torch_nn.py, hf_*.py): parameters in, trace out.
+"""The shared half of the adapters for real PyTorch modules (modules/torch_nn.py, hf_*.py): parameters in, trace out.
 
 A real module has its own parameter names and packing (one in_proj for q, k and v; Conv1D's (in, out)
 weights beside nn.Linear's (out, in)), so each adapter lists `Slot`s: which of the suite's tensors fill
@@ -17,8 +17,8 @@ from torch import nn
 from resconf.backends.base import Backend, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import LayerParams, check_params
-from resconf.backends.torch_backend import require_torch_device
-from resconf.backends.torch_dtypes import to_numpy, to_tensor, torch_dtype
+from resconf.backends.torch.backend import require_torch_device
+from resconf.backends.torch.dtypes import to_numpy, to_tensor, torch_dtype
 
 
 BUILT_KEPT = 4  # modules kept per backend instance (one conformance case reuses one structure)

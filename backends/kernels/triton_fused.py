@@ -1,4 +1,4 @@
-"""Fused add + RMSNorm / LayerNorm on CUDA GPUs, as our own Triton kernels (backends/triton_kernels.py).
+"""Fused add + RMSNorm / LayerNorm on CUDA GPUs, as our own Triton kernels (backends/kernels/triton_kernels.py).
 
 device="cuda" compiles the kernels for the GPU. device="cpu" runs them in Triton's interpreter, which is
 how the tests check them on a machine without a GPU; it needs TRITON_INTERPRET=1 in the environment
@@ -18,8 +18,8 @@ from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavai
 from resconf.backends.config import FUSED_KINDS
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
-from resconf.backends.torch_dtypes import to_numpy, torch_dtype
-KERNELS_MODULE = "resconf.backends.triton_kernels"
+from resconf.backends.torch.dtypes import to_numpy, torch_dtype
+KERNELS_MODULE = "resconf.backends.kernels.triton_kernels"
 
 
 def _load_kernels(device: str):

@@ -5,7 +5,7 @@ input gradient backward) before the column-parallel input projections, `reduce_f
 forward, identity backward) after the row-parallel output projection. `layer` is one rank's share of a layer
 (backends/tensor_parallel.py says which tensors it holds); a third party swaps in its own through
 `tp_layer`, with the same signature (docs/adapter.md). `TorchTensorParallel` is the adapter side: it shards
-the records, runs one job per rank on a launch kept for the session (backends/tp_launch.py) and assembles
+the records, runs one job per rank on a launch kept for the session (backends/parallel/launch.py) and assembles
 full-shape results.
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from resconf.backends import tensor_parallel as tp
-from resconf.backends import tp_launch
+from resconf.backends.parallel import launch as tp_launch
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import LayerParams, check_params
-from resconf.backends.torch_blocks import activation, apply_rotary, rope_cos_sin
-from resconf.backends.torch_dtypes import torch_dtype
+from resconf.backends.torch.blocks import activation, apply_rotary, rope_cos_sin
+from resconf.backends.torch.dtypes import torch_dtype
 
 Shard = dict[str, torch.Tensor]  # one layer's tensors on this rank, by full name (tensor_parallel.SPLIT)
 
@@ -190,7 +190,7 @@ class TorchTensorParallel:
 
     def _launch(self, ranks: int) -> tp_launch.Launch:
         """Every torch backend in a process shares the launch for P ranks: the layer travels with the job."""
-        return tp_launch.Launch("resconf.backends.torch_tp:rank_server", ranks,
+        return tp_launch.Launch("resconf.backends.torch.tp:rank_server", ranks,
                                 f"torch/gloo tensor-parallel, P={ranks}", env=(("OMP_NUM_THREADS", "1"),))
 
     def _tp_run(self, cfg, params, x, g, dtype, ranks):

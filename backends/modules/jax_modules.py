@@ -20,8 +20,8 @@ import numpy as np
 from resconf.backends.base import Backend, Capabilities, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import claims
-from resconf.backends.jax_backend import jax_device
-from resconf.backends.jax_dtypes import to_jax, to_numpy
+from resconf.backends.jax.backend import jax_device
+from resconf.backends.jax.dtypes import to_jax, to_numpy
 from resconf.backends.params import LayerParams, check_params
 
 TRANSFORMER_LAYER = ("attention", "mlp")

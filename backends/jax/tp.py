@@ -2,9 +2,9 @@
 
 The device count is fixed when XLA starts (XLA_FLAGS=--xla_force_host_platform_device_count=N), so the
 sharded stack runs in a process of its own, started with that flag by the launcher the torch ranks use
-(backends/tp_launch.py: one process holding TP_DEVICES devices serves every P up to it). In shard_map
+(backends/parallel/launch.py: one process holding TP_DEVICES devices serves every P up to it). In shard_map
 each device sees its block of every split tensor (in_specs from tensor_parallel.SPLIT, the spec the torch
-ranks shard by), computes its partial output with the single-device layer maths of jax_blocks.py at the
+ranks shard by), computes its partial output with the single-device layer maths of jax/blocks.py at the
 local head and hidden counts, and lax.psum is the all-reduce; the output bias and the residual come after
 it, once. jax.vjp differentiates through shard_map: the transpose of reading the replicated h on every
 device is the sum over devices, Megatron's f, derived rather than written.
@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from resconf.backends import tensor_parallel as tp
-from resconf.backends import tp_launch
+from resconf.backends.parallel import launch as tp_launch
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import LayerParams, check_params
@@ -50,8 +50,8 @@ def rank_server():
 def _handle(job: Job):
     import jax
 
-    from resconf.backends import jax_blocks as jb
-    from resconf.backends.jax_dtypes import to_jax, to_numpy
+    from resconf.backends.jax import blocks as jb
+    from resconf.backends.jax.dtypes import to_jax, to_numpy
 
     def native(a):
         return to_jax(a, job.dtype)
@@ -75,7 +75,7 @@ def _sharded_stack(static, names: tuple[str, ...], ranks: int):
     from jax import lax
     from jax.sharding import Mesh, PartitionSpec as P
 
-    from resconf.backends import jax_blocks as jb
+    from resconf.backends.jax import blocks as jb
 
     mesh = Mesh(np.array(jax.devices("cpu")[:ranks]), ("tp",))
 
@@ -145,7 +145,7 @@ class JaxTensorParallel:
         import os
 
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={TP_DEVICES}".strip()
-        return tp_launch.Launch("resconf.backends.jax_tp:rank_server", 1, f"jax shard_map tensor-parallel, "
+        return tp_launch.Launch("resconf.backends.jax.tp:rank_server", 1, f"jax shard_map tensor-parallel, "
                                 f"{TP_DEVICES} host devices", env=(("XLA_FLAGS", flags), ("JAX_PLATFORMS", "cpu")))
 
     def _tp_run(self, cfg, params, x, g, dtype, ranks):

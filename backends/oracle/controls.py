@@ -1,7 +1,7 @@
 """Positive controls: correct backends that round differently on purpose.
 
 Each is the oracle's own code run in the working dtype with another legitimate arithmetic
-(backends/emulated.py): float32 accumulation for bfloat16/float16 (float64 for `control_wide`), every
+(backends/oracle/emulated.py): float32 accumulation for bfloat16/float16 (float64 for `control_wide`), every
 framework-level operation rounded once, and its own order of summation. A correct backend may do any of
 these, so every control must pass every property it claims (tests/test_controls.py); a budget that fails
 one is too tight. `baseline` is the arithmetic every error budget measures the case with
@@ -17,13 +17,13 @@ from typing import Sequence
 
 import numpy as np
 
-from resconf.backends import numpy_ref as ref
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.base import FusedGrads, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
-from resconf.backends.emulated import Arithmetic, using
+from resconf.backends.oracle.emulated import Arithmetic, using
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends import contract
-from resconf.backends.numpy_ref import NumpyReference, _checked_stream
+from resconf.backends.oracle.numpy_ref import NumpyReference, _checked_stream
 from resconf.backends.params import LayerParams
 
 
@@ -32,7 +32,7 @@ def _f64(a) -> np.ndarray:
 
 
 class EmulatedReference(NumpyReference):
-    """The oracle's maths in the working dtype, summed in `order` (see backends/emulated.py)."""
+    """The oracle's maths in the working dtype, summed in `order` (see backends/oracle/emulated.py)."""
 
     name = "emulated"
     computes_in_float64 = False  # every operation rounds to the working dtype

@@ -25,7 +25,7 @@ from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel, PhiConf
 from resconf.backends.base import Capabilities
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import claims
-from resconf.backends.torch_real import Record, RealModuleBackend, Slot, first
+from resconf.backends.modules.torch_real import Record, RealModuleBackend, Slot, first
 
 ATTN = "sdpa"
 TWO = frozenset({("attention", "mlp")})

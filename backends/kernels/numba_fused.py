@@ -1,4 +1,4 @@
-"""Fused add + RMSNorm / LayerNorm on the CPU, as our own Numba kernels (backends/numba_kernels.py).
+"""Fused add + RMSNorm / LayerNorm on the CPU, as our own Numba kernels (backends/kernels/numba_kernels.py).
 
 The kernels compile once per argument-type signature and are cached on disk (cache=True); `warm_up`
 compiles (or loads) every variant the benchmarks time, so compilation never lands in a timed region.
@@ -16,7 +16,7 @@ from typing import Iterator
 import numba
 import numpy as np
 
-from resconf.backends import numba_kernels as nk
+from resconf.backends.kernels import numba_kernels as nk
 from resconf.backends import contract
 from resconf.backends.base import BENCH_EPS, Backend, Capabilities, FusedGrads
 from resconf.backends.config import FUSED_KINDS

@@ -100,7 +100,7 @@ class Ranks:
                 self.logs.append(log)
                 with open(log, "wb") as out:
                     self.procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "resconf.backends.tp_launch", launch.server, f"--tag={self.tag}"],
+                        [sys.executable, "-m", "resconf.backends.parallel.launch", launch.server, f"--tag={self.tag}"],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out, env=env,
                         process_group=self.procs[0].pid if self.procs else 0))
             self._wait({r: "ready" for r in range(launch.procs)}, launch.start_timeout_s, "start")
@@ -307,6 +307,6 @@ def rank_main(server: str) -> None:
 
 
 if __name__ == "__main__":
-    from resconf.backends import tp_launch  # the module's own state (the wire), not __main__'s copy
+    from resconf.backends.parallel import launch as tp_launch  # the module's own state (the wire), not __main__'s copy
 
     tp_launch.rank_main(sys.argv[1])

@@ -30,7 +30,7 @@ LigerFusedAddRMSNorm (the nn.Module); tests/test_liger.py measures both.
 
 device="cuda": the kernels compiled for the GPU. device="cpu": Triton's interpreter, which needs
 TRITON_INTERPRET=1 in the environment before triton is imported, and two interpreter gaps bridged per
-call (backends/liger_interpret.py); bfloat16 is not claimed there (the interpreter's bfloat16 arithmetic
+call (backends/kernels/liger_interpret.py); bfloat16 is not claimed there (the interpreter's bfloat16 arithmetic
 works on the raw bits).
 """
 from __future__ import annotations
@@ -46,11 +46,11 @@ from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavai
 from resconf.backends.config import FUSED_KINDS
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
-from resconf.backends.torch_dtypes import to_numpy, torch_dtype
+from resconf.backends.torch.dtypes import to_numpy, torch_dtype
 
 CASTING_MODES = ("llama", "gemma", "none")
 GPU_DTYPES = claims("float32", "bfloat16", "float16")
-CPU_DTYPES = claims("float32", "float16")  # no bfloat16 in Triton 3.9's interpreter (backends/liger_interpret.py)
+CPU_DTYPES = claims("float32", "float16")  # no bfloat16 in Triton 3.9's interpreter (backends/kernels/liger_interpret.py)
 
 
 def _load_ops(device: str):
@@ -60,7 +60,7 @@ def _load_ops(device: str):
                                 "(for a CPU check, set TRITON_INTERPRET=1 before starting and use device 'cpu')")
     rms = importlib.import_module("liger_kernel.ops.fused_add_rms_norm")
     layer = importlib.import_module("liger_kernel.ops.layer_norm")
-    from resconf.backends import liger_interpret
+    from resconf.backends.kernels import liger_interpret as liger_interpret
     if device == "cpu":
         liger_interpret.check_interpreted(rms._fused_add_rms_norm_forward_kernel, "liger")
         return rms, layer, liger_interpret
@@ -174,13 +174,13 @@ class LigerFusedBackend(Backend):
 
 
 class LigerGemmaBackend(LigerFusedBackend):
-    """Liger's RMSNorm in casting mode "gemma" (everything in float32): resconf.backends.liger_fused:LigerGemmaBackend."""
+    """Liger's RMSNorm in casting mode "gemma" (everything in float32): resconf.backends.kernels.liger_fused:LigerGemmaBackend."""
     name = "liger_gemma"
     casting_mode = "gemma"
 
 
 class LigerNoneBackend(LigerFusedBackend):
-    """Liger's RMSNorm in casting mode "none" (the dtype throughout): resconf.backends.liger_fused:LigerNoneBackend."""
+    """Liger's RMSNorm in casting mode "none" (the dtype throughout): resconf.backends.kernels.liger_fused:LigerNoneBackend."""
     name = "liger_none"
     casting_mode = "none"
 

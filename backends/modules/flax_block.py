@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resconf.backends.dtypes import claims
-from resconf.backends.jax_modules import ModuleBackend, Slot, Structure
+from resconf.backends.modules.jax_modules import ModuleBackend, Slot, Structure
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (each trace is a compile)
 ACTIVATIONS = {"gelu:tanh": functools.partial(nnx.gelu, approximate=True),

@@ -1,6 +1,6 @@
 """The residual layer in JAX: norms, branches (linear, mlp, attention), the five placements, a depth-L stack
-as one lax.scan, the final norm, and fused add+norm. Pure functions of jax arrays; jax_backend.py jits and
-caches them. The float64 oracle (numpy_ref.py) is the spec; each function names its counterpart there.
+as one lax.scan, the final norm, and fused add+norm. Pure functions of jax arrays; jax/backend.py jits and
+caches them. The float64 oracle (oracle/numpy_ref.py) is the spec; each function names its counterpart there.
 
 Why a scan: jit(vjp) of an unrolled Python loop compiles in time growing with depth (233 s at L=128),
 a scan over parameters stacked along a leading L axis compiles once for every depth (< 1 s). A layer
@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 
 from resconf.backends.config import BlockConfig
-from resconf.backends.jax_dtypes import jax_residual_dtype
+from resconf.backends.jax.dtypes import jax_residual_dtype
 from resconf.backends.params import LayerParams
 
 # LayerParams as a pytree: its `tensors` dict is the subtree, so stacked layers go through lax.scan and

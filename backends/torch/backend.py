@@ -1,6 +1,6 @@
 """PyTorch adapters: `torch` (eager, autograd) and `torch_compile` (the fused add+norm through torch.compile).
 
-The model code lives in torch_blocks.py; this file only moves arrays across the adapter border (float64
+The model code lives in torch/blocks.py; this file only moves arrays across the adapter border (float64
 NumPy in, cast to the dtype on the device, float64 NumPy out) and asks autograd for the VJPs.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.params import LayerParams
-from resconf.backends.torch_blocks import ADD_NORMS, build_stack, grads_as_params, output
-from resconf.backends.torch_dtypes import TORCH_DTYPES, to_numpy, to_tensor, torch_dtype
-from resconf.backends.torch_tp import TorchTensorParallel
+from resconf.backends.torch.blocks import ADD_NORMS, build_stack, grads_as_params, output
+from resconf.backends.torch.dtypes import TORCH_DTYPES, to_numpy, to_tensor, torch_dtype
+from resconf.backends.torch.tp import TorchTensorParallel
 
 
 AddNorm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -35,7 +35,7 @@ def require_torch_device(backend: str, device: str) -> None:
 class TorchBackend(TorchTensorParallel, Backend):
     """Eager PyTorch: nn.LayerNorm / nn.RMSNorm / nn.Linear / F.gelu, F.relu, F.silu /
     F.scaled_dot_product_attention; every layer-model feature (config.FEATURES); tensor-parallel layers on
-    2 or 4 gloo processes (CPU, torch_tp.py)."""
+    2 or 4 gloo processes (CPU, torch/tp.py)."""
 
     name = "torch"
     devices = ("cpu", "cuda")

@@ -26,7 +26,7 @@ from torch import nn
 from resconf.backends.base import Capabilities
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import claims
-from resconf.backends.torch_real import Record, RealModuleBackend, Slot, first
+from resconf.backends.modules.torch_real import Record, RealModuleBackend, Slot, first
 
 FIXED = frozenset({"sublayers"})  # always attention then mlp, never one sublayer alone
 

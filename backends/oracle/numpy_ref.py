@@ -1,6 +1,6 @@
 """The float64 oracle: `NumpyReference`, the backend every other backend is compared with.
 
-Layers are composed by hand from resconf.backends.numpy_ops: each branch and each placement's forward sits next
+Layers are composed by hand from resconf.backends.oracle.numpy_ops: each branch and each placement's forward sits next
 to its VJP, and a stack's VJP is reverse accumulation over the saved trajectory x_0 .. x_U (one state per update). Whatever dtype is asked for, it
 computes in float64 (inputs arrive already rounded to that dtype), so it is the exact function of those
 inputs up to float64 rounding. It is never fast; it is meant to be checked by eye, and against central finite
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from resconf.backends import numpy_ops as ops
+from resconf.backends.oracle import numpy_ops as ops
 from resconf.backends import contract
 from resconf.backends.base import Backend, Capabilities, FusedGrads, StackGrads, StackTrace
 from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig

@@ -1,6 +1,6 @@
 """The residual layer model as idiomatic eager PyTorch modules (nanoGPT's model.py, Llama's layer names).
 
-Kept apart from the adapter (torch_backend.py) so it reads as a model would: a pre-norm update is
+Kept apart from the adapter (torch/backend.py) so it reads as a model would: a pre-norm update is
 `x = x + branch(norm(x))`, here `x = s x + sum_k w_k(N_k(x))` for the general layer (config.py says what
 each placement computes; numpy_ref.update_forward is the spec this follows line by line).
 Also here: the unfused add+norm composition that fused kernels replace (the torch backends' fused ops).

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from resconf.backends.jax_modules import ModuleBackend, Slot, Structure
+from resconf.backends.modules.jax_modules import ModuleBackend, Slot, Structure
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (each trace is a compile)
 ACTIVATIONS = {"gelu:tanh": functools.partial(jax.nn.gelu, approximate=True),

@@ -1,4 +1,4 @@
-"""JAX backend: the layer math of jax_blocks.py, jit-compiled, gradients from jax.vjp.
+"""JAX backend: the layer math of jax/blocks.py, jit-compiled, gradients from jax.vjp.
 
 Compile cost decides the design (the suite calls a backend hundreds of times with drawn shapes):
   - a depth-L stack is one lax.scan over layer parameters stacked along a leading L axis, so depth is an
@@ -21,15 +21,15 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from resconf.backends import jax_blocks as jb
+from resconf.backends.jax import blocks as jb
 from resconf.backends import contract
 from resconf.backends.base import (BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads, StackGrads,
                                    StackTrace)
 from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
-from resconf.backends.jax_dtypes import to_jax, to_numpy
-from resconf.backends.jax_tp import JaxTensorParallel
+from resconf.backends.jax.dtypes import to_jax, to_numpy
+from resconf.backends.jax.tp import JaxTensorParallel
 from resconf.backends.params import LayerParams, check_params
 
 TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
@@ -98,7 +98,7 @@ def jax_device(backend: str, device: str):
 
 class JaxBackend(JaxTensorParallel, Backend):
     """Every placement, norm, sublayer and layer feature; float64, float32, bfloat16, float16; fused
-    add+norm (rms, layer); tensor-parallel layers on 2 or 4 host CPU devices (shard_map, jax_tp.py)."""
+    add+norm (rms, layer); tensor-parallel layers on 2 or 4 host CPU devices (shard_map, jax/tp.py)."""
 
     name = "jax"
     devices = ("cpu", "cuda")

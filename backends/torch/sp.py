@@ -1,4 +1,4 @@
-"""Megatron's sequence parallelism on top of the tensor-parallel layer (torch_tp.py), as a per-rank layer.
+"""Megatron's sequence parallelism on top of the tensor-parallel layer (torch/tp.py), as a per-rank layer.
 
 The stream, the norms, the output bias and the residual live on this rank's T/P tokens; the normalised
 tokens are all-gathered along the sequence before the column-parallel projections, and the row-parallel
@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 
 from resconf.backends import tensor_parallel as tp
-from resconf.backends import tp_launch
+from resconf.backends.parallel import launch as tp_launch
 from resconf.backends.config import BlockConfig
-from resconf.backends.torch_tp import PARTS, Shard, all_reduce, copy_to_ranks, norm, write
+from resconf.backends.torch.tp import PARTS, Shard, all_reduce, copy_to_ranks, norm, write
 
 
 def token_block(t: torch.Tensor, group, reverse: bool = False) -> torch.Tensor:

@@ -7,7 +7,7 @@ Shapes: (..., C) is any leading axes (batch, tokens) and a feature axis last.
 
 @op marks what a framework runs as one operation (one kernel, one rounding of its output). It changes
 nothing here; it lets the positive controls and the error budgets' baseline run this same code in a
-narrower arithmetic (backends/emulated.py).
+narrower arithmetic (backends/oracle/emulated.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from resconf.backends.emulated import op
+from resconf.backends.oracle.emulated import op
 
 
 @op

@@ -1,0 +1,1 @@
+"""JAX adapter (jit, jax.vjp) and the model code it runs."""
