@@ -137,3 +137,8 @@ def property_order(property_id: str) -> tuple[int, str, int, str]:
     family, _, number = property_id.partition("-")
     rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
     return rank, family, int(number) if number.isdigit() else 0, number
+
+
+def caught_by(mutants) -> dict[type, set[str]]:
+    """mutant class -> the IDs of the properties whose row names it: each must flag it (tests/test_mutants.py)."""
+    return {m: {p.id for p in PROPERTIES if m.__name__ in p.mutants} for m in mutants}

@@ -1,4 +1,5 @@
-"""Deliberately broken backends: each must be caught by the property family named in EXPECTED.
+"""Deliberately broken backends: each must be caught by the properties whose catalogue row names it
+(conformance/catalogue.py; EXPECTED is read from there).
 
 Every mutant is the float64 oracle with one thing wrong, plugged in like any third-party backend
 (`--backend tests.mutants:SkipDropped`). tests/test_mutants.py runs the suite on them.
@@ -16,6 +17,7 @@ from resconf.backends.dtypes import accumulation_dtype, numpy_dtype, round_to
 from resconf.backends.base import StackGrads, StackTrace
 from resconf.backends.oracle.numpy_ref import NumpyReference
 from resconf.backends.params import LayerParams, draw_params, role_of
+from resconf.conformance import catalogue
 
 TINY = 2.0**-10
 
@@ -576,46 +578,17 @@ class Float32Outputs(NumpyReference):
                           dparams=tuple(p.map(lambda t: self._rounded(t, dtype)) for p in grads.dparams))
 
 
-# mutant -> property IDs that must flag it (at least these)
-EXPECTED = {
-    SkipDropped: {"ID-1", "ID-2", "GR-2", "VG-1"},
-    SkipDetached: {"ID-3", "GR-1", "GR-2", "GR-4"},
-    ResidualAddedTwice: {"ID-1", "ID-2", "VG-1", "VG-2"},
-    ResidualScaled: {"ID-1", "ID-2", "VG-1", "VG-2"},
-    PostAsPre: {"ID-4", "GR-1", "VG-4"},
-    PlainWithSkip: {"ID-4", "GR-2", "GR-3"},
-    WrongEps: {"ID-4", "VG-4"},
-    GateIgnored: {"ID-1", "ID-3"},
-    GradientScaled: {"GR-1", "GR-4"},
-    Float16Variance: {"VG-4"},
-    FastVariance: {"XB-1"},
-    RezeroInitTiny: {"ID-1"},
-    Gpt2ScaleLinear: {"VG-3"},
-    WrongGelu: {"XB-1", "XB-2"},
-    NonDeterministic: {"XB-4"},
-    LayoutSensitive: {"XB-5"},
-    NanToZero: {"BI-3"},
-    EmptyCrashes: {"BI-4"},
-    NormStatisticsInFloat16: {"BI-5"},
-    NanReplacedAfterNorm: {"BI-3"},
-    RacyWeightGradient: {"XB-4"},
-    Bfloat16WeightGradient: {"XB-2"},
-    BlockwiseSoftmaxNoRescale: {"XB-1"},
-    Gpt2DepthCountedTwice: {"VG-3"},
-    RopeOnValues: {"XB-1", "XB-2"},
-    QkNormAfterRope: {"XB-1", "XB-2"},
-    GqaWrongGroup: {"XB-1", "XB-2"},
-    SwigluGateUpSwapped: {"XB-1", "XB-2"},
-    BidirectionalWhenCausal: {"XB-1", "BI-3"},
-    LayerScaleIgnored: {"XB-1", "XB-2"},
-    ParallelNormsSwapped: {"XB-1"},
-    FusedStaleResidual: {"XB-3"},
-    FusedSilentBroadcast: {"BI-1"},
-    FusedSilentDowncast: {"BI-2"},
-    FusedNanToZero: {"BI-3"},
-    Float32Outputs: {"XB-1", "XB-2"},
-    KeyBiasGradientFromValue: {"XB-2"},
-}
+MUTANTS = (
+    SkipDropped, SkipDetached, ResidualAddedTwice, ResidualScaled, PostAsPre, PlainWithSkip, WrongEps, GateIgnored,
+    GradientScaled, Float16Variance, FastVariance, RezeroInitTiny, Gpt2ScaleLinear, WrongGelu, NonDeterministic,
+    LayoutSensitive, NanToZero, EmptyCrashes, NormStatisticsInFloat16, NanReplacedAfterNorm, RacyWeightGradient,
+    Bfloat16WeightGradient, BlockwiseSoftmaxNoRescale, Gpt2DepthCountedTwice, RopeOnValues, QkNormAfterRope,
+    GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
+    FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
+    KeyBiasGradientFromValue,
+)
+# mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
+EXPECTED = catalogue.caught_by(MUTANTS)
 
 # mutants that show only on the long-sequence cases or in another dtype than float64: the cases (a pytest
 # -k expression) they run on

@@ -1,4 +1,5 @@
-"""Broken tensor-parallel layers: each must be caught by the TP property named in EXPECTED.
+"""Broken tensor-parallel layers: each must be caught by the TP properties whose catalogue row names it
+(conformance/catalogue.py; EXPECTED is read from there).
 
 Each mutant is the torch tensor-parallel adapter with one rank-level mistake, plugged in the way a third
 party plugs in its own layer: a per-rank `layer(cfg, shard, x, group)` set as `tp_layer`
@@ -21,6 +22,7 @@ from resconf.backends.config import FEATURES
 from resconf.backends.dtypes import claims
 from resconf.backends.oracle.numpy_ref import NumpyReference
 from resconf.backends.tensor_parallel import OUT_BIAS
+from resconf.conformance import catalogue
 
 
 def _layer(cfg, shard, x, group, residual_per_rank=False, bias_per_rank=False, norm=ttp.norm):
@@ -167,15 +169,11 @@ class RankRaises(TPMutant):
     tp_layer = staticmethod(rank_one_raises)
 
 
-# mutant -> property IDs that must flag it (at least these)
-EXPECTED = {
-    ResidualOnEveryRank: {"TP-1", "TP-2"},
-    BiasOnEveryRank: {"TP-1", "TP-2"},
-    NormOnChannelShard: {"TP-1"},
-    SequenceScatterMismatch: {"TP-1"},
-    RankHangs: {"TP-1", "TP-2"},
-    RankCrashes: {"TP-1", "TP-2"},
-}
+MUTANTS = (
+    ResidualOnEveryRank, BiasOnEveryRank, NormOnChannelShard, SequenceScatterMismatch, RankHangs, RankCrashes,
+)
+# mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
+EXPECTED = catalogue.caught_by(MUTANTS)
 # the cases (pytest -k) each runs: P = 2 in both dtypes (they meet both presets, so a bias mutant meets GPT-2's
 # biases); a hang or crash fails every case alike, one dtype shows it
 P2 = "float64-2] or float32-2]"
