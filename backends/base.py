@@ -15,6 +15,7 @@ import numpy as np
 
 from resconf.backends import contract
 from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig
+from resconf.backends.dtypes import claims
 from resconf.backends.contract import dtype_error  # noqa: F401  re-exported: adapters outside backends/ use it
 from resconf.backends.params import LayerParams
 
@@ -39,7 +40,7 @@ class Capabilities:
     norms: frozenset[str] = frozenset(NORMS)
     branches: frozenset[str] = frozenset(BRANCHES)
     features: frozenset[str] = frozenset()  # layer-model features it expresses (config.FEATURES)
-    dtypes: frozenset[str] = frozenset({"float64", "float32"})
+    dtypes: frozenset[str] = claims("float64", "float32")
     fused_kinds: frozenset[str] = frozenset()  # fused add+norm kinds: "rmsnorm", "layernorm"
     blocks: bool = True  # False for a backend that only offers fused add+norm
     # A real module has a fixed structure: the sublayer lists its layer can have (None: any list of
