@@ -13,6 +13,8 @@ from typing import Any, Callable
 import numpy as np
 
 from resconf.backends.oracle.controls import Baseline
+from resconf.conformance.phase_times import phase
+from resconf.conformance.reference_cache import Store, cached_call
 
 DRAWS = 3  # the error of one draw varies by up to ~3x between draws; the RMS of three is steadier
 
@@ -29,13 +31,19 @@ class Draws:
 
 
 class Baselines:
-    """The Backend API's methods, each returning Draws instead of a result."""
+    """The Backend API's methods, each returning Draws instead of a result. With a `store`, a case's draws are
+    computed once for every backend and run that draws it (conformance/reference_cache.py)."""
 
-    def __init__(self, draws: int = DRAWS) -> None:
+    def __init__(self, draws: int = DRAWS, store: Store | None = None) -> None:
         self.backends = tuple(Baseline(seed=seed) for seed in range(draws))
+        self.store = store
 
     def __getattr__(self, method: str) -> Callable[..., Draws]:
         def call(*args, **kwargs) -> Draws:
-            return Draws(lambda: [getattr(b, method)(*args, **kwargs) for b in self.backends])
+            def compute() -> list[Any]:
+                with phase("baseline"):
+                    return [getattr(b, method)(*args, **kwargs) for b in self.backends]
+            role = f"baseline{len(self.backends)}"  # draw k runs with seed k
+            return Draws(lambda: cached_call(self.store, role, method, compute, args, kwargs))
         return call
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from resconf.backends.registry import BUILTIN, entry_point_names, known_names
-from resconf.conformance import guard, provenance, shards, summary, worker, xfails
+from resconf.conformance import guard, profiles, provenance, shards, summary, worker, xfails
 from resconf.conformance.backend_part import NOTHING_RAN, PartRun, run_part
 from resconf.conformance.harness_rows import as_backend, harness_row
 from resconf.conformance.interrupt import Interrupt
@@ -156,7 +156,7 @@ def run_check(opts: CheckOptions) -> int:
                                {shards.duration_key(r.test): r.duration_s for r in rows if r.test != "-"
                                 and r.duration_s > 0})  # a case that died or never ran has no duration
     notes = [note for run in runs.values() for note in run.notes] + kept
-    text = _summary_text(rows, notes, output)
+    text = _summary_text(rows, notes, output, shrunk=opts.shrink or opts.profile in profiles.SHRINKING)
     try:
         write_text_atomic(summary_path(output), f"{SUMMARY_HEADER}, run {run_id}\n{text}\n")
     except OSError as exc:
@@ -314,7 +314,7 @@ def _keep_failed_logs(runs: dict[str, BackendRun], output: Path) -> list[str]:
     return notes
 
 
-def _summary_text(rows: list[ResultRow], notes: list[str], output: Path) -> str:
+def _summary_text(rows: list[ResultRow], notes: list[str], output: Path, shrunk: bool = True) -> str:
     outcomes = {o: sum(r.outcome == o for r in rows) for o in ("passed", "failed", "skipped", "xfailed", "xpassed")}
     parts = [summary.matrix(rows), ""]
     if notes:
@@ -322,6 +322,9 @@ def _summary_text(rows: list[ResultRow], notes: list[str], output: Path) -> str:
     fails = summary.failures(rows)
     if fails:
         parts += ["Unexpected results:", fails, ""]
+        if not shrunk:
+            parts += ["Each counterexample is the first failing example, not shrunk: add --shrink to its rerun line "
+                      "for a minimal one.", ""]
     parts.append("cases: " + ", ".join(f"{v} {k}" for k, v in outcomes.items()))
     parts.append(f"results: {output}")
     parts.append(f"report:  resconf report {output} --out .resconf/report")

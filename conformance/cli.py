@@ -127,10 +127,17 @@ def check_main(argv: list[str]) -> int:
                         help="fail the run when no backend ran on the device, each skipped it (default: on when "
                              "--device is given)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
-                        help="ci: fast, derandomised (default); nightly: 300 examples, saved database replayed first; "
-                             "dev: 25 examples; smoke: 4 examples, no shrinking; calibrate: fresh random seeds")
+                        help="ci: fast, derandomised, a failure's first example (default); nightly: 300 examples, "
+                             "saved database replayed first; dev: 25 examples; smoke: 4 examples; calibrate: fresh "
+                             "random seeds")
     parser.add_argument("--max-examples", type=at_least(1), metavar="N",
                         help="examples per property, overriding the profile's")
+    parser.add_argument("--shrink", action="store_true",
+                        help="shrink each failing example to a minimal one (dev and nightly always do; ci, smoke "
+                             "and calibrate stop at the first failing example)")
+    parser.add_argument("--no-cache", dest="reference_cache", action="store_false",
+                        help="compute every oracle result and baseline afresh (default: ci and smoke keep them in "
+                             ".resconf/cache/references/, shared by every backend and later run)")
     parser.add_argument("--output", type=Path, metavar="FILE",
                         help="results Parquet (default: .resconf/results/date=.../run-....parquet)")
     parser.add_argument("--junitxml", type=Path, metavar="FILE", help="also write JUnit XML here")
@@ -163,7 +170,8 @@ def check_main(argv: list[str]) -> int:
     pytest_args = (("-k", args.keyword) if args.keyword else ()) + tuple(passthrough)
     require_device = args.device is not None if args.require_device is None else args.require_device
     return run_check(CheckOptions(backends=backends, device=device, profile=args.profile,
-                                  max_examples=args.max_examples, output=args.output,
+                                  max_examples=args.max_examples, shrink=args.shrink,
+                                  reference_cache=args.reference_cache, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
                                   test_timeout_s=args.timeout, worker_timeout_s=args.worker_timeout,
                                   pytest_args=pytest_args, workers=args.workers, require_device=require_device,

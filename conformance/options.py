@@ -13,6 +13,8 @@ class CheckOptions:
     device: str = "cpu"
     profile: str = "ci"
     max_examples: int | None = None  # overrides the profile's
+    shrink: bool = False  # shrink failing examples in a profile that does not (profiles.SHRINKING)
+    reference_cache: bool = True  # derandomised profiles keep the references under .resconf/cache/
     output: Path | None = None
     junitxml: Path | None = None
     xfails: tuple[Path, ...] = ()

@@ -18,4 +18,5 @@ pytest_plugins = (
     "resconf.conformance.plugin_worker",  # resconf check's worker: its shard, its events for the guard
     "resconf.conformance.plugin_rows",  # one result row per case
     "resconf.conformance.plugin_timeout",  # the per-test timer, raising what hypothesis lets through
+    "resconf.conformance.plugin_phases",  # RESCONF_PHASE_TIMES: where a worker's time goes (docs/scaling.md)
 )

@@ -7,7 +7,10 @@ import pytest
 
 from resconf.backends.base import Backend, DeviceUnavailable
 from resconf.backends.registry import load_backend
+from resconf.conformance import phase_times, profiles
 from resconf.conformance.baseline import Baselines
+from resconf.conformance.home import HOME
+from resconf.conformance.reference_cache import Cached, Store
 from resconf.conformance.constants import WORKER_LOAD_FAILED, WORKER_NO_DEVICE, junit_suite_name
 from resconf.conformance.output_dtypes import Checked
 from resconf.conformance.plugin_active import active
@@ -93,16 +96,28 @@ def subject(backend, dtype: str):
     """The backend, after checking it claims the dtype (else the case is skipped, and recorded so)."""
     if dtype not in backend.capabilities.dtypes:
         pytest.skip(f"{backend.name} on {backend.device} does not claim {dtype}")
-    return Checked(backend)  # every result held to the dtype asked (conformance/output_dtypes.py)
+    checked = Checked(backend)  # every result held to the dtype asked (conformance/output_dtypes.py)
+    return phase_times.Timed(checked, "framework calls") if phase_times.ON else checked
 
 
 @pytest.fixture(scope="session")
-def oracle():
-    return load_backend("numpy")  # on the CPU whatever --device says: the reference, not a subject
+def references(pytestconfig: pytest.Config) -> Store | None:
+    """Where the oracle's results and the baseline's draws are kept for every backend and later run
+    (conformance/reference_cache.py): only in the derandomised profiles, whose cases recur."""
+    if (pytestconfig.getoption("--resconf-no-reference-cache")
+            or pytestconfig.getoption("--resconf-profile") not in profiles.DERANDOMISED):
+        return None
+    return Store(pytestconfig.invocation_params.dir / HOME / "cache" / "references")
 
 
 @pytest.fixture(scope="session")
-def baseline():
+def oracle(references: Store | None):
+    oracle = Cached(load_backend("numpy"), "oracle", references)  # on the CPU whatever --device says
+    return phase_times.Timed(oracle, "oracle") if phase_times.ON else oracle
+
+
+@pytest.fixture(scope="session")
+def baseline(references: Store | None):
     """The oracle's maths in the working dtype, another order (backends/oracle/controls.py), in a few lazily run
     draws (conformance/baseline.py): it measures each comparison's error budget (conformance/budgets.py)."""
-    return Baselines()
+    return Baselines(store=references)

@@ -1,4 +1,5 @@
-"""Hypothesis for the suite: its files under .resconf/, the chosen profile, --resconf-max-examples."""
+"""Hypothesis for the suite: its files under .resconf/, the chosen profile, --resconf-max-examples and
+--resconf-shrink."""
 from __future__ import annotations
 
 import os
@@ -31,5 +32,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--max-examples must be at least 1, got {max_examples}")
         settings.register_profile("resconf-override", settings(settings.default, max_examples=max_examples))
         settings.load_profile("resconf-override")
+    if config.getoption("--resconf-shrink"):
+        settings.register_profile("resconf-shrink", profiles.shrinking(settings.default))
+        settings.load_profile("resconf-shrink")
     hh.STRUCTURE_PER_EXAMPLE = profile in profiles.STRUCTURE_DRAWN
     recording.LAZY_BASELINE = profile != "calibrate"

@@ -18,6 +18,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="examples per property, overriding the profile's (heavy properties run a fraction)")
     group.addoption("--resconf-profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
                     help=f"hypothesis profile (default {profiles.DEFAULT}, as for resconf check)")
+    group.addoption("--resconf-shrink", action="store_true",
+                    help="shrink each failing example to a minimal one (ci, smoke and calibrate report the first "
+                         "failing example; dev and nightly always shrink)")
+    group.addoption("--resconf-no-reference-cache", action="store_true",
+                    help="compute every oracle result and baseline afresh (by default the derandomised profiles, ci "
+                         "and smoke, keep them in .resconf/cache/references/ for every backend and later run)")
     group.addoption("--resconf-xfails", action="append", default=[], metavar="FILE",
                     help="expected-failure file (TOML) on top of the backend's built-in one (repeatable)")
     group.addoption("--resconf-skip-xfails", action="store_true", help="ignore every expected-failure entry")

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
+from resconf.conformance.phase_times import phase
 from resconf.conformance.plugin_backends import VERSIONS
 from resconf.conformance.plugin_cases import fixed_config, params_of, property_of, rerun_of, subject_of
 from resconf.conformance.recorder import PropertyRecorder
@@ -33,7 +34,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         state["report"] = report
     if report.when == "teardown":
-        _write_row(item, state.get("report", report), state["duration"])
+        with phase("recording the row"):
+            _write_row(item, state.get("report", report), state["duration"])
     return report
 
 

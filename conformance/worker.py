@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from resconf.conformance import profiles
 from resconf.conformance.capped_log import CappedLog
 from resconf.conformance.constants import junit_suite_name
 from resconf.conformance.interrupt import Interrupt, kill_group
@@ -31,7 +32,6 @@ PYTEST_STATUS = {2: "pytest was interrupted (errors during collection?)", 3: "py
                  5: "no test ran (pytest exit status 5: nothing collected, or -k/-m deselected everything)"}
 
 
-CACHED_PROFILES = ("ci", "smoke")  # derandomised: every run compiles the same programs again
 JAX_CACHE_BYTES = 4 * 2**30
 
 
@@ -52,7 +52,7 @@ def worker_defaults(profile: str, device: str = "cpu") -> dict[str, str]:
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
     users_cache = "JAX_COMPILATION_CACHE_DIR" in os.environ
-    if profile in CACHED_PROFILES and not users_cache and importlib.util.find_spec("filelock") is not None:
+    if profile in profiles.DERANDOMISED and not users_cache and importlib.util.find_spec("filelock") is not None:
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resconf" / "jax"
         env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -90,6 +90,8 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
     cmd += ["--resconf-shard", shard] if shard else []
     cmd += ["--resconf-durations-file", str(opts.durations_file)] if opts.durations_file else []
     cmd += ["--resconf-max-examples", str(opts.max_examples)] if opts.max_examples else []
+    cmd += ["--resconf-shrink"] if opts.shrink else []
+    cmd += [] if opts.reference_cache else ["--resconf-no-reference-cache"]
     cmd += [arg for path in opts.xfails for arg in ("--resconf-xfails", str(path))]
     cmd += ["--resconf-skip-xfails"] if opts.skip_xfails else []
     return cmd + list(opts.pytest_args)

@@ -47,6 +47,7 @@ COMMANDS = {
     "resconf check --profile nightly --junitxml junit.xml": Parse(),
     "resconf check --device cuda": Parse(),
     "resconf check --max-examples 50": Parse(),
+    "resconf check --shrink": Parse(),
     "resconf check -n 4": Parse(),
     "resconf check --shard 2/3 --output shard-2.parquet": Parse(),
     'pip install -e ".[real]"': NotRun(INSTALLS),
@@ -69,7 +70,8 @@ COMMANDS = {
     "resconf report merged.parquet --out report": Parse(),
     "bash benchmarks/check_timing.sh": Parse(),  # bash -n: about 15 minutes
     "resconf calibrate --backend torch --seeds 100": Parse(),
-    CHECK: Run("checked", creates=(".resconf/results",)),  # ~12 s: numpy, torch and jax; run once, as the fixture
+    # every installed default backend, the real modules too (~2 min cold): heavy, as the other "checked" entries
+    CHECK: Run("checked", creates=(".resconf/results",), heavy=True),
     "pytest --pyargs resconf.conformance --resconf-backend torch": Parse(),
     "bash benchmarks/calibrate.sh 200": Parse(),  # bash -n: hours of calibration
     "resconf report": Run("fixtures", creates=REPORT),  # .resconf/results -> .resconf/report
@@ -145,9 +147,9 @@ COMMANDS = {
     "apt-get install chromium": NotRun("a system package (root, network)"),
     # docs/results.md
     "pip install git+URL@REF": NotRun(NAMED_ONLY),
-    'runs = pd.read_parquet(".resconf/results")': Run("checked"),
-    "SELECT * FROM read_parquet('.resconf/results/**/*.parquet')": Run("checked"),
-    'for path in Path(".resconf/results").rglob("*.parquet"):': Run("checked"),
+    'runs = pd.read_parquet(".resconf/results")': Run("checked", heavy=True),
+    "SELECT * FROM read_parquet('.resconf/results/**/*.parquet')": Run("checked", heavy=True),
+    'for path in Path(".resconf/results").rglob("*.parquet"):': Run("checked", heavy=True),
     # docs/spec.md
     "resconf calibrate --backend B --seeds N": NotRun("placeholders: B a backend, N a number"),
     "bash benchmarks/calibrate.sh SEEDS": Parse(),
