@@ -54,8 +54,14 @@ def _slacks(backend, cfg: BlockConfig, seed: int, dtype: str):
         yield what, relative_error(a, b) / budgets.budget("gradient", dtype, baseline_error(base(), b), 4).allowed
 
 
-@pytest.mark.parametrize("name", [n for n in ("torch", "jax") if n in installed_builtins()])
-@pytest.mark.parametrize("dtype", DTYPES)
+def _margin_cases(names: list[str]) -> list:
+    """(backend, dtype) pairs: torch in float32 in a plain `pytest`, every other pair heavy (a minute each for JAX's
+    compiles; the main job gates the same backends on every property)."""
+    return [pytest.param(name, dtype, marks=[] if (name, dtype) == ("torch", "float32") else [pytest.mark.heavy])
+            for name in names for dtype in DTYPES]
+
+
+@pytest.mark.parametrize("name, dtype", _margin_cases([n for n in ("torch", "jax") if n in installed_builtins()]))
 def test_correct_backends_sit_well_inside_their_budgets(name, dtype):
     backend = load_backend(name)
     worst = max((slack, what, cfg.placement, seed) for cfg in STRUCTURES for seed in SEEDS
@@ -85,8 +91,8 @@ def _offset_slacks(backend, cfg: BlockConfig, seed: int, dtype: str, offset: flo
         yield what, relative_error(part(got), part(want)) / allowed
 
 
-@pytest.mark.parametrize("name", [n for n in ("torch", "jax") if n in installed_builtins()] + CONTROLS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, dtype", _margin_cases([n for n in ("torch", "jax") if n in installed_builtins()]
+                                                     + CONTROLS))
 def test_correct_backends_sit_well_inside_their_budgets_on_offset_means(name, dtype):
     """A two-pass (or Welford) layernorm's error grows as u_acc |mean| / spread, and so does the baseline's,
     itself two-pass: measured, every correct backend and control stays near 1 / RATIO of its budget."""

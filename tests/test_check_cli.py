@@ -57,8 +57,9 @@ def test_backend_that_cannot_load_is_reported_not_crashed(tmp_path):
     assert {r["backend"] for r in rows if r["outcome"] == "passed"} == {"numpy"}
 
 
-# The oracle only: the main job (`resconf check`, which CI runs right after the tests) gates torch, jax and
-# every other installed backend the same way, and repeating their minutes here doubled CI's time.
+# Heavy: the main job (`resconf check`, which CI runs right after the tests) gates numpy, torch, jax and every
+# other installed backend the same way; repeating it here doubled CI's time.
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["numpy"])
 def test_correct_backend_passes_every_property(name, tmp_path):
     """The main job for one backend: every implemented property has passing rows, nothing fails."""
@@ -71,6 +72,7 @@ def test_correct_backend_passes_every_property(name, tmp_path):
     assert expected <= properties, f"no passing rows for {sorted(expected - properties)}"
 
 
+@pytest.mark.heavy  # minutes (Triton's interpreter); tests/test_kernels.py and test_liger.py check them against the oracle
 @pytest.mark.parametrize("name", [n for n in ("numba_fused", "triton_fused", "liger") if n in installed_builtins()])
 def test_kernel_backend_passes_the_fused_properties(name, tmp_path):
     """The fused add+norm kernels (ours and Liger-Kernel's; Triton through its CPU interpreter) pass the

@@ -71,8 +71,11 @@ def test_single_sublayer_stack_matches_reference_float64(jx, ref, placement, nor
 
 
 # Every preset under every placement (gptj and modern are parallel only under pre); the final norm
-# alternates, so that it follows every preset and every placement at least once.
-PRESET_CASES = [(name, placement, (i + j) % 2 == 0)
+# alternates, so that it follows every preset and every placement at least once. A plain `pytest` runs each
+# preset once, under a placement of its own (every placement once, the final norm alternating); the rest are
+# heavy (a program each to compile, 3 s apiece).
+PRESET_CASES = [pytest.param(name, placement, (i + j) % 2 == 0, marks=[] if j == 2 * i % len(PLACEMENTS)
+                             else [pytest.mark.heavy])
                 for i, name in enumerate(PRESETS) for j, placement in enumerate(PLACEMENTS)]
 
 

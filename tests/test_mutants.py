@@ -1,7 +1,10 @@
 """Every property can fail: each deliberately broken backend in tests/mutants.py is flagged by the
 property IDs the catalogue (conformance/catalogue.py) lists it under, and every property of the catalogue
 names at least one mutant. One pytest run covers the mutants that show in float64 (smoke profile); a mutant
-that shows in another dtype only runs apart, on the cases named in SELECTION."""
+that shows in another dtype only runs apart, on the cases named in SELECTION.
+
+A plain `pytest` runs each mutant only on the cases of the properties that must flag it (tests/mutant_pairs.py);
+`pytest -m heavy` runs every mutant through every selected case, as a backend author's run would."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,6 +19,7 @@ import pytest
 
 from resconf.conformance import catalogue
 from resconf.conformance.catalogue import PROPERTIES
+from tests import mutant_pairs
 from tests.mutants import EXPECTED, SELECTION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,13 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOAT64 = "(float64 or silent_downcast) and not long_sequence and not preset"
 
 
-def _failed_properties(mutants: list[type], selection: str, rows: Path) -> dict[str, set[str]]:
+def _failed_properties(mutants: list[type], selection: str, rows: Path, targeted: bool) -> dict[str, set[str]]:
     backends = [arg for m in mutants for arg in ("--resconf-backend", f"tests.mutants:{m.__name__}")]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-p", "no:cacheprovider", "-q",
            "--resconf-profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning",
            "--resconf-results-jsonl", str(rows),
            *backends]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if targeted:
+        cmd += ["-p", "tests.mutant_pairs"]
+        env[mutant_pairs.ENV] = json.dumps({m.__name__: sorted(flagged_by(m.__name__)) for m in mutants})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 1, f"the mutant run should fail (status 1), got {proc.returncode}:\n{proc.stdout[-3000:]}"
     failed = defaultdict(set)
     for line in rows.read_text().splitlines():
@@ -39,13 +47,14 @@ def _failed_properties(mutants: list[type], selection: str, rows: Path) -> dict[
     return failed
 
 
-@pytest.fixture(scope="module")
-def failed_properties(tmp_path_factory) -> dict[str, set[str]]:
+@pytest.fixture(scope="module", params=["targeted", pytest.param("exhaustive", marks=pytest.mark.heavy)])
+def failed_properties(request, tmp_path_factory) -> dict[str, set[str]]:
     folder = tmp_path_factory.mktemp("mutants")
-    failed = _failed_properties([m for m in EXPECTED if m not in SELECTION], FLOAT64, folder / "rows.jsonl")
+    targeted = request.param == "targeted"
+    failed = _failed_properties([m for m in EXPECTED if m not in SELECTION], FLOAT64, folder / "rows.jsonl", targeted)
     for number, selection in enumerate(sorted(set(SELECTION.values()))):  # one run per selection
         mutants = [m for m, s in SELECTION.items() if s == selection]
-        failed.update(_failed_properties(mutants, selection, folder / f"selection-{number}.jsonl"))
+        failed.update(_failed_properties(mutants, selection, folder / f"selection-{number}.jsonl", targeted))
     return failed
 
 
