@@ -3,8 +3,9 @@ the case (configuration, parameters, inputs, dtype), not on the backend under te
 and later run that draws the same case reads them back instead of computing them again.
 
 Content-addressed: a call's key is a digest of its method and arguments (their bytes, not their names),
-under a digest of the suite's own source and the numerical libraries' versions, so an edit of the oracle
-or a new NumPy starts afresh. Files are written whole and then renamed into place, so workers sharing the
+under a digest of the code that computes a reference (the oracle, the baseline, the Backend API they run
+on) and the numerical libraries' versions, so an edit of the oracle or a new NumPy starts afresh; an edit of
+a property or an adapter changes only which calls are made, and their keys say so. Files are written whole and then renamed into place, so workers sharing the
 folder never read a partial entry; a damaged entry is computed again. Results come back bitwise equal
 (pickled float64 arrays), so the verdicts are those of an uncached run.
 
@@ -25,7 +26,11 @@ from typing import Any, Callable
 import numpy as np
 
 SUITE_ROOT = Path(__file__).resolve().parents[1]  # backends/ and conformance/ beside each other
-KEEP_VERSIONS = 3  # folders of other suite digests kept (a user switching between two checkouts)
+# What computes a reference: the oracle and its controls, the Backend API and its records, the baseline's draws.
+REFERENCE_CODE = ("backends/oracle/*.py", "backends/*.py", "conformance/baseline.py", "conformance/reference_cache.py")
+# Digest folders kept, this one included: a numpy + torch + jax ci run stores about 200 MB, so an older
+# version's entries (which can never hit again) are removed, bar one (a user switching between two checkouts).
+KEEP_VERSIONS = 2
 
 
 class Uncacheable(TypeError):
@@ -60,7 +65,7 @@ def canonical(value: Any, out: list[bytes]) -> None:
 
 
 def suite_digest() -> str:
-    """The suite's own source (backends/, conformance/) and the versions its float64 maths runs on."""
+    """The code that computes a reference (REFERENCE_CODE) and the versions its maths runs on."""
     h = hashlib.blake2b(digest_size=16)
     for name in ("numpy", "ml_dtypes"):
         try:
@@ -68,7 +73,7 @@ def suite_digest() -> str:
         except PackageNotFoundError:
             h.update(f"{name}=-;".encode())
     h.update(f"python={platform.python_version()};machine={platform.machine()};".encode())
-    for path in sorted(p for folder in ("backends", "conformance") for p in (SUITE_ROOT / folder).rglob("*.py")):
+    for path in sorted(p for pattern in REFERENCE_CODE for p in SUITE_ROOT.glob(pattern)):
         h.update(str(path.relative_to(SUITE_ROOT)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -81,7 +86,7 @@ class Store:
         self.folder = root / suite_digest()
         self.hits = self.misses = 0
         if not self.folder.exists():
-            _prune(root, keep=KEEP_VERSIONS)
+            _prune(root, keep=KEEP_VERSIONS - 1)
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         path = self.folder / key[:2] / f"{key}.pkl"
@@ -106,7 +111,8 @@ class Store:
 
 
 def _prune(root: Path, keep: int) -> None:
-    """Leave the `keep` most recently used digests' folders; older suites' entries can never hit again."""
+    """Leave the `keep` most recently used digests' folders (this one is made next); the older ones' entries can
+    never hit again."""
     if not root.is_dir():
         return
     folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)

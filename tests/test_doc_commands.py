@@ -41,6 +41,7 @@ COMMANDS = {
     "resconf check": Parse(),  # every backend, every property: minutes
     "pytest": Parse(),  # the project's own tests, this file among them
     "pytest -m heavy -n 2": Parse(),
+    "bash .ci/nightly": NotRun("the heavy tests and a nightly-profile check: an hour or more"),
     "resconf --version": Run(),
     "resconf check --backend torch --backend jax": Parse(),
     "resconf check --backend mypkg.adapter:MyBackend": Parse(),  # mypkg is the reader's own package
@@ -56,6 +57,10 @@ COMMANDS = {
     # docs/scaling.md
     "resconf check -n": NotRun(NAMED_ONLY),
     "resconf check --worker-timeout 7200": Parse(),
+    "python tools/profile_check.py --cold --backend numpy --backend torch --backend jax":
+        NotRun("a cold check of three backends (minutes); tests/test_phase_times.py runs the tool on a subset"),
+    "resconf check --backend tests.mutants:SkipDetached": Parse(),
+    "resconf check --junitxml junit.xml": Parse(),
     # docs/findings.md (the JAX crash: minutes, and it did not recur on a fresh cache)
     "resconf check --profile nightly --max-examples 30": Parse(),
     'resconf check --backend jax --profile nightly --max-examples 30 -k "test_stream_is_sum_of_writes or '
