@@ -5,9 +5,10 @@ and later run that draws the same case reads them back instead of computing them
 Content-addressed: a call's key is a digest of its method and arguments (their bytes, not their names),
 under a digest of the code that computes a reference (the oracle, the baseline, the Backend API they run
 on) and the numerical libraries' versions, so an edit of the oracle or a new NumPy starts afresh; an edit of
-a property or an adapter changes only which calls are made, and their keys say so. Files are written whole and then renamed into place, so workers sharing the
-folder never read a partial entry; a damaged entry is computed again. Results come back bitwise equal
-(pickled float64 arrays), so the verdicts are those of an uncached run.
+a property or an adapter changes only which calls are made, and their keys say so. Files are written whole
+and then renamed into place, so workers sharing the folder never read a partial entry; a damaged entry is
+computed again. Results come back bitwise equal (pickled float64 arrays), so the verdicts are those of an
+uncached run. Pickles: share the folder only between runs you trust, as JAX's compile cache (executables).
 
     oracle = Cached(load_backend("numpy"), "oracle", store)     # store: a Store, or None for no cache
 """
@@ -21,6 +22,7 @@ import platform
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -49,8 +51,7 @@ def canonical(value: Any, out: list[bytes]) -> None:
         out.append(f"{type(value).__name__}:{len(value)};".encode())
         for item in value:
             canonical(item, out)
-    elif isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys") and
-                                     not dataclasses.is_dataclass(value)):
+    elif isinstance(value, Mapping):
         items = list(value.items())
         out.append(f"dict:{len(items)};".encode())
         for key, item in items:
@@ -100,13 +101,13 @@ class Store:
             pass
         self.misses += 1
         value = compute()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
             os.replace(tmp, path)  # atomic: a reader sees the whole entry or none
-        except OSError:
-            pass  # a cache that cannot be written costs time, never a result
+        except OSError:  # a cache that cannot be written costs time, never a result
+            tmp.unlink(missing_ok=True)
         return value
 
 

@@ -17,9 +17,9 @@ ENV = "RESCONF_TEST_MUTANT_PAIRS"
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     pairs = {mutant: set(ids) for mutant, ids in json.loads(os.environ[ENV]).items()}
-    keep = [item for item in items if property_of(item) in
-            pairs.get(str(params_of(item).get("backend_name", "")).rsplit(":", 1)[-1], ())]
-    dropped = [item for item in items if item not in keep]
-    items[:] = keep
+    wanted = [property_of(item) in pairs.get(str(params_of(item).get("backend_name", "")).rsplit(":", 1)[-1], ())
+              for item in items]
+    dropped = [item for item, keep in zip(items, wanted) if not keep]
+    items[:] = [item for item, keep in zip(items, wanted) if keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
