@@ -1,12 +1,14 @@
 """The dtypes the suite knows: one record each, read by the strategies, the emulated baseline, the budgets,
 the adapters and the tests. Adding a dtype is one row here (plus the frameworks' tables of their own types,
-backends/torch/dtypes.py and backends/jax/dtypes.py, where a framework has it). Imports no framework
-(ml_dtypes gives bfloat16 and the float8 types to NumPy)."""
+backends/torch/dtypes.py and backends/jax/dtypes.py, where a framework has it). Imports no framework.
+ml_dtypes gives bfloat16 and the float8 types to NumPy; it is imported on first use, not here: importing it
+takes ~1 s (ml_dtypes 0.7), which every process would pay, the CLI and the workers of float32 subsets too."""
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 
@@ -15,10 +17,16 @@ class DTypeInfo:
     """A floating-point format as the suite reasons about it."""
 
     name: str  # the suite's name, also the pytest id and the results column's value
-    numpy: np.dtype  # its NumPy (or ml_dtypes) type: rounding to it is `astype`, round to nearest even
+    numpy_type: str  # its NumPy type by qualified name: "numpy.float32", or "ml_dtypes.bfloat16" where NumPy lacks it
     # Frameworks compute a narrow dtype's reductions, norms and matmul sums in float32 and round once at the
     # end (cuBLAS, PyTorch's CPU kernels, XLA); the emulated baseline and the budgets model exactly that.
     accumulates_in: str
+
+    @functools.cached_property
+    def numpy(self) -> np.dtype:
+        """Its NumPy (or ml_dtypes) type: rounding to it is `astype`, round to nearest even."""
+        module, _, attribute = self.numpy_type.rpartition(".")
+        return np.dtype(getattr(importlib.import_module(module), attribute))
 
     @property
     def narrow(self) -> bool:
@@ -32,32 +40,37 @@ class DTypeInfo:
     @property
     def significand_bits(self) -> int:
         """p, counting the implicit bit: 53, 24, 8, 11."""
-        return int(ml_dtypes.finfo(self.numpy).nmant) + 1
+        return int(_finfo(self.numpy).nmant) + 1
 
     @property
     def unit_roundoff(self) -> float:
         """u = 2^-p: the worst relative error of one rounding to nearest."""
-        return float(ml_dtypes.finfo(self.numpy).eps) / 2.0
+        return float(_finfo(self.numpy).eps) / 2.0
 
     @property
     def max_finite(self) -> float:
-        return float(ml_dtypes.finfo(self.numpy).max)
+        return float(_finfo(self.numpy).max)
 
     @property
     def smallest_normal(self) -> float:
-        return float(ml_dtypes.finfo(self.numpy).smallest_normal)
+        return float(_finfo(self.numpy).smallest_normal)
 
 
-def _info(name: str, numpy_type, accumulates_in: str | None = None) -> DTypeInfo:
-    return DTypeInfo(name=name, numpy=np.dtype(numpy_type), accumulates_in=accumulates_in or name)
+def _finfo(dtype: np.dtype):
+    """ml_dtypes.finfo for the types NumPy lacks, NumPy's own for the rest (same fields)."""
+    return np.finfo(dtype) if dtype.kind == "f" else importlib.import_module("ml_dtypes").finfo(dtype)
+
+
+def _info(name: str, numpy_type: str | None = None, accumulates_in: str | None = None) -> DTypeInfo:
+    return DTypeInfo(name=name, numpy_type=numpy_type or f"numpy.{name}", accumulates_in=accumulates_in or name)
 
 
 # Widest first: the order of the pytest ids, the results and the report's columns.
 DTYPE_INFO: dict[str, DTypeInfo] = {info.name: info for info in (
-    _info("float64", np.float64),
-    _info("float32", np.float32),
-    _info("bfloat16", ml_dtypes.bfloat16, accumulates_in="float32"),
-    _info("float16", np.float16, accumulates_in="float32"),
+    _info("float64"),
+    _info("float32"),
+    _info("bfloat16", "ml_dtypes.bfloat16", accumulates_in="float32"),
+    _info("float16", accumulates_in="float32"),
 )}
 DTYPES: tuple[str, ...] = tuple(DTYPE_INFO)
 NARROW_DTYPES: tuple[str, ...] = tuple(name for name, info in DTYPE_INFO.items() if info.narrow)

@@ -162,3 +162,17 @@ def test_the_backends_map_sees_an_api_module_importing_a_subfolder(tmp_path):
     errors = backend_layering_errors(backend_edges(tmp_path))
     assert errors == ["backends/base.py:2 imports resconf.backends.torch: backends/ imports backends/torch/, "
                       "a layer above it; expected only none"]
+
+
+def test_ml_dtypes_is_imported_only_when_a_narrow_type_is_used():
+    """Importing ml_dtypes 0.7 takes ~1 s, so the supervisor, `resconf --help` and a float32 case never do;
+    a bfloat16 value imports it on first use (backends/dtypes.py)."""
+    code = ("import sys, numpy as np, resconf.conformance.cli, resconf.conformance.check, resconf.conformance.merge\n"
+            "from resconf.backends.dtypes import round_to, unit_roundoff\n"
+            "from resconf.backends.registry import load_backend\n"
+            "load_backend('numpy').stack_forward\n"
+            "round_to(np.ones(3), 'float32'); unit_roundoff('float16')\n"
+            "print('ml_dtypes' in sys.modules, end=' ')\n"
+            "print(round_to(np.array([1 + 2**-9]), 'bfloat16')[0], 'ml_dtypes' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "False 1.0 True", proc.stderr[-2000:] or proc.stdout

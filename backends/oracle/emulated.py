@@ -37,10 +37,16 @@ from resconf.backends.dtypes import DTYPE_INFO, accumulation_dtype, numpy_dtype
 
 ORDERS = ("blas", "reversed", "sequential", "pairwise", "blocked")
 BLOCK = 16  # terms per block of the blocked order (a typical split-K tile)
-# A narrow dtype's NumPy type -> the one a framework accumulates it in (bfloat16, float16 -> float32); every
-# other dtype (float32, float64) accumulates in itself and gets faithful library functions.
-ACCUMULATORS = {info.numpy: numpy_dtype(accumulation_dtype(name)) for name, info in DTYPE_INFO.items() if info.narrow}
-NARROW = frozenset(ACCUMULATORS)
+
+
+@functools.cache
+def accumulators() -> dict[np.dtype, np.dtype]:
+    """A narrow dtype's NumPy type -> the one a framework accumulates it in (bfloat16, float16 -> float32); every
+    other dtype (float32, float64) accumulates in itself and gets faithful library functions. Built on first
+    use, not at import: bfloat16's type comes from ml_dtypes, slow to import (backends/dtypes.py)."""
+    return {info.numpy: numpy_dtype(accumulation_dtype(name)) for name, info in DTYPE_INFO.items() if info.narrow}
+
+
 WIDE = frozenset(info.numpy for info in DTYPE_INFO.values() if not info.narrow)
 
 
@@ -59,8 +65,8 @@ class Arithmetic:
 
     def accumulator(self, dtype: np.dtype) -> np.dtype:
         """A narrow dtype's accumulation dtype, float32 (float64 when wide), else the dtype itself."""
-        if dtype in NARROW:
-            return np.dtype(np.float64) if self.wide else ACCUMULATORS[dtype]
+        if dtype in accumulators():
+            return np.dtype(np.float64) if self.wide else accumulators()[dtype]
         return np.dtype(dtype)
 
 
@@ -137,7 +143,7 @@ def _perturb(obj: Any, rng: np.random.Generator) -> Any:
 
 
 def _cast(obj: Any, dtype: np.dtype) -> Any:
-    if isinstance(obj, np.ndarray) and (obj.dtype.kind == "f" or obj.dtype in NARROW):
+    if isinstance(obj, np.ndarray) and (obj.dtype.kind == "f" or obj.dtype in accumulators()):
         return np.asarray(obj).astype(dtype).view(Ordered)  # round to nearest even
     if isinstance(obj, (tuple, list)):
         return type(obj)(_cast(o, dtype) for o in obj)
