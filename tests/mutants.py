@@ -218,6 +218,14 @@ class Gpt2DepthCountedTwice(BlockMutant):
         return _scaled_outputs(cfg, seed, np.sqrt(cfg.n_writes / (2.0 * cfg.depth)))
 
 
+class Gpt2HalfWriteVariance(BlockMutant):
+    """Its own GPT-2 initializer draws every output projection with half the scheme's variance (0.02 /
+    sqrt(2 n), n residual writes), on every layer, the presets' two-sublayer layers too."""
+
+    def init_params(self, cfg, seed):
+        return _scaled_outputs(cfg, seed, np.sqrt(0.5))
+
+
 def _scaled_outputs(cfg, seed, factor):
     params = draw_params(cfg, seed)
     if cfg.init != "gpt2":
@@ -582,8 +590,8 @@ MUTANTS = (
     SkipDropped, SkipDetached, ResidualAddedTwice, ResidualScaled, PostAsPre, PlainWithSkip, WrongEps, GateIgnored,
     GradientScaled, Float16Variance, FastVariance, RezeroInitTiny, Gpt2ScaleLinear, WrongGelu, NonDeterministic,
     LayoutSensitive, NanToZero, EmptyCrashes, NormStatisticsInFloat16, NanReplacedAfterNorm, RacyWeightGradient,
-    Bfloat16WeightGradient, BlockwiseSoftmaxNoRescale, Gpt2DepthCountedTwice, RopeOnValues, QkNormAfterRope,
-    GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
+    Bfloat16WeightGradient, BlockwiseSoftmaxNoRescale, Gpt2DepthCountedTwice, Gpt2HalfWriteVariance, RopeOnValues,
+    QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
     FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
     KeyBiasGradientFromValue,
 )

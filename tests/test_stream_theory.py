@@ -6,7 +6,7 @@ import pytest
 
 from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BlockConfig
-from resconf.backends.params import BASE_STD, draw_params
+from resconf.backends.params import BASE_STD, draw_params, expected_std, role_of
 from resconf.conformance import stream_theory as theory
 
 
@@ -45,3 +45,34 @@ def test_write_variance_against_the_oracle(fields):
 def test_write_variance_refuses_what_it_does_not_model():
     with pytest.raises(ValueError, match="single linear or mlp"):
         theory.write_variance(BlockConfig(sublayers=("attention", "mlp")), BASE_STD, BASE_STD)
+
+
+def _write_sum_z(cfg: BlockConfig, scale_out: float, seed: int = 0) -> float:
+    """VG-3's statistic on the oracle: (sum of realised write variances - L v) / its model sd."""
+    params = tuple(p.replace({n: t * scale_out for n, t in p.items() if role_of(n) == "out"})
+                   for p in draw_params(cfg, seed))
+    x = np.random.default_rng(seed + 1).normal(size=(4, 32, 64))
+    trace = ref.stack_forward(cfg, params, x)
+    _, write_vars, _ = theory.stream_variances(trace.states, trace.branches)
+    v = theory.sample_write_variance(cfg, BASE_STD, expected_std(cfg, "out"))
+    sd = theory.write_sum_sd(cfg, BASE_STD, v, theory.input_anisotropy(trace.states[:-1], cfg.eps), 4 * 32)
+    return (write_vars.sum() - cfg.depth * v) / sd
+
+
+@pytest.mark.parametrize("fields", [dict(branch="linear"), dict(branch="mlp", activation="relu"),
+                                    dict(branch="mlp", activation="silu", gated=True)])
+def test_write_sum_sees_half_the_write_variance(fields):
+    """At the shallowest depth VG-3 tests, a correct stack sits within Z = 6 model sds and one whose output
+    projections carry half the variance lies beyond 2 Z (the table in docs/spec.md has the Monte Carlo)."""
+    cfg = BlockConfig(placement="pre", init="gpt2", depth=6, d_model=64, **fields)
+    assert abs(_write_sum_z(cfg, 1.0)) < 6.0
+    assert _write_sum_z(cfg, np.sqrt(0.5)) < -12.0
+
+
+def test_isotropic_tokens_have_anisotropy_one():
+    """x_0's tokens, drawn isotropic, give the factor 1 within its sampling noise; tokens that share one
+    direction give far more."""
+    x = np.random.default_rng(0).normal(size=(3, 128, 64))
+    assert np.all(np.abs(theory.input_anisotropy(x, 1e-5) - 1.0) < 0.05)
+    shared = x + 3.0 * np.random.default_rng(1).normal(size=(1, 1, 64))
+    assert np.all(theory.input_anisotropy(shared, 1e-5) > 1.5)
