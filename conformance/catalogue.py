@@ -78,10 +78,14 @@ PROPERTIES = (
              "Var(x_L) ~= 2.92", _B, ("test_variance.test_uncorrelated_growth",),
              ("ResidualAddedTwice", "ResidualScaled")),
     Property("VG-3", "GPT-2 init (output std 0.02/sqrt(L) for L one-sublayer layers): Var(x_L) - Var(x_0) = "
-             "v(0.02) for every L in {6, 12, 24, 48, 96}", _B, ("test_variance.test_gpt2_scaling",),
-             ("Gpt2ScaleLinear", "Gpt2DepthCountedTwice")),
+             "v(0.02) for every L in {6, 12, 24, 48, 96}", _B,
+             ("test_variance.test_gpt2_scaling", "test_variance.test_gpt2_init_on_presets"),
+             ("Gpt2ScaleLinear", "Gpt2DepthCountedTwice", "Gpt2HalfWriteVariance")),
     Property("VG-4", "every state of a post stack has per-token mean 0 and variance s2/(s2 + eps)", _B,
              ("test_variance.test_post_normalises",), ("PostAsPre", "WrongEps", "Float16Variance")),
+    Property("VG-5", "deleting a layer from a pre stack changes its output by about that layer's write, "
+             "||F_k|| / ||x_L||; from a plain stack by O(1)", _B, ("test_ablation.test_layer_ablation",),
+             ("SkipDropped", "PlainWithSkip")),
     Property("XB-1", "the stack's output (x_U, and the final norm when there is one), every state and every write "
              "match the oracle", _B,
              ("test_agreement.test_forward_matches_oracle", "test_agreement.test_forward_offset_mean",
