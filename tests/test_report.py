@@ -43,6 +43,7 @@ from resconf.reports.spec_index import SPEC_URL, load_spec  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 RESULTS = [FIXTURES / "run_old.parquet", FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
 BENCH = FIXTURES / "bench.parquet"
+SUBSET = FIXTURES / "run_c.parquet"  # the newest run: a -k rerun of one numpy property after run_a
 SPEC_PATH = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -146,6 +147,36 @@ def test_an_older_runs_failure_is_not_shown_by_default_but_is_with_all_runs():
     paragraphs = [b.text for b in build_document(inputs).section("1.").blocks if hasattr(b, "text")]
     assert any("run-old" in t and "not shown" in t for t in paragraphs)  # the page says what it left out
     assert any("1 more failure" in t for t in paragraphs)
+
+
+def test_a_subset_run_is_laid_over_the_full_run_not_put_in_its_place(tmp_path, capsys):
+    """run_c reran numpy's ID-1 with -k after run_a: numpy keeps run_a's coverage, and only the cases run_c
+    ran come from it (ID-1 float32 now fails)."""
+    files = [*RESULTS, SUBSET]
+    every = [r for path in files for r in read_results(path).to_pylist()]
+    case = lambda r: (r["backend"], r["device"], r["dtype"], r["property"], r["test"], r["config"])  # noqa: E731
+    rerun = [r for r in every if r["run_id"] == "run-c"]
+    assert rerun and {r["selection"] for r in rerun} != {""} and {r["backend"] for r in rerun} == {"numpy"}
+    kept = [r for r in every if r["run_id"] == "run-a" and r["backend"] == "numpy"
+            and case(r) not in {case(r) for r in rerun}]
+    document = build_document(load_inputs(files, None))
+    section = document.section("1.")
+    shown = [(d.title, d.fields) for d in section.blocks if isinstance(d, Detail)]
+    assert [t for t, _ in shown] == ["ID-1 failed: numpy on cpu, float32", "ID-3 failed: torch on cpu, bfloat16"]
+    status = matrix_status(document)
+    assert status[("numpy", "ID")] == "fail"
+    assert all(status[("numpy", fam)] == "pass" for fam in ("GR", "VG", "XB")), status  # run_a's coverage kept
+    code, _ = run_cli([*map(str, files), "--out", str(tmp_path)], capsys)
+    assert code == 0
+    numpy_row = next(line for line in (tmp_path / "report.md").read_text().splitlines()
+                     if line.startswith("| numpy | cpu |"))
+    ids = Counter(r["outcome"] for r in kept + rerun if r["property"].startswith("ID-"))
+    assert f"🔴 {ids['passed']} passed, {ids['failed']} failed" in numpy_row
+    others = [r for r in latest_results() if r["backend"] != "numpy"]  # torch (run_a) and jax (run_b)
+    assert section.blocks[1].text.startswith(f"{len(kept) + len(rerun) + len(others)} results from 3 runs")
+    how = section.blocks[0].text
+    assert "numpy, torch on cpu from run-a" in how and "numpy on cpu from run-c" in how
+    assert f"(a subset: the {len(rerun)} cases it ran)" in how
 
 
 def test_cli_all_runs_and_run_pick_runs(tmp_path, capsys):
@@ -348,7 +379,7 @@ def test_the_fixture_script_regenerates_the_fixtures(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    for path in [*RESULTS, BENCH]:
+    for path in [*RESULTS, SUBSET, BENCH]:
         fresh, committed = pq.read_table(tmp_path / path.name), pq.read_table(path)
         assert fresh.equals(committed, check_metadata=True), f"{path.name} is stale: rerun the script"
 
