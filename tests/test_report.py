@@ -262,6 +262,28 @@ def test_every_failure_is_listed_with_its_rerun_line(built, document):
         assert r["counterexample"] in dict(details[0].fields).values()
 
 
+def test_a_failure_card_says_which_example_each_number_and_message_belongs_to(tmp_path, capsys):
+    """The measured value is the worst example's (worst_config drew it); the message and counterexample are the
+    example hypothesis reported. run_c's failure has both, drawn differently."""
+    [r] = [r for r in read_results(SUBSET).to_pylist() if r["outcome"] == "failed"]
+    assert r["worst_config"] != r["counterexample"]
+    document = build_document(load_inputs([*RESULTS, SUBSET], None))
+    [card] = [b for b in document.section("1.").blocks if isinstance(b, Detail) and b.title.startswith("ID-1")]
+    fields = dict(card.fields)
+    assert fields["worst example: drawn"] == r["worst_config"]
+    assert fields["worst example: measured"].startswith(f"{r['measured']:.4g}, required {r['comparison']} "
+                                                        f"{r['bound']:.4g} (the largest over {r['examples']} examples")
+    assert fields["failing example: message"] == r["message"]
+    assert fields["failing example: drawn"] == r["counterexample"]
+    assert fields["failing example: reproduce"] == r["seed"]
+    unlabelled = set(fields) - {"test", "configuration (fixed)", "run"}
+    assert all(k.startswith(("worst example: ", "failing example: ")) for k in unlabelled), fields
+    intro = next(b.text for b in document.section("1.").blocks if hasattr(b, "text") and "failures, each" in b.text)
+    assert '"worst example"' in intro and '"failing example"' in intro  # the page says what the two are
+    code, _ = run_cli([*map(str, [*RESULTS, SUBSET]), "--out", str(tmp_path)], capsys)
+    assert code == 0 and "worst example: measured" in (tmp_path / "index.html").read_text()
+
+
 def fraction_text(fraction: float | None) -> str:
     """How the table writes a roofline fraction: above 100 % marked with the note's asterisk."""
     if fraction is None:
