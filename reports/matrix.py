@@ -50,13 +50,14 @@ def legend_table(families: tuple[str, ...], spec: Spec) -> Table:
     rows = []
     for fam in families:
         href = spec.family_href(fam)
-        where = Cell(href.split("/")[-1] if href else "-", href=href)
+        text = href.split("/")[-1] if spec.url else f"section {sections.number(sections.CATALOGUE)}: {fam}"
+        where = Cell(text if href else "-", href=href)
         name = FAMILY_NAMES.get(fam, "not in the catalogue")
         if fam in spec.not_implemented:
             name += ": not implemented yet (the suite has no tests for it)"
         rows.append((Cell(fam), Cell(name), where))
     return Table("Family codes (a property ID in the folds below links to its entry; hover for its statement)",
-                 ("code", "family", "catalogue (docs/spec.md)"), tuple(rows))
+                 ("code", "family", "catalogue entry"), tuple(rows))
 
 
 # A failure's numbers and its message can come from two different examples: `measured` is the worst over every

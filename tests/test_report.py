@@ -223,30 +223,55 @@ def test_each_backend_has_a_property_by_dtype_fold(document):
     assert id3[torch.headers.index("bfloat16")].status == "fail" and id3[torch.headers.index("float32")].text == "-"
 
 
-def test_property_ids_link_to_spec_headings_with_their_statement(built, document):
-    anchors = spec_anchors()
+class _Links(HTMLParser):
+    """Every href and every id of a page."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.hrefs, self.ids = [], set()
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "href" in attrs:
+            self.hrefs.append(attrs["href"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+
+
+def test_property_ids_link_into_the_page_so_links_work_from_disk(built, document):
+    """The page is opened from disk (a CI artifact): every link is an id in the page itself, and the property
+    IDs and family codes land on the catalogue's statements, embedded in its last section."""
     spec_text = SPEC_PATH.read_text()
     fold = document.section("1.").folds()[0]
     for row in fold.blocks[0].rows:
         cell = row[0]
-        url, anchor = cell.href.split("#")
-        assert url == SPEC_URL and anchor in anchors, cell.href
+        assert cell.href == f"#spec-{cell.text.lower()}", cell.href
         assert cell.title and f"| {cell.text} | {cell.title.split(' ')[0]}" in spec_text.replace("`", "")
     legend = document.section("1.").tables()[1]
     assert legend.column("code") == list(FAMILIES)
-    for row in legend.rows:
-        assert row[2].href.split("#")[1] in anchors, row[2].href
+    assert [row[2].href for row in legend.rows] == [f"#spec-{f.lower()}" for f in FAMILIES]
     assert legend.rows[FAMILIES.index("TP")][1].text == "tensor parallel"  # implemented: no "not implemented yet"
+    catalogue = document.section(f"{len(ORDER)}.").tables()[0]
+    statements = dict(zip(catalogue.column("property"), catalogue.column("statement")))
+    assert {row[0].text: row[0].title for row in fold.blocks[0].rows}.items() <= statements.items()
     page = (built / "index.html").read_text()
-    assert f'<a href="{SPEC_URL}#id-identity-at-zero" title="' in page and "<details open><summary>torch" in page
-    assert f"[ID-3]({SPEC_URL}#id-identity-at-zero \"" in (built / "report.md").read_text()
+    links = _Links(page)
+    assert links.hrefs and not [h for h in links.hrefs if not h.startswith("#")], "a link that leaves the page"
+    assert not [h for h in links.hrefs if h[1:] not in links.ids], "a link to an id the page does not have"
+    assert {f"spec-{f.lower()}" for f in FAMILIES} <= links.ids and "<details open><summary>torch" in page
+    markdown = (built / "report.md").read_text()
+    assert "| ID-3 |" in markdown and "](/" not in markdown and "](#" not in markdown  # no link that goes nowhere
 
 
-def test_spec_url_option_changes_the_links(tmp_path, capsys):
+def test_spec_url_option_links_to_the_spec_headings_instead(tmp_path, capsys):
     url = "https://example.org/resconf/blob/abc123/docs/spec.md"
     code, _ = run_cli([str(RESULTS[1]), "--spec-url", url, "--out", str(tmp_path)], capsys)
     page = (tmp_path / "index.html").read_text()
     assert code == 0 and f'href="{url}#gr-the-gradient-keeps-the-identity-path"' in page
+    outside = [h for h in _Links(page).hrefs if not h.startswith("#")]
+    assert outside and all(h.split("#")[0] == url and h.split("#")[1] in spec_anchors() for h in outside), outside
+    assert f"[ID-1]({url}#id-identity-at-zero \"" in (tmp_path / "report.md").read_text()
 
 
 def test_every_failure_is_listed_with_its_rerun_line(built, document):
