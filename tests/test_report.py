@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report's plots need matplotlib: pip install 'resconf[report]'")
 
 from resconf.conformance.results import SCHEMA, read_results  # noqa: E402
-from resconf.reports import stream_plots  # noqa: E402
+from resconf.reports import stream_plots, throughput  # noqa: E402
 from resconf.reports.build import build_document  # noqa: E402
 from resconf.reports.cli import main  # noqa: E402
 from resconf.reports.document import Detail, Fold  # noqa: E402
@@ -319,8 +319,10 @@ def fraction_text(fraction: float | None) -> str:
 def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document):
     rows = pq.read_table(BENCH).to_pylist()
     latest = max(r["date"] for r in rows)
+    one = lambda r: "†" if r["samples"] == 1 else ""  # noqa: E731  a single --quick sample is marked
     expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
-                       "-" if r["gbps"] is None else f"{r['gbps']:.1f}", fraction_text(r["roofline_fraction"]))
+                       "-" if r["gbps"] is None else f"{r['gbps']:.1f}{one(r)}",
+                       fraction_text(r["roofline_fraction"]) + ("" if r["roofline_fraction"] is None else one(r)))
                       for r in rows if r["date"] == latest)
     section = document.section("2.")
     table = section.tables()[0]
@@ -331,6 +333,47 @@ def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document)
     assert over, "the fixture's add passes the copy roofline"
     assert any("not a physical limit" in b.text and b.text.startswith("*") for b in section.blocks
                if hasattr(b, "text"))
+
+
+def test_single_sample_times_are_marked_and_the_spread_shown(document):
+    """A --quick time (one sample) says so in its row and under the table; a time over samples shows its spread
+    (half the interquartile range over the median: the fixture's quartiles are the median -+3 %)."""
+    every = pq.read_table(BENCH).to_pylist()
+    rows = [r for r in every if r["date"] == max(r["date"] for r in every)]
+    section = document.section("2.")
+    table = section.tables()[0]
+    got = sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "spread", "samples"))))
+    expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
+                       "-" if r["time_q25_s"] is None else f"±{50 * (r['time_q75_s'] - r['time_q25_s']) / r['time_s']:.1f}%",
+                       f"{r['samples']}" + (" † (--quick)" if r["samples"] == 1 else "")) for r in rows)
+    assert got == expected
+    assert any(r["samples"] == 1 for r in rows) and any(spread == "±3.0%" for *_, spread, _ in got)
+    assert any(b.text.startswith("† one sample") for b in section.blocks if hasattr(b, "text"))
+
+
+def test_bar_charts_are_scaled_by_the_roofline_not_the_tallest_bar(monkeypatch):
+    """Every panel's GB/s axis ends at ROOF_HEADROOM x its roofline, so the unfused add (above the copy in the
+    fixture) does not set the scale; one-sample bars are hatched."""
+    panels = []
+    real = throughput.draw_png
+
+    def spy(count, draw, **kwargs):
+        def recorded(fig, axes):
+            draw(fig, axes)
+            panels.extend((ax.get_title(), ax.get_ylim()[1], max(b.get_height() for b in ax.patches),
+                           sorted({b.get_hatch() or "" for b in ax.patches})) for ax in axes)
+        return real(count, recorded, **kwargs)
+
+    monkeypatch.setattr(throughput, "draw_png", spy)
+    build_document(load_inputs([], BENCH))
+    rows = [r for r in pq.read_table(BENCH).to_pylist() if r["op"] == "copy"]
+    roof = {shape(r): r["gbps"] for r in rows if r["date"] == max(x["date"] for x in rows)}
+    assert sorted(title.rsplit("shape ", 1)[1] for title, *_ in panels) == sorted(roof)
+    for title, top, tallest, hatches in panels:
+        roofline = roof[title.rsplit("shape ", 1)[1]]
+        assert top == pytest.approx(throughput.ROOF_HEADROOM * roofline), title
+        assert tallest > roofline, "the fixture's unfused add passes the roofline"
+        assert hatches == ["", "///"], "the one-sample bar is hatched, the others not"
 
 
 def test_each_kernel_shows_its_conformance_status(document):
