@@ -29,7 +29,7 @@ from resconf.conformance.results import SCHEMA, read_results  # noqa: E402
 from resconf.reports import stream_plots, throughput  # noqa: E402
 from resconf.reports.build import build_document  # noqa: E402
 from resconf.reports.cli import main  # noqa: E402
-from resconf.reports.document import Detail, Fold  # noqa: E402
+from resconf.reports.document import Detail, Figure, Fold  # noqa: E402
 from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
 from resconf.reports.load import load_inputs  # noqa: E402
 from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
@@ -445,6 +445,38 @@ def test_plot_panels_per_dtype_y_labels_and_a_clipped_log_axis(monkeypatch):
     assert f"clipped at {floor:.0e}" in caption and f"down to {lowest:.1e}" in caption
 
 
+def test_each_stream_plot_shows_one_backend_and_folds_the_others(monkeypatch):
+    """One screen, one property: its figure holds one backend's panels (a column per dtype); the other backends'
+    panels are in a closed fold under it. Every backend and dtype is still drawn somewhere."""
+    drawn: list[list[str]] = []
+    real = stream_plots.draw_png
+
+    def spy(count, draw, **kwargs):
+        def recorded(fig, axes):
+            draw(fig, axes)
+            drawn.append([ax.get_title() for ax in axes])
+        return real(count, recorded, **kwargs)
+
+    monkeypatch.setattr(stream_plots, "draw_png", spy)
+    section = build_document(load_inputs(RESULTS, None)).section("4.")
+    in_order = [(b, False) if isinstance(b, Figure) else (b.blocks[0], True) for b in section.blocks
+                if isinstance(b, (Figure, Fold))]
+    assert len(in_order) == len(drawn)
+    shown = latest_results()
+    properties = sorted({r["property"] for r in shown if r["curve_x"]})
+    top = [titles for (_, folded), titles in zip(in_order, drawn) if not folded]
+    assert len(top) == len(properties)
+    for titles in top:
+        assert len({t.split(" on ")[0] for t in titles}) == 1, titles  # one backend
+    folds = section.folds()
+    assert folds and not any(f.open for f in folds)
+    assert all(" for the other backends: " in f.summary for f in folds)
+    every = sorted(t for titles in drawn for t in titles)
+    for prop in properties:  # as before the grouping: a panel per backend and dtype (and distinguishing config)
+        assert {f"{r['backend']} on {r['device']}, {r['dtype']}" for r in shown if r["property"] == prop} <= {
+            t.split(", branch=")[0] for t in every}
+
+
 def test_run_metadata_lists_runs_versions_and_inputs(document):
     section = document.section("5.")
     runs = section.tables()[0]
@@ -581,7 +613,7 @@ def test_a_results_directory_reads_every_parquet_under_it(tmp_path, capsys):
 class _PageParts(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.tables, self.images, self.headers, self.details = 0, [], [], 0
+        self.tables, self.images, self.headers, self.details, self.summaries = 0, [], [], 0, []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -595,6 +627,8 @@ class _PageParts(HTMLParser):
     def handle_data(self, data):
         if self.lasttag == "th":
             self.headers.append(data)
+        if self.lasttag == "summary":
+            self.summaries.append(data)
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
@@ -620,7 +654,11 @@ def test_the_page_renders_in_headless_chromium(built, tmp_path):
     parts = _PageParts()
     parts.feed(dom)
     assert parts.tables >= 1 and {"backend", "device", *FAMILIES} <= set(parts.headers), "no conformance matrix"
-    assert parts.details == len({(r["backend"], r["device"]) for r in latest_results()}), "no drilldown per backend"
+    subjects = {(r["backend"], r["device"]) for r in latest_results()}
+    drilldowns = [t for t in parts.summaries if any(t.startswith(f"{b} on {d}: ") for b, d in subjects)]
+    assert len(drilldowns) == len(subjects), "no drilldown per backend"
+    folded_plots = [t for t in parts.summaries if " for the other backends: " in t]
+    assert parts.details == len(drilldowns) + len(folded_plots)
     assert len(parts.images) >= 5
     for src in parts.images:
         assert src.startswith("data:image/png;base64,"), src[:60]
