@@ -15,7 +15,8 @@ from matplotlib.figure import Figure as MplFigure
 from resconf.conformance.results import ResultRow
 
 from . import sections
-from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
+from .bench_points import (ONE_SAMPLE, backend_label, case_order, format_samples, format_spread, format_time,
+                           ordered_points, point_label, point_of, short_op)
 from .bytes_moved import ROOFLINE_OPS
 from .document import Cell, Figure, Paragraph, Section, Table
 from .kernel_status import kernel_status
@@ -33,7 +34,6 @@ ABOVE_COPY = (
     "add to it.")
 
 
-ONE_SAMPLE = "†"  # marks a figure from one timed call, explained by SINGLE_SAMPLE
 SINGLE_SAMPLE = (
     f"{ONE_SAMPLE} one sample: asv run --quick times one call, a smoke test and not a measurement (no warm "
     "caches, no spread). Its GB/s and % of roofline are shown for completeness, not for comparing with the "
@@ -43,18 +43,6 @@ ROOF_HEADROOM = 1.3  # a chart's GB/s axis ends at this multiple of its roofline
 
 def format_gbps(gbps: float | None) -> str:
     return "-" if gbps is None else f"{gbps:.1f}"
-
-
-def format_spread(row: BenchRow) -> str:
-    """Half the interquartile range of the samples, relative to their median: "±2.9%"."""
-    if row.quartiles is None or not row.time_s:
-        return "-"
-    low, high = row.quartiles
-    return f"±{100 * (high - low) / 2 / row.time_s:.1f}%"
-
-
-def format_samples(row: BenchRow) -> str:
-    return "-" if row.samples is None else f"{row.samples}" + (f" {ONE_SAMPLE} (--quick)" if row.single_sample else "")
 
 
 def format_fraction(fraction: float | None) -> str:
@@ -95,12 +83,11 @@ def throughput_table(machine: str, rows: list[BenchRow], roof: dict[Key, float],
     table_rows = []
     for r in sorted(rows, key=sort_key):
         fraction = fraction_of(r, roof.get((r.machine, r.device, r.case)))
-        mark = ONE_SAMPLE if r.single_sample else ""
-        gbps, percent = format_gbps(r.gbps), format_fraction(fraction)
+        marked = [t + ONE_SAMPLE if r.single_sample and t != "-" else t
+                  for t in (format_gbps(r.gbps), format_fraction(fraction))]
         table_rows.append((Cell(r.device), Cell(r.op), Cell(r.dtype), Cell(r.case), Cell(r.backend),
                            Cell(format_time(r.time_s)), Cell(format_spread(r)), Cell(format_samples(r)),
-                           Cell(gbps + mark if gbps != "-" else gbps), Cell(percent + mark if percent != "-" else percent),
-                           kernel_status(r.op, r.backend, r.device, r.dtype, results)))
+                           *(Cell(t) for t in marked), kernel_status(r.op, r.backend, r.device, r.dtype, results)))
     commit, date = point_of(rows[0])
     return Table(f"Machine {machine or '-'}, {point_label((commit, date))} (time: the median of the samples; "
                  "spread: half their interquartile range, relative to the median)",
@@ -152,10 +139,10 @@ def bar_figure(machine: str, device: str, rows: list[BenchRow], roof: dict[Key, 
             # Scaled by the roofline, so every panel reads alike and a bar's height is its share of the copy; a
             # bar past the top (an unfused add can count more GB/s than the copy) keeps its number as a label.
             ax.set_ylim(0, ROOF_HEADROOM * roofline)
-            for bar in ax.patches:
-                if bar.get_height() > ROOF_HEADROOM * roofline:
-                    ax.annotate(f"{bar.get_height():.1f} ↑", (bar.get_x() + bar.get_width() / 2, ROOF_HEADROOM * roofline),
-                                xytext=(0, -3), textcoords="offset points", ha="center", va="top", fontsize=7)
+            top = ROOF_HEADROOM * roofline
+            for bar in (b for b in ax.patches if b.get_height() > top):
+                ax.annotate(f"{bar.get_height():.1f} ↑", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, -3),
+                            textcoords="offset points", ha="center", va="top", fontsize=7)
         shared_legend(fig, legend_entries(axes), ncols=len(backends) + 1)
 
     return Figure(f"GB/s per operation and dtype on {machine} ({device}); the dashed line is the copy "

@@ -344,7 +344,8 @@ def test_single_sample_times_are_marked_and_the_spread_shown(document):
     table = section.tables()[0]
     got = sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "spread", "samples"))))
     expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
-                       "-" if r["time_q25_s"] is None else f"±{50 * (r['time_q75_s'] - r['time_q25_s']) / r['time_s']:.1f}%",
+                       "-" if r["time_q25_s"] is None
+                       else f"±{50 * (r['time_q75_s'] - r['time_q25_s']) / r['time_s']:.1f}%",
                        f"{r['samples']}" + (" † (--quick)" if r["samples"] == 1 else "")) for r in rows)
     assert got == expected
     assert any(r["samples"] == 1 for r in rows) and any(spread == "±3.0%" for *_, spread, _ in got)
