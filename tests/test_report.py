@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from resconf.reports import stream_plots, throughput  # noqa: E402
 from resconf.reports.build import build_document  # noqa: E402
 from resconf.reports.cli import main  # noqa: E402
 from resconf.reports.document import Detail, Figure, Fold  # noqa: E402
-from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
+from resconf.reports.history import REGRESSION_FACTOR, history_section  # noqa: E402
 from resconf.reports.load import load_inputs  # noqa: E402
 from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
 from resconf.reports.markdown import detail_md  # noqa: E402
@@ -403,6 +404,22 @@ def test_regressions_are_the_cases_slower_than_the_factor(document):
     table = document.section("3.").tables()[0]
     assert sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "ratio")))) == expected
     assert all(cell.status == "fail" for row in table.rows for cell in row[-1:])
+
+
+def test_a_single_sample_time_is_not_compared_for_regressions():
+    """torch's add_layernorm_forward is one --quick sample at both points: made 3x slower at the second, it
+    is still no regression, and the page says how many pairs it did not compare."""
+    rows = list(load_inputs([], BENCH).bench)
+    quick = [r for r in rows if r.single_sample]
+    assert quick and all(r.op == "add_layernorm_forward" for r in quick)
+    latest = max(r.date for r in rows)
+    slower = [replace(r, time_s=3 * r.time_s) if r.single_sample and r.date == latest else r for r in rows]
+    section = history_section(slower)
+    table = section.tables()[0]
+    assert "add_layernorm_forward" not in table.column("op")
+    assert f"{len(quick) // 2} pairs of points not compared" in section.blocks[0].text
+    measured = [replace(r, samples=10) if r.single_sample else r for r in slower]  # the same times, measured
+    assert "add_layernorm_forward" in history_section(measured).tables()[0].column("op")
 
 
 def test_residual_stream_plots_and_reference_values(document):
