@@ -7,6 +7,7 @@ framework tensor, so any framework, or none, can be plugged in.
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC
 from dataclasses import dataclass
 from typing import Sequence
@@ -69,16 +70,44 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class StackTrace:
-    """U = cfg.n_updates: one stream state per sublayer (per layer when parallel)."""
+    """U = cfg.n_updates: one stream state per sublayer (per layer when parallel).
+
+    `writes` is what the catalogue (docs/spec.md) calls a write: w = branch_scale * layer_scale * F, added
+    next to the skip, so x_u = skip * x_{u-1} + gate * w_u. It is not x_u - x_{u-1} when a skip scale or a
+    ReZero gate is set. Its old name `branches` still works, with a DeprecationWarning.
+    """
 
     states: np.ndarray  # (U+1, B, T, C): x_0 .. x_U
-    branches: np.ndarray  # (U, B, T, C): each update's write w next to the skip (before any ReZero gate)
+    writes: np.ndarray  # (U, B, T, C): each update's write w next to the skip (before any ReZero gate)
     final: np.ndarray | None = None  # (B, T, C): the final norm of x_U, when cfg.final_norm
+
+    def __init__(self, states: np.ndarray, writes: np.ndarray | None = None, final: np.ndarray | None = None,
+                 *, branches: np.ndarray | None = None) -> None:
+        if branches is not None:
+            if writes is not None:
+                raise TypeError("StackTrace got writes and branches: give writes only (branches is its old name)")
+            _renamed("StackTrace(branches=...)", "StackTrace(writes=...)")
+            writes = branches
+        if writes is None:
+            raise TypeError("StackTrace needs writes: (U, B, T, C), each update's write next to the skip")
+        for name, value in (("states", states), ("writes", writes), ("final", final)):
+            object.__setattr__(self, name, value)  # frozen: set once, here
+
+    @property
+    def branches(self) -> np.ndarray:
+        """Deprecated: the old name of `writes`."""
+        _renamed("StackTrace.branches", "StackTrace.writes")
+        return self.writes
 
     @property
     def output(self) -> np.ndarray:
         """The stack's output, which stack_vjp's cotangent g is on: the final norm's, else x_U."""
         return self.states[-1] if self.final is None else self.final
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: use {new} (the same array, the catalogue's name for it)",
+                  DeprecationWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -111,6 +140,9 @@ class Backend(ABC):
     # `dtype` asks, so its results are not values of `dtype`. Every other backend's are checked to be
     # (conformance/output_dtypes.py).
     computes_in_float64: bool = False
+    # The built-in backend whose expected failures (conformance/xfails/<name>.toml) this adapter inherits,
+    # because it runs that framework's ops: "torch" for a torch module's adapter. None: only its own.
+    inherits_xfails: str | None = None
 
     def __init__(self, device: str = "cpu") -> None:
         if device not in DEVICES:

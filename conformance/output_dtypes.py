@@ -47,7 +47,7 @@ def check(backend: Backend, method: str, outputs: Iterable[tuple[str, np.ndarray
 
 
 def _trace(t: StackTrace, dtype: str):
-    return [("states", t.states, dtype), ("branches", t.branches, dtype), ("final", t.final, dtype)]
+    return [("states", t.states, dtype), ("writes", t.writes, dtype), ("final", t.final, dtype)]
 
 
 def _grads(g: StackGrads, dtype: str):

@@ -8,7 +8,7 @@ import pytest
 
 from resconf.conformance import xfails
 from resconf.conformance.plugin_active import active
-from resconf.conformance.plugin_backends import NAME_OF
+from resconf.conformance.plugin_backends import LOADED, NAME_OF
 from resconf.conformance.plugin_cases import params_of, property_of
 
 
@@ -16,7 +16,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not active(config) or config.getoption("--resconf-skip-xfails"):
         return
     filtered = bool(config.getoption("keyword") or config.getoption("markexpr"))
-    entries = xfails.for_session(NAME_OF, [Path(p) for p in config.getoption("--resconf-xfails")])
+    inherits = {name: b.inherits_xfails for name, b in LOADED.items() if getattr(b, "inherits_xfails", None)}
+    entries = xfails.for_session(NAME_OF, [Path(p) for p in config.getoption("--resconf-xfails")], inherits)
     names_of = lambda name: frozenset({name} | {s for s, n in NAME_OF.items() if n == name})  # noqa: E731
     unmatched = xfails.apply(entries, items, params_of, property_of, names_of)
     collected = {property_of(item) for item in items}

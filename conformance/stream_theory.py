@@ -153,10 +153,10 @@ def growth_sd(state_vars: np.ndarray, write_vars: np.ndarray, n: int, d_model: i
     return math.sqrt(cov + writes)
 
 
-def stream_variances(states: np.ndarray, branches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stream_variances(states: np.ndarray, writes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Var(x_l) for l = 0..L, Var(F_l), Cov(x_{l-1}, F_l)) over all elements of each state."""
     flat_x = states.reshape(states.shape[0], -1)
-    flat_f = branches.reshape(branches.shape[0], -1)
+    flat_f = writes.reshape(writes.shape[0], -1)
     x_prev = flat_x[:-1] - flat_x[:-1].mean(axis=1, keepdims=True)
     f = flat_f - flat_f.mean(axis=1, keepdims=True)
     return flat_x.var(axis=1), flat_f.var(axis=1), np.mean(x_prev * f, axis=1)

@@ -47,7 +47,7 @@ def test_layer_ablation(subject, dtype, placement, prop):
             prop.at_least(f"||change|| / ||x_L|| deleting layer {k + 1}",
                           change / float(np.linalg.norm(full.states[-1])), PLAIN_FLOOR)
             continue
-        r2 = change**2 / float(np.sum(np.square(full.branches[k])))
-        expected, sd = theory.ablation_ratio(full.states, full.branches[k], k, expected_std(cfg, "out"))
+        r2 = change**2 / float(np.sum(np.square(full.writes[k])))
+        expected, sd = theory.ablation_ratio(full.states, full.writes[k], k, expected_std(cfg, "out"))
         prop.at_most(f"|r^2 - prod(1 + g_l)| in sampling sds deleting layer {k + 1}", abs(r2 - expected) / sd,
                      budgets.Z)

@@ -55,7 +55,7 @@ def _forward_within_budget(prop, cfg, dtype, got, want, base) -> None:
                            cfg.n_updates)
     prop.within_budget("x_U", got.states[-1], want.states[-1], base.pick(lambda t: t.states[-1]), "forward", dtype,
                        cfg.n_updates)
-    prop.within_budget("the writes", got.branches, want.branches, base.pick(lambda t: t.branches), "forward",
+    prop.within_budget("the writes", got.writes, want.writes, base.pick(lambda t: t.writes), "forward",
                        dtype, cfg.n_updates)
 
 
@@ -150,7 +150,7 @@ def _error_scales(cfg, params, x, g, want) -> dict[tuple[int, str], float]:
     gradient reaches, against the scale of the residue they sum (6.)."""
     scales = {}
     if cfg.placement == "rezero":
-        writes = ref.stack_forward(cfg, params, x).branches
+        writes = ref.stack_forward(cfg, params, x).writes
         cotangents = ref.backward(cfg, params, x, g)[2]
         scales = {(index, f"{kinds[0]}.gate"): float(np.sum(np.abs(cotangents[u + 1] * writes[u]))) or 1.0
                   for u, (index, _, kinds) in enumerate(ref.layer_updates(cfg, params))}
@@ -191,8 +191,8 @@ def test_long_sequence_forward(subject, oracle, baseline, dtype, norm, prop, dat
     to rescale the earlier blocks errs by the growth of the running maximum)."""
     cfg, x, _, params = _long_case(data, subject, dtype, "attention", norm, prop)
     got, want, base = (b.stack_forward(cfg, params, x, dtype) for b in (subject, oracle, baseline))
-    prop.within_budget("the branch outputs over 256 tokens", got.branches, want.branches,
-                       base.pick(lambda t: t.branches), "forward", dtype)
+    prop.within_budget("the branch outputs over 256 tokens", got.writes, want.writes,
+                       base.pick(lambda t: t.writes), "forward", dtype)
 
 
 @pytest.mark.property("XB-2")
@@ -231,7 +231,7 @@ def test_realistic_forward(subject, oracle, baseline, dtype, name, prop, data):
     got, want, base = (b.stack_forward(cfg, params, x, dtype) for b in (subject, oracle, baseline))
     prop.within_budget("the states", got.states, want.states, base.pick(lambda t: t.states), "forward", dtype,
                        cfg.n_updates)
-    prop.within_budget("the writes", got.branches, want.branches, base.pick(lambda t: t.branches), "forward", dtype,
+    prop.within_budget("the writes", got.writes, want.writes, base.pick(lambda t: t.writes), "forward", dtype,
                        cfg.n_updates)
 
 

@@ -82,9 +82,9 @@ def test_identity_gradient(subject, case, dtype, placement, init, layer, prop, d
         # whose near-ties then flip with any rounding: seen, 0.13 relative in float32 at |x| ~ 1e18).
         x = round_to(x / max(1.0, float(np.max(np.abs(x), initial=0.0))), dtype)
         grads = subject.stack_vjp(cfg, params, x, g, dtype)
-        branches = oracle.stack_forward(cfg, params, x, dtype).branches
+        writes = oracle.stack_forward(cfg, params, x, dtype).writes
         base = baseline.stack_vjp(cfg, params, x, g, dtype)
-        for (index, _, kinds), f in zip(ref.layer_updates(cfg, params), branches, strict=True):
+        for (index, _, kinds), f in zip(ref.layer_updates(cfg, params), writes, strict=True):
             name = f"{kinds[0]}.gate"  # rezero layers are sequential: one sublayer, one gate per update
             prop.within_budget(f"dL/da against <g, F> of {name} in layer {index}", grads.dparams[index][name],
                                np.sum(g * f), base.pick(lambda gr, i=index, n=name: gr.dparams[i][n]), "gradient",

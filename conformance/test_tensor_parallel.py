@@ -71,7 +71,7 @@ def test_tensor_parallel_matches_oracle(subject, oracle, baseline, case, dtype, 
     base = baseline.stack_forward(cfg, params, x, dtype)
     prop.within_budget(f"the states on {ranks} ranks", got.states, want.states, base.pick(lambda t: t.states),
                        "forward", dtype, cfg.n_updates)
-    prop.within_budget(f"the writes on {ranks} ranks", got.branches, want.branches, base.pick(lambda t: t.branches),
+    prop.within_budget(f"the writes on {ranks} ranks", got.writes, want.writes, base.pick(lambda t: t.writes),
                        "forward", dtype, cfg.n_updates)
     got, want = subject.tp_stack_vjp(cfg, params, x, g, dtype, ranks), oracle.stack_vjp(cfg, params, x, g, dtype)
     base = baseline.stack_vjp(cfg, params, x, g, dtype)

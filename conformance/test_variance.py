@@ -34,8 +34,8 @@ def test_stream_is_sum_of_writes(subject, case, dtype, layer, prop, data):
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed, scale=scale)
     x = hh.normal_input(seed, shape, scale, dtype)
     trace = subject.stack_forward(cfg, hh.params_for(subject, cfg, seed, dtype, perturb=True), x, dtype)
-    error = np.abs(trace.states[-1] - (trace.states[0] + trace.branches.sum(axis=0)))
-    magnitude = np.abs(trace.states[0]) + np.abs(trace.branches).sum(axis=0)
+    error = np.abs(trace.states[-1] - (trace.states[0] + trace.writes.sum(axis=0)))
+    magnitude = np.abs(trace.states[0]) + np.abs(trace.writes).sum(axis=0)
     prop.at_most("max |x_L - (x_0 + sum F_l)| / sum |terms|", float(np.max(error / np.maximum(magnitude, 1e-300))),
                  budgets.summation_bound(dtype, depth))
 
@@ -60,7 +60,7 @@ def test_uncorrelated_growth(subject, dtype, prop):
     prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=seed)
     x = hh.normal_input(seed, STAT_SHAPE, 1.0, dtype)
     trace = subject.stack_forward(cfg, _seeds_example_params(cfg, seed, dtype, write_var), x, dtype)
-    state_vars, write_vars, covs = theory.stream_variances(trace.states, trace.branches)
+    state_vars, write_vars, covs = theory.stream_variances(trace.states, trace.writes)
     n, C = x.size, cfg.d_model
     prop.curve("Var(x_l)", range(depth + 1), state_vars)
     prop.curve("theory 1 + 0.01 l", range(depth + 1), 1.0 + write_var * np.arange(depth + 1))
@@ -124,7 +124,7 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
         _check_init_std(prop, cfg, params, f"L={depth}")
         padded = params + tuple(_zero_writes(params[-1]) for _ in range(VG3_DEPTHS[-1] - depth))
         trace = subject.stack_forward(dataclasses.replace(cfg, depth=len(padded)), padded, x, dtype)
-        state_vars, write_vars, _ = theory.stream_variances(trace.states[:depth + 1], trace.branches[:depth])
+        state_vars, write_vars, _ = theory.stream_variances(trace.states[:depth + 1], trace.writes[:depth])
         v = theory.sample_write_variance(cfg, BASE_STD, expected_std(cfg, "out"))
         anisotropy = theory.input_anisotropy(trace.states[:depth], cfg.eps)
         writes_sd = theory.write_sum_sd(cfg, BASE_STD, v, anisotropy, tokens)
@@ -178,6 +178,6 @@ def test_post_normalises(subject, baseline, case, dtype, layer, prop, data):
 
 def _normalisation_errors(trace, eps: float) -> tuple[float, float]:
     """(max |mean|, max |var - s2/(s2+eps)|) over every token of every state after the first."""
-    s2 = (trace.states[:-1] + trace.branches).var(axis=-1)  # (L, B, T)
+    s2 = (trace.states[:-1] + trace.writes).var(axis=-1)  # (L, B, T)
     out = trace.states[1:]
     return float(np.max(np.abs(out.mean(axis=-1)))), float(np.max(np.abs(out.var(axis=-1) - s2 / (s2 + eps))))

@@ -16,11 +16,16 @@ TOML, one [[xfail]] table per entry:
 Every value is a string. Built-in backends ship theirs as conformance/xfails/<name>.toml, by the backend's
 own name, so it applies whichever spelling selected the backend. Matched cases run as strict xfails: a
 case that starts passing fails the run (the entry is stale), and so does an entry matching nothing.
+
+An adapter that wraps a framework says so (`inherits_xfails = "torch"` on its Backend class) and gets that
+built-in file's entries, inherited: their reasons say where they come from, and since the adapter may not hit
+the framework's deviation (its own kernel) or claim that feature at all, an inherited entry is not strict
+(a pass is recorded xpassed) and is never stale.
 """
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +37,7 @@ from resconf.conformance import catalogue
 SUITE_DIR = Path(__file__).parent
 BUILTIN_DIR = SUITE_DIR / "xfails"
 KEYS = ("property", "reason", "test", "dtype", "backend", "config")
+INHERITED = "inherited from "  # how an inherited entry's reason starts: "inherited from torch: ..."
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class XfailEntry:
     dtype: str | None = None
     backend: str | None = None
     config: str | None = None
+    inherited_from: str = ""  # the framework whose built-in file it comes from (`inherits_xfails`); "" if its own
+
+    @property
+    def strict(self) -> bool:
+        return not self.inherited_from
 
     def describe(self) -> str:
         keys = ("backend", "property", "test", "dtype", "config")
@@ -131,13 +142,28 @@ def load(backend_names: list[str], extra_files: list[Path]) -> list[XfailEntry]:
     return entries
 
 
-def for_session(names: dict[str, str], extra_files: list[Path]) -> list[XfailEntry]:
+def inherited(backend: str, framework: str) -> list[XfailEntry]:
+    """The built-in entries of `framework` (conformance/xfails/<framework>.toml) for the adapter named
+    `backend` that wraps it, each marked inherited in its reason."""
+    path = BUILTIN_DIR / f"{framework}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.toml")))
+        raise pytest.UsageError(f"backend {backend!r}: inherits_xfails = {framework!r} names no built-in "
+                                f"expected-failure file; expected one of: {known}")
+    return [replace(e, reason=f"{INHERITED}{framework}: {e.reason}", inherited_from=framework)
+            for e in parse(path, backend=backend)]
+
+
+def for_session(names: dict[str, str], extra_files: list[Path],
+                inherits: dict[str, str] | None = None) -> list[XfailEntry]:
     """The entries for a session's backends, `names` mapping the spelling that selected each (a built-in
     name, an entry point, pkg.mod:Class) to its own name (its `name`). Built-in files go by the own name, so
     they apply whatever the spelling; a user's entry may name the backend either way. Entries naming
-    another backend (a file shared by several) are left out."""
+    another backend (a file shared by several) are left out. `inherits` maps an own name to the framework
+    whose entries it inherits (its `inherits_xfails`); its own entries come first, so they win a match."""
     known = set(names) | set(names.values())
     entries = load(sorted(set(names.values())), extra_files)
+    entries += [e for own, framework in sorted((inherits or {}).items()) for e in inherited(own, framework)]
     return [e for e in entries if e.backend is None or e.backend in known]
 
 
@@ -151,7 +177,7 @@ def apply(entries: list[XfailEntry], items: list[pytest.Item], params_of: Callab
         names = names_of(str(params.get("backend_name")))
         for entry in entries:
             if entry.matches(names, property_of(item), item.name, params):
-                item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=True))
+                item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=entry.strict))
                 used.add(entry)
                 break
-    return [e for e in entries if e not in used]
+    return [e for e in entries if e not in used and not e.inherited_from]

@@ -29,7 +29,7 @@ from resconf.conformance.home import HOME
 
 DEFAULT_RESULTS_DIR = Path(".asv/results")
 DEFAULT_OUTPUT = HOME / "benchmarks.parquet"
-SCHEMA_VERSION = 1  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md)
+SCHEMA_VERSION = 2  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md); 2: quartiles
 
 SCHEMA = pa.schema([
     ("machine", pa.string()),
@@ -47,6 +47,8 @@ SCHEMA = pa.schema([
     ("depth", pa.int64()),
     ("time_s", pa.float64()),
     ("samples", pa.int64()),
+    ("time_q25_s", pa.float64()),
+    ("time_q75_s", pa.float64()),
     ("bytes_moved", pa.int64()),
     ("gbps", pa.float64()),
     ("roofline_gbps", pa.float64()),
@@ -73,6 +75,8 @@ class BenchRow:
     depth: int | None
     time_s: float  # asv's result: the median over samples of seconds per call
     samples: int | None  # how many samples that median is over (1 in a --quick run)
+    time_q25_s: float | None  # the samples' quartiles, asv's q_25 and q_75: the spread around the median
+    time_q75_s: float | None
     bytes_moved: int | None
     gbps: float | None
     roofline_gbps: float | None
@@ -154,6 +158,7 @@ def _row(results, date: datetime, benchmark: str, op: str, params: dict[str, Any
         benchmark=benchmark, op=op, params=";".join(f"{k}={_plain(v)}" for k, v in params.items()),
         backend=params.get("backend"), device=params.get("device"), dtype=dtype, tokens=tokens, hidden=hidden,
         depth=params.get("depth"), time_s=time_s, samples=None if stat is None else stat.get("repeat"),
+        time_q25_s=None if stat is None else stat.get("q_25"), time_q75_s=None if stat is None else stat.get("q_75"),
         bytes_moved=bytes_moved, gbps=None if bytes_moved is None else bytes_moved / time_s / 1e9,
         roofline_gbps=None, roofline_fraction=None)
 

@@ -12,6 +12,7 @@ from .load import BenchRow
 
 SHORT_COMMIT = 8
 NO_BACKEND = "no backend (roofline bench)"  # copy and add are timed on plain NumPy / torch, not on a backend
+ONE_SAMPLE = "†"  # marks a figure from one timed call (asv --quick): the throughput section explains it
 
 
 def backend_label(backend: str) -> str:
@@ -56,3 +57,18 @@ def format_time(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds * 1e9:.3g} ns"
+
+
+def format_spread(row: BenchRow) -> str:
+    """Half the interquartile range of the samples, relative to their median: "±2.9%"."""
+    if row.quartiles is None or not row.time_s:
+        return "-"
+    low, high = row.quartiles
+    return f"±{100 * (high - low) / 2 / row.time_s:.1f}%"
+
+
+def format_samples(row: BenchRow) -> str:
+    """"10", or "1 † (--quick)" for one timed call; "-" when the export does not say."""
+    if row.samples is None:
+        return "-"
+    return f"{row.samples} {ONE_SAMPLE} (--quick)" if row.single_sample else f"{row.samples}"

@@ -13,6 +13,7 @@ from .matrix import matrix_section
 from .metadata import metadata_section
 from .runs import RunSelection, select
 from .spec_index import SPEC_URL, load_spec
+from .spec_section import spec_section
 from .throughput import throughput_section
 
 TITLE = "resconf report"
@@ -26,12 +27,13 @@ def build_document(inputs: Inputs, selection: RunSelection = RunSelection(), spe
     results, bench = list(inputs.results), list(inputs.bench)
     view = select(results, selection)
     shown = list(view.rows)  # every conformance-derived number reads the same runs
+    spec = load_spec(spec_url)
     return Document(
         title=TITLE,
         intro=INTRO,
         warnings=tuple(f"{u.path}: {u.reason}" for u in inputs.unreadable),
-        sections=(matrix_section(view, results, load_spec(spec_url)), throughput_section(bench, shown),
-                  history_section(bench), curves_section(shown), metadata_section(inputs, view)),
+        sections=(matrix_section(view, results, spec), throughput_section(bench, shown),
+                  history_section(bench), curves_section(shown), metadata_section(inputs, view), spec_section(spec)),
     )
 
 

@@ -39,8 +39,8 @@ def parser() -> argparse.ArgumentParser:
                       help="show this run (repeatable); default: the newest run of each backend and device")
     runs.add_argument("--all-runs", action="store_true", help="add every run's results together")
     p.add_argument("--spec-url", default=SPEC_URL, metavar="URL",
-                   help=f"where property IDs link to, anchors appended (default: {SPEC_URL}, the path from the "
-                        "repository root; e.g. https://github.com/OWNER/resconf/blob/COMMIT/docs/spec.md)")
+                   help="where property IDs link to, anchors appended (default: the page's own catalogue "
+                        "section, which works from disk; e.g. https://github.com/OWNER/resconf/blob/COMMIT/docs/spec.md)")
     return p
 
 

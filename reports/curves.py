@@ -10,7 +10,7 @@ from __future__ import annotations
 from resconf.conformance.results import ResultRow
 
 from . import sections
-from .document import Cell, Paragraph, Section, Table
+from .document import Cell, Fold, Paragraph, Section, Table
 from .recorded_curves import Curve, curves_of, property_order
 from .stream_plots import property_figure
 
@@ -35,9 +35,26 @@ def curves_section(rows: list[ResultRow]) -> Section:
     if not curves:
         return Section(title, (Paragraph("No recorded curves in the results (properties VG-2, VG-3 and GR-3 "
                                          "record them when they run)."),))
-    blocks = []
+    blocks: list = [Paragraph(GROUPING)]
     for prop in sorted({c.property for c in curves}, key=property_order):
-        mine = [c for c in curves if c.property == prop]
-        blocks.append(property_figure(prop, sorted(mine, key=lambda c: (c.dtype, c.config, c.label))))
+        mine = sorted((c for c in curves if c.property == prop), key=lambda c: (c.dtype, c.config, c.label))
+        blocks += property_blocks(prop, mine)
     blocks.append(endpoint_table(curves))
     return Section(title, tuple(blocks))
+
+
+GROUPING = ("Each property shows one backend's panels (a row per backend, a column per dtype); the other "
+            "backends' panels are folded under it, so one screen holds one property. The table at the end gives "
+            "every series' last value.")
+
+
+def property_blocks(prop: str, curves: list[Curve]) -> list:
+    """The first backend's figure, then the other backends' in a fold (VG-3 over seven backends and four dtypes
+    and two branches is dozens of panels: unfolded they bury the next property)."""
+    backends = sorted({c.backend for c in curves})
+    first, rest = tuple(backends[:1]), tuple(backends[1:])
+    blocks: list = [property_figure(prop, curves, first)]
+    if rest:
+        folded = property_figure(prop, curves, rest)
+        blocks.append(Fold(f"{prop} for the other backends: {', '.join(rest)}", (folded,)))
+    return blocks

@@ -18,6 +18,7 @@ class Cell:
     status: str = ""
     href: str = ""  # the text links there (a property to its entry in docs/spec.md)
     title: str = ""  # shown on hover (the property's one-line statement)
+    anchor: str = ""  # an id in the page that links can point at ("#spec-id-1"); HTML only
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -1,7 +1,8 @@
 """Time per backend across commits/dates, with regressions marked.
 
 A regression is a time more than REGRESSION_FACTOR times the same case's time at the previous point on the
-same machine: asv continuous's rule (a commit against its parent) applied along the whole series.
+same machine: asv continuous's rule (a commit against its parent) applied along the whole series. A time of one
+sample (asv --quick) is not a measurement, so a pair of points with one is not compared; the page says how many.
 """
 from __future__ import annotations
 
@@ -50,15 +51,32 @@ def series_order(s: Series) -> tuple:
     return (*s[:4], case_order(s[4]), s[5])
 
 
-def regressions(rows: list[BenchRow], factor: float = REGRESSION_FACTOR) -> list[Regression]:
+def single_sampled(rows: list[BenchRow]) -> set[tuple[Series, tuple[str, str]]]:
+    """(series, point) whose time is one sample (asv --quick)."""
+    return {((r.machine, r.device, r.op, r.dtype, r.case, r.backend), point_of(r)) for r in rows if r.single_sample}
+
+
+def consecutive(rows: list[BenchRow]) -> list[tuple[Series, tuple[str, str], tuple[str, str], dict]]:
+    """Every (series, point before, point after, its times) along each machine's points."""
     points = ordered_points(rows)
-    found = []
+    pairs = []
     for series, times in sorted(series_of(rows).items(), key=lambda item: series_order(item[0])):
         seen = [p for p in points[series[0]] if p in times]
-        for before, after in zip(seen, seen[1:]):
-            if times[after] > factor * times[before]:
-                found.append(Regression(series, before, after, times[before], times[after]))
-    return found
+        pairs += [(series, before, after, times) for before, after in zip(seen, seen[1:])]
+    return pairs
+
+
+def regressions(rows: list[BenchRow], factor: float = REGRESSION_FACTOR) -> list[Regression]:
+    single = single_sampled(rows)
+    return [Regression(series, before, after, times[before], times[after])
+            for series, before, after, times in consecutive(rows)
+            if times[after] > factor * times[before] and not {(series, before), (series, after)} & single]
+
+
+def uncompared(rows: list[BenchRow]) -> int:
+    """How many consecutive pairs hold a single-sample time, and so were not compared."""
+    single = single_sampled(rows)
+    return sum(bool({(s, before), (s, after)} & single) for s, before, after, _ in consecutive(rows))
 
 
 def regression_table(found: list[Regression]) -> Table:
@@ -127,6 +145,10 @@ def history_section(rows: list[BenchRow]) -> Section:
     found = regressions(rows)
     verdict = (f"{len(found)} regression{'s' * (len(found) != 1)}" if found else "No regression") + (
         f" beyond x{REGRESSION_FACTOR} the previous point (commit or date) on the same machine.")
+    skipped = uncompared(rows)
+    if skipped:
+        verdict += (f" {skipped} pair{'s' * (skipped != 1)} of points not compared: one of the two times is a single "
+                    "sample (asv run --quick), a smoke test rather than a measurement.")
     blocks: list = [Paragraph(verdict)]
     if found:
         blocks.append(regression_table(found))

@@ -32,7 +32,7 @@ a[title] { text-decoration-style: dotted; }
 
 
 def _cell(tag: str, cell: Cell) -> str:
-    css = f' class="{cell.status}"' if cell.status else ""
+    css = (f' class="{cell.status}"' if cell.status else "") + (f' id="{escape(cell.anchor)}"' if cell.anchor else "")
     title = f' title="{escape(cell.title)}"' if cell.title else ""
     text = escape(cell.text)
     if cell.href:

@@ -43,6 +43,13 @@ class BenchRow:
     gbps: float | None
     roofline_gbps: float | None
     roofline_fraction: float | None
+    samples: int | None = None  # how many samples time_s is the median of (1: asv --quick); None: not exported
+    quartiles: tuple[float, float] | None = None  # the samples' 25th and 75th percentiles, when exported
+
+    @property
+    def single_sample(self) -> bool:
+        """One timed call (asv --quick): a smoke test, not a measurement to compare."""
+        return self.samples == 1
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,13 @@ def bench_row(record: dict, machine: str) -> BenchRow:
         dtype=_text(record.get("dtype")) or "-", case=_case(record), time_s=float(record["time_s"]), gbps=gbps,
         roofline_gbps=_number(record.get("roofline_gbps")),
         roofline_fraction=_number(record.get("roofline_fraction")),
+        samples=None if record.get("samples") is None else int(record["samples"]), quartiles=_quartiles(record),
     )
+
+
+def _quartiles(record: dict) -> tuple[float, float] | None:
+    low, high = _number(record.get("time_q25_s")), _number(record.get("time_q75_s"))
+    return None if low is None or high is None else (low, high)
 
 
 def load_bench(path: Path) -> tuple[list[BenchRow], list[Unreadable]]:

@@ -36,7 +36,7 @@ def link_title(text: str) -> str:
 
 def _cell(cell: Cell) -> str:
     text = escape(cell.text)
-    if cell.href:
+    if cell.href and not cell.href.startswith("#"):  # an id in the page: only index.html has them
         title = f' "{link_title(cell.title)}"' if cell.title else ""
         text = f"[{text}]({cell.href.replace(' ', '%20')}{title})"
     return STATUS_MARK[cell.status] + text

@@ -50,23 +50,34 @@ def legend_table(families: tuple[str, ...], spec: Spec) -> Table:
     rows = []
     for fam in families:
         href = spec.family_href(fam)
-        where = Cell(href.split("/")[-1] if href else "-", href=href)
+        text = href.split("/")[-1] if spec.url else f"section {sections.number(sections.CATALOGUE)}: {fam}"
+        where = Cell(text if href else "-", href=href)
         name = FAMILY_NAMES.get(fam, "not in the catalogue")
         if fam in spec.not_implemented:
             name += ": not implemented yet (the suite has no tests for it)"
         rows.append((Cell(fam), Cell(name), where))
     return Table("Family codes (a property ID in the folds below links to its entry; hover for its statement)",
-                 ("code", "family", "catalogue (docs/spec.md)"), tuple(rows))
+                 ("code", "family", "catalogue entry"), tuple(rows))
+
+
+# A failure's numbers and its message can come from two different examples: `measured` is the worst over every
+# example (`worst_config` drew it), the message and counterexample are hypothesis' reported example (shrunk,
+# or the first that failed under a profile that does not shrink). Each field says which one it is about.
+WORST, REPORTED = "worst example", "failing example"
+EXAMPLES_NOTE = (f"Each failure's \"{WORST}\" fields are the example with the largest measured value over all "
+                 f"examples run; its \"{REPORTED}\" fields are the example hypothesis reported (its minimal one when "
+                 "it shrinks, else the first that failed), which its reproduce line replays. They can differ.")
 
 
 def failure_detail(row: ResultRow) -> Detail:
-    fields = [("test", row.test), ("configuration", row.config)]
+    fields = [("test", row.test), ("configuration (fixed)", row.config)]
     if row.worst_config:
-        fields.append(("drawn configuration", row.worst_config))
+        fields.append((f"{WORST}: drawn", row.worst_config))
     if row.measured is not None and row.bound is not None:
-        fields.append(("measured", f"{row.measured:.4g}, required {row.comparison} {row.bound:.4g}"))
-    fields += [("message", row.message), ("counterexample", row.counterexample), ("reproduce", row.seed),
-               ("run", row.run_id)]
+        over = f" (the largest over {row.examples} examples)" if row.examples else ""
+        fields.append((f"{WORST}: measured", f"{row.measured:.4g}, required {row.comparison} {row.bound:.4g}{over}"))
+    fields += [(f"{REPORTED}: message", row.message), (f"{REPORTED}: drawn", row.counterexample),
+               (f"{REPORTED}: reproduce", row.seed), ("run", row.run_id)]
     return Detail(f"{row.property} failed: {row.backend} on {row.device}, {row.dtype}",
                   tuple((k, v) for k, v in fields if v), row.rerun)
 
@@ -85,7 +96,7 @@ def failures(view: View, all_rows: list[ResultRow]) -> list:
                     key=lambda r: (r.backend, r.device, r.dtype, r.property, r.config, r.test, r.run_id))
     hidden = sum(r.outcome == "failed" for r in all_rows) - len(failed)
     blocks: list = [Paragraph(f"{len(failed)} failure{'s' * (len(failed) != 1)}, each with the command that "
-                              "reruns it:" if failed else "No failures.")]
+                              f"reruns it. {EXAMPLES_NOTE}" if failed else "No failures.")]
     blocks.extend(failure_detail(r) for r in failed)
     if hidden:
         blocks.append(Paragraph(f"The runs not shown hold {hidden} more failure{'s' * (hidden != 1)} "

@@ -1,8 +1,9 @@
 """Which conformance runs the report shows.
 
-By default the latest view: for each backend and device, the rows of the newest run that covered it, so an
-old failure fixed since does not stay red, and backends checked in separate runs all still show. `--run`
-picks runs by id; `--all-runs` adds every run together (the old behaviour).
+By default the latest view: for each backend and device, the rows of the newest whole-suite run that covered
+it, with every newer subset run (`-k`/`-m`: its `selection`) laid over it case by case. An old failure fixed
+since does not stay red, backends checked in separate runs all still show, and a quick `-k` rerun does not
+hide the coverage of the full run before it. `--run` picks runs by id; `--all-runs` adds every run together.
 """
 from __future__ import annotations
 
@@ -91,20 +92,61 @@ def _subset_note(rows: list[ResultRow]) -> str:
     return "".join(f" {run_id} was limited to a subset: {selection}." for run_id, selection in chosen)
 
 
-def latest(rows: list[ResultRow], runs: list[Run]) -> tuple[list[tuple[str, Subject]], str]:
-    newest: dict[Subject, str] = {}
-    for run in runs:  # oldest first: a later run that covered the subject replaces an earlier one
+Case = tuple[str, str, str, str, str, str]  # (backend, device, dtype, property, test, config)
+
+
+def case_of(row: ResultRow) -> Case:
+    return (row.backend, row.device, row.dtype, row.property, row.test, row.config)
+
+
+def layers(rows: list[ResultRow], runs: list[Run]) -> dict[Subject, list[str]]:
+    """Per subject, oldest first: its newest whole-suite run, then every subset run newer than it (all its
+    subset runs when no whole-suite run covered it)."""
+    subsets = {r.run_id for r in rows if r.selection}
+    base: dict[Subject, str] = {}
+    for run in runs:  # oldest first: a later whole-suite run replaces an earlier one
         for subject in run.subjects:
-            newest[subject] = run.run_id
-    shown = sorted((run_id, subject) for subject, run_id in newest.items())
+            if run.run_id not in subsets:
+                base[subject] = run.run_id
+    order = {run.run_id: i for i, run in enumerate(runs)}
+    stacked: dict[Subject, list[str]] = {}
+    for run in runs:
+        for subject in run.subjects:
+            first = base.get(subject)
+            if run.run_id == first or (run.run_id in subsets and (first is None or order[run.run_id] > order[first])):
+                stacked.setdefault(subject, []).append(run.run_id)
+    return stacked
+
+
+def newest_per_case(rows: list[ResultRow], stacked: dict[Subject, list[str]]) -> list[ResultRow]:
+    """The rows of each case's newest run among its subject's layers: a subset run replaces only the cases
+    it ran."""
+    rank = {(subject, run_id): i for subject, runs in stacked.items() for i, run_id in enumerate(runs)}
+    winner: dict[Case, int] = {}
+    for row in rows:
+        i = rank.get(((row.backend, row.device), row.run_id))
+        if i is not None and i >= winner.get(case_of(row), -1):
+            winner[case_of(row)] = i
+    return [r for r in rows if rank.get(((r.backend, r.device), r.run_id), -2) == winner.get(case_of(r))]
+
+
+def latest(rows: list[ResultRow], runs: list[Run]) -> tuple[list[tuple[str, Subject]], list[ResultRow], str]:
+    stacked = layers(rows, runs)
+    shown = sorted((run_id, subject) for subject, run_ids in stacked.items() for run_id in run_ids)
+    kept = newest_per_case(rows, stacked)
+    cases = {run_id: len({case_of(r) for r in kept if r.run_id == run_id}) for run_id, _ in shown}
+    subsets = {r.run_id for r in rows if r.selection}
     parts = [f"{_subjects_text([s for r, s in shown if r == run.run_id])} from {run.run_id}{_when(run)}"
+             + (f" (a subset: the {cases[run.run_id]} case{'s' * (cases[run.run_id] != 1)} it ran)"
+                if run.run_id in subsets else "")
              for run in runs if any(r == run.run_id for r, _ in shown)]
     hidden = [run.run_id for run in runs if not any(r == run.run_id for r, _ in shown)]
-    how = "Showing the newest run for each backend and device: " + "; ".join(parts) + "."
+    how = ("Showing, for each backend and device, its newest whole-suite run with any newer subset run (-k/-m) "
+           "laid over it case by case: " + "; ".join(parts) + ".")
     if hidden:
         how += (f" {len(hidden)} older run{'s' * (len(hidden) != 1)} not shown ({', '.join(hidden)}): "
                 "give --run RUN_ID to pick runs, or --all-runs to add every run together.")
-    return shown, how
+    return shown, kept, how
 
 
 def select(rows: list[ResultRow], selection: RunSelection = RunSelection()) -> View:
@@ -120,8 +162,8 @@ def select(rows: list[ResultRow], selection: RunSelection = RunSelection()) -> V
         how = ("Showing every run added together (--all-runs)" if selection.all_runs
                else "Showing the runs chosen with --run") + ": " + "; ".join(
             f"{run.run_id}{_when(run)}" for run in picked) + "."
+        keep = set(shown)
+        chosen = [r for r in rows if (r.run_id, (r.backend, r.device)) in keep]
     else:
-        shown, how = latest(rows, runs)
-    keep = set(shown)
-    chosen = tuple(r for r in rows if (r.run_id, (r.backend, r.device)) in keep)
-    return View(chosen, tuple(runs), tuple(shown), how + _subset_note(list(chosen)))
+        shown, chosen, how = latest(rows, runs)
+    return View(tuple(chosen), tuple(runs), tuple(shown), how + _subset_note(chosen))

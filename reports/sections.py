@@ -2,8 +2,9 @@
 section's title and a reference to it from another section cannot drift apart."""
 from __future__ import annotations
 
-MATRIX, THROUGHPUT, HISTORY, CURVES, METADATA = ORDER = (
-    "Conformance matrix", "Throughput", "Over time", "The residual stream against theory", "Run metadata")
+MATRIX, THROUGHPUT, HISTORY, CURVES, METADATA, CATALOGUE = ORDER = (
+    "Conformance matrix", "Throughput", "Over time", "The residual stream against theory", "Run metadata",
+    "Property catalogue")
 
 
 def number(name: str) -> int:

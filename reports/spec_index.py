@@ -1,7 +1,8 @@
-"""Where each property is defined: the catalogue's family headings in docs/spec.md (their GitHub anchors)
-and each property's one-line statement, so the report can link a property ID to its entry and show its
-statement on hover. Read from the catalogue (conformance/catalogue.py), which tests/test_catalogue.py holds
-docs/spec.md to, so an install without docs/ still gets statements, and links to wherever --spec-url says.
+"""Where each property is defined, for the report's links and hover text: each property's one-line statement,
+read from the catalogue (conformance/catalogue.py, which tests/test_catalogue.py holds docs/spec.md to), so an
+install without docs/ still has them. By default a property ID links to its statement in the page itself (the
+catalogue section, reports/spec_section.py), which works wherever the page is opened, from disk too. With
+--spec-url it links to the family's heading in that docs/spec.md instead (its GitHub anchor).
 """
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from dataclasses import dataclass, field
 from resconf.conformance import catalogue
 from resconf.conformance.catalogue import Family, Property
 
-# The default link target: the catalogue's path from the repository root, which resolves wherever the page
-# is served with the checkout as its root; --spec-url gives another (e.g. the file on GitHub at a commit).
-SPEC_URL = "/docs/spec.md"
+# The default link target: "" is the page's own catalogue section (an address outside the page, root-relative
+# or relative, breaks once the page is copied elsewhere, as a CI artifact is); --spec-url gives another
+# (e.g. the file on GitHub at a commit).
+SPEC_URL = ""
+
+
+def page_anchor(code: str) -> str:
+    """The id of a family's or property's entry in the page's catalogue section: "ID-1" -> "spec-id-1"."""
+    return f"spec-{code.lower()}"
 
 
 def github_anchor(heading: str) -> str:
@@ -36,11 +43,16 @@ class Spec:
 
     def family_href(self, family: str) -> str:
         anchor = self.family_anchors.get(family, "")
-        return f"{self.url}#{anchor}" if anchor else ""
+        if not anchor:
+            return ""
+        return f"{self.url}#{anchor}" if self.url else f"#{page_anchor(family)}"
 
     def property_href(self, property_id: str) -> str:
-        """The property's family heading: the catalogue's properties are rows of one table per family."""
-        return self.family_href(property_id.split("-", 1)[0]) if property_id in self.statements else ""
+        """Its row in the page's catalogue; at --spec-url, its family's heading (docs/spec.md has the
+        properties as rows of one table per family, with no anchor of their own)."""
+        if property_id not in self.statements:
+            return ""
+        return self.family_href(property_id.split("-", 1)[0]) if self.url else f"#{page_anchor(property_id)}"
 
 
 def load_spec(url: str = SPEC_URL, families: tuple[Family, ...] = catalogue.FAMILIES,

@@ -147,11 +147,14 @@ def grid_columns(panels: list[tuple[str, ...]]) -> int:
     return dtypes if 2 <= dtypes <= 4 else MAX_COLUMNS
 
 
-def property_figure(property_id: str, curves: list[Curve]) -> Figure:
+def property_figure(property_id: str, curves: list[Curve], backends: tuple[str, ...] | None = None) -> Figure:
+    """The panels of `backends` (all by default). Styles and GR-3's clipped range come from every curve of the
+    property, so that a figure of some backends and one of the others read alike."""
     styles = Styles.of(curves)
     panels: dict[tuple[str, str, str, str], list[Curve]] = {}
     for c in curves:
-        panels.setdefault((c.backend, c.device, c.dtype, distinguishing(c, styles.varying)), []).append(c)
+        if backends is None or c.backend in backends:
+            panels.setdefault((c.backend, c.device, c.dtype, distinguishing(c, styles.varying)), []).append(c)
     order = sorted(panels, key=lambda p: (p[0], p[1], p[3], dtype_order(p[2])))
     log_y = property_id.startswith("GR")
     clip = log_clip(curves) if log_y else None
@@ -177,5 +180,6 @@ def property_figure(property_id: str, curves: list[Curve]) -> Figure:
         fig.suptitle(property_id, fontsize=11)
 
     caption = CAPTIONS.get(property_id, f"{property_id}: the recorded curves against depth.")
-    caption += " One panel per backend and dtype." + (clip.caption() if clip else "")
+    caption += " One panel per backend and dtype" + (f" ({', '.join(backends)})." if backends else ".")
+    caption += clip.caption() if clip else ""
     return Figure(caption, draw_png(len(order), draw, columns=grid_columns(order)))

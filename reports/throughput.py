@@ -15,7 +15,8 @@ from matplotlib.figure import Figure as MplFigure
 from resconf.conformance.results import ResultRow
 
 from . import sections
-from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
+from .bench_points import (ONE_SAMPLE, backend_label, case_order, format_samples, format_spread, format_time,
+                           ordered_points, point_label, point_of, short_op)
 from .bytes_moved import ROOFLINE_OPS
 from .document import Cell, Figure, Paragraph, Section, Table
 from .kernel_status import kernel_status
@@ -31,6 +32,13 @@ ABOVE_COPY = (
     "an add 4 for every 3, so at the same memory bandwidth an add's counted GB/s can be up to 12.5 % above "
     "the copy's. Caches holding part of a small shape, and the noise between separate timings (a few %), "
     "add to it.")
+
+
+SINGLE_SAMPLE = (
+    f"{ONE_SAMPLE} one sample: asv run --quick times one call, a smoke test and not a measurement (no warm "
+    "caches, no spread). Its GB/s and % of roofline are shown for completeness, not for comparing with the "
+    "roofline or another backend; its bar is hatched. Run without --quick for numbers to compare.")
+ROOF_HEADROOM = 1.3  # a chart's GB/s axis ends at this multiple of its roofline, whatever its tallest bar
 
 
 def format_gbps(gbps: float | None) -> str:
@@ -75,13 +83,16 @@ def throughput_table(machine: str, rows: list[BenchRow], roof: dict[Key, float],
     table_rows = []
     for r in sorted(rows, key=sort_key):
         fraction = fraction_of(r, roof.get((r.machine, r.device, r.case)))
+        marked = [t + ONE_SAMPLE if r.single_sample and t != "-" else t
+                  for t in (format_gbps(r.gbps), format_fraction(fraction))]
         table_rows.append((Cell(r.device), Cell(r.op), Cell(r.dtype), Cell(r.case), Cell(r.backend),
-                           Cell(format_time(r.time_s)), Cell(format_gbps(r.gbps)), Cell(format_fraction(fraction)),
-                           kernel_status(r.op, r.backend, r.device, r.dtype, results)))
+                           Cell(format_time(r.time_s)), Cell(format_spread(r)), Cell(format_samples(r)),
+                           *(Cell(t) for t in marked), kernel_status(r.op, r.backend, r.device, r.dtype, results)))
     commit, date = point_of(rows[0])
-    return Table(f"Machine {machine or '-'}, {point_label((commit, date))}",
-                 ("device", "op", "dtype", "shape", "backend", "time", "GB/s", "% of roofline", "conformance"),
-                 tuple(table_rows))
+    return Table(f"Machine {machine or '-'}, {point_label((commit, date))} (time: the median of the samples; "
+                 "spread: half their interquartile range, relative to the median)",
+                 ("device", "op", "dtype", "shape", "backend", "time", "spread", "samples", "GB/s", "% of roofline",
+                  "conformance"), tuple(table_rows))
 
 
 def draw_bars(ax: Axes, rows: list[BenchRow], backends: list[str]) -> None:
@@ -96,7 +107,12 @@ def draw_bars(ax: Axes, rows: list[BenchRow], backends: list[str]) -> None:
         bars = [r for r in rows if r.backend == backend]
         drawn = ax.bar([offset[((r.op, r.dtype), backend)] for r in bars], [r.gbps for r in bars], width,
                        color=colour(backends.index(backend)), label=backend_label(backend))
-        ax.bar_label(drawn, fmt="%.1f", fontsize=7, padding=1)
+        for bar, r in zip(drawn, bars):
+            if r.single_sample:  # hatched and pale: one call is not a measurement to compare
+                bar.set_hatch("///")
+                bar.set_alpha(0.45)
+        ax.bar_label(drawn, labels=[f"{r.gbps:.1f}" + (ONE_SAMPLE if r.single_sample else "") for r in bars],
+                     fontsize=7, padding=1)
     ax.set_xticks(range(len(groups)), [f"{short_op(op)}\n{dtype}".replace(" ", "\n") for op, dtype in groups],
                   fontsize=7)
 
@@ -110,20 +126,29 @@ def bar_figure(machine: str, device: str, rows: list[BenchRow], roof: dict[Key, 
         for ax, case in zip(axes, cases):
             draw_bars(ax, [r for r in rows if r.case == case], backends)
             roofline = roof.get((machine, device, case))
-            if roofline is not None:
-                ax.axhline(roofline, color="black", linestyle="--", linewidth=1.0, label="copy roofline")
-                ax.annotate(f"roofline {roofline:.1f} GB/s", (1.0, roofline), xycoords=("axes fraction", "data"),
-                            xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
             ax.set_ylabel("GB/s", fontsize=9)
             ax.set_title(f"{machine} {device}, shape {case}", fontsize=10)
             ax.tick_params(axis="y", labelsize=8)
             ax.grid(True, axis="y", alpha=0.3)
-            ax.margins(y=0.12)  # room for the bar labels and the roofline's
+            if roofline is None:
+                ax.margins(y=0.12)  # room for the bar labels
+                continue
+            ax.axhline(roofline, color="black", linestyle="--", linewidth=1.0, label="copy roofline")
+            ax.annotate(f"roofline {roofline:.1f} GB/s", (1.0, roofline), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+            # Scaled by the roofline, so every panel reads alike and a bar's height is its share of the copy; a
+            # bar past the top (an unfused add can count more GB/s than the copy) keeps its number as a label.
+            ax.set_ylim(0, ROOF_HEADROOM * roofline)
+            top = ROOF_HEADROOM * roofline
+            for bar in (b for b in ax.patches if b.get_height() > top):
+                ax.annotate(f"{bar.get_height():.1f} ↑", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, -3),
+                            textcoords="offset points", ha="center", va="top", fontsize=7)
         shared_legend(fig, legend_entries(axes), ncols=len(backends) + 1)
 
     return Figure(f"GB/s per operation and dtype on {machine} ({device}); the dashed line is the copy "
                   "roofline measured on the same device at the same shape (a measured copy, not a physical "
-                  "limit: a bar can pass it).",
+                  f"limit: a bar can pass it). Each panel's axis ends at {ROOF_HEADROOM:g} x its roofline; a "
+                  f"hatched bar marked {ONE_SAMPLE} is one sample (--quick).",
                   draw_png(len(cases), draw, columns=1, height_in=3.0))
 
 
@@ -146,8 +171,10 @@ def throughput_section(rows: list[BenchRow], results: list[ResultRow] = ()) -> S
     for machine, mine in sorted(by_machine.items()):
         table = throughput_table(machine, mine, roof, list(results))
         blocks.append(table)
-        if any(t.endswith(OVER_ROOFLINE) for t in table.column("% of roofline")):
+        if any(t.rstrip(ONE_SAMPLE).endswith(OVER_ROOFLINE) for t in table.column("% of roofline")):
             blocks.append(Paragraph(ABOVE_COPY))
+        if any(r.single_sample for r in mine):
+            blocks.append(Paragraph(SINGLE_SAMPLE))
         for device in sorted({r.device for r in mine}):
             bars = [r for r in mine if r.device == device and r.gbps is not None and r.op not in ROOFLINE_OPS]
             if bars:

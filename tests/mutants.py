@@ -40,13 +40,13 @@ class BlockMutant(NumpyReference):
         return ref.update_vjp(cfg, p, kinds, x, g)
 
     def _stack_forward(self, cfg, params, x, dtype):
-        states, branches = [np.asarray(x, dtype=np.float64)], []
+        states, writes = [np.asarray(x, dtype=np.float64)], []
         for _, p, kinds in ref.layer_updates(cfg, params):
             y, f = self.forward_block(cfg, p, kinds, states[-1])
             states.append(y)
-            branches.append(f)
+            writes.append(f)
         final = ref.norm(cfg, params[-1].sub("final"), states[-1]) if cfg.final_norm else None
-        return StackTrace(states=np.stack(states), branches=np.stack(branches), final=final)
+        return StackTrace(states=np.stack(states), writes=np.stack(writes), final=final)
 
     def _stack_vjp(self, cfg, params, x, g, dtype):
         states = self._stack_forward(cfg, params, x, dtype).states
@@ -578,7 +578,7 @@ class Float32Outputs(NumpyReference):
 
     def _stack_forward(self, cfg, params, x, dtype):
         t = super()._stack_forward(cfg, params, x, dtype)
-        return StackTrace(*(self._rounded(a, dtype) for a in (t.states, t.branches, t.final)))
+        return StackTrace(*(self._rounded(a, dtype) for a in (t.states, t.writes, t.final)))
 
     def _stack_vjp(self, cfg, params, x, g, dtype):
         grads = super()._stack_vjp(cfg, params, x, g, dtype)

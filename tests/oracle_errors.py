@@ -39,8 +39,8 @@ def errors(backend, ref, cfg: BlockConfig, shape, dtype: str = "float64", seed: 
     got, want = backend.stack_forward(cfg, params, x, dtype), ref.stack_forward(cfg, params, x, dtype)
     assert (got.final is None) == (want.final is None) == (not cfg.final_norm)
     assert got.states.shape == want.states.shape == (cfg.n_updates + 1, *shape)
-    assert got.branches.shape == want.branches.shape == (cfg.n_updates, *shape)
-    found = {"states": rel_error(got.states, want.states), "branches": rel_error(got.branches, want.branches)}
+    assert got.writes.shape == want.writes.shape == (cfg.n_updates, *shape)
+    found = {"states": rel_error(got.states, want.states), "writes": rel_error(got.writes, want.writes)}
     if cfg.final_norm:
         found["final"] = rel_error(got.final, want.final)
     got_g, want_g = backend.stack_vjp(cfg, params, x, g, dtype), ref.stack_vjp(cfg, params, x, g, dtype)

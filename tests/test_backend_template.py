@@ -25,7 +25,7 @@ class HooksOnly(Backend):
 
     def _stack_forward(self, cfg, params, x, dtype):
         self.calls.append("_stack_forward")
-        return StackTrace(states=np.stack([x, x]), branches=np.zeros((1, *x.shape)))
+        return StackTrace(states=np.stack([x, x]), writes=np.zeros((1, *x.shape)))
 
     def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         self.calls.append("_fused_add_norm")

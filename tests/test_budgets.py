@@ -83,7 +83,7 @@ def _offset_slacks(backend, cfg: BlockConfig, seed: int, dtype: str, offset: flo
     params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, seed, perturb=True))
     got, want = (b.stack_forward(cfg, params, x, dtype) for b in (backend, ORACLE))
     base = BASELINE.stack_forward(cfg, params, x, dtype)
-    parts = {"x_L": lambda t: t.states[-1], "writes": lambda t: t.branches}
+    parts = {"x_L": lambda t: t.states[-1], "writes": lambda t: t.writes}
     if cfg.final_norm:
         parts["final norm"] = lambda t: t.final
     for what, part in parts.items():
@@ -141,8 +141,8 @@ def test_the_baseline_rounds_apart_from_the_oracle(dtype):
     nor far more, as a wrong computation would)."""
     cfg = STRUCTURES[0]
     x, _, params = _case(cfg, 2, dtype)
-    want = ORACLE.stack_forward(cfg, params, x, dtype).branches
-    e = baseline_error(BASELINE.stack_forward(cfg, params, x, dtype).pick(lambda t: t.branches)(), want)
+    want = ORACLE.stack_forward(cfg, params, x, dtype).writes
+    e = baseline_error(BASELINE.stack_forward(cfg, params, x, dtype).pick(lambda t: t.writes)(), want)
     assert 0.1 * unit_roundoff(dtype) < e < 20 * unit_roundoff(dtype)
 
 

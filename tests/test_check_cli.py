@@ -15,9 +15,11 @@ from resconf.conformance.results import SCHEMA, read_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def resconf(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def resconf(*args: str, cwd: Path = ROOT, extra_path: str = "") -> subprocess.CompletedProcess:
+    """`extra_path`: a folder put on sys.path too (a hand-made dist-info: an installed entry point)."""
+    path = os.pathsep.join(p for p in (str(ROOT), extra_path) if p)
     return subprocess.run([sys.executable, "-m", "resconf.conformance.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": path})
 
 
 def test_mutant_fails_with_property_counterexample_and_rerun(tmp_path):
@@ -36,16 +38,36 @@ def test_mutant_fails_with_property_counterexample_and_rerun(tmp_path):
     assert (tmp_path / "_r.summary.txt").read_text().startswith("resconf check summary, run ")
 
 
-def test_unknown_backend_is_one_line_and_nothing_runs(tmp_path):
+def check_unknown_backend(tmp_path: Path, extra_path: str = "") -> None:
     """A name that is no backend is a typo: refused (usage, exit 2) before any work, so no red row stays in
-    the results; with nothing close to it, no suggestion (tests/test_check_inputs.py has the "did you mean")."""
+    the results; with nothing close to it, no suggestion (tests/test_check_inputs.py has the "did you mean").
+    The built-ins are checked by name: a backend installed by entry point is listed after them."""
     out = tmp_path / "r.parquet"
     proc = resconf("check", "--backend", "nosuch", "--backend", "numpy", "--output", str(out),
-                   "-k", "test_identity_block and float32")
+                   "-k", "test_identity_block and float32", extra_path=extra_path)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [f"resconf: unknown backend 'nosuch'; installed: "
-                                        f"{', '.join(installed_builtins())} (or give package.module:attr)"]
+    [line] = proc.stderr.splitlines()
+    head, tail = "resconf: unknown backend 'nosuch'; installed: ", " (or give package.module:attr)"
+    assert line.startswith(head) and line.endswith(tail), line
+    listed = line[len(head):-len(tail)].split(", ")
+    assert listed[:len(installed_builtins())] == installed_builtins(), line
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_backend_is_one_line_and_nothing_runs(tmp_path):
+    check_unknown_backend(tmp_path)
+
+
+def test_unknown_backend_check_holds_with_a_backend_installed_by_entry_point(tmp_path):
+    """What `pip install examples/user_torch_block` leaves behind, written by hand (a dist-info folder with
+    an entry_points.txt): the project's own tests must still pass with it installed."""
+    dist = tmp_path.parent / f"{tmp_path.name}-site" / "extra_backend-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-backend\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[resconf.backends]\nzz_extra = extra_backend:Backend\n")
+    check_unknown_backend(tmp_path, extra_path=str(dist.parent))
+    proc = resconf("check", "--backend", "nosuch", "--output", str(tmp_path / "r.parquet"), extra_path=str(dist.parent))
+    assert proc.stderr.rstrip().endswith(", zz_extra (or give package.module:attr)"), proc.stderr
 
 
 def test_backend_that_cannot_load_is_reported_not_crashed(tmp_path):

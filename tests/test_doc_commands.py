@@ -87,6 +87,7 @@ COMMANDS = {
         Run("fixtures", creates=REPORT),
     # docs/adapter.md
     "class MyBackend(Backend):": Run(),
+    "class MyTorchModuleBackend(Backend):": Run(),
     "Capabilities(": Run(prelude="from resconf.backends import Capabilities\n"),
     "resconf check --backend mypkg.adapter:MyBackend --device cuda --profile nightly": Parse(),
     "resconf check --backend mypkg.adapter:MyBackend -k test_identity_block": Parse(),

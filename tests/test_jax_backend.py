@@ -111,7 +111,7 @@ def test_stack_low_precision_is_finite_and_in_dtype(jx, cfg, dtype):
     params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, seed=5, perturb=True))
     x, g = _inputs(seed=6, shape=shape, dtype=dtype)
     trace, grads = jx.stack_forward(cfg, params, x, dtype), jx.stack_vjp(cfg, params, x, g, dtype)
-    assert trace.states.shape == (cfg.n_updates + 1, *shape) and trace.branches.shape == (cfg.n_updates, *shape)
+    assert trace.states.shape == (cfg.n_updates + 1, *shape) and trace.writes.shape == (cfg.n_updates, *shape)
     assert grads.dx.shape == shape and len(grads.dparams) == cfg.depth
     final = [("final", trace.final)] if cfg.final_norm else []
     for name, a in [("states", trace.states), *final, ("dx", grads.dx), *grads.dparams[-1].items()]:
@@ -205,7 +205,7 @@ def test_empty_batch_and_sequence(jx):
     params = draw_params(cfg, seed=0)
     for shape in [(0, 3, 16), (2, 0, 16)]:
         trace = jx.stack_forward(cfg, params, np.zeros(shape), "float64")
-        assert trace.states.shape == (cfg.n_updates + 1, *shape) and trace.branches.shape == (cfg.n_updates, *shape)
+        assert trace.states.shape == (cfg.n_updates + 1, *shape) and trace.writes.shape == (cfg.n_updates, *shape)
         assert trace.final.shape == shape
     grads = jx.stack_vjp(cfg, params, np.zeros((2, 0, 16)), np.zeros((2, 0, 16)), "float64")
     assert grads.dx.shape == (2, 0, 16) and grads.dparams[0]["attention.wk"].shape == (16, 8)

@@ -197,11 +197,11 @@ def test_stack_trace_records_branch_before_gate():
     cfg = BlockConfig(placement="rezero", depth=DEPTH, d_model=C)
     params, x = perturbed_params(cfg), rand(B, T, C, seed=1)
     trace = ref.stack_forward(cfg, params, x)
-    assert trace.states.shape == (DEPTH + 1, B, T, C) and trace.branches.shape == (DEPTH, B, T, C)
+    assert trace.states.shape == (DEPTH + 1, B, T, C) and trace.writes.shape == (DEPTH, B, T, C)
     for layer, p in enumerate(params):
         s = p.sub("mlp")
-        np.testing.assert_array_equal(trace.branches[layer], ref.mlp(cfg, s, trace.states[layer]))
-        np.testing.assert_array_equal(trace.states[layer + 1], trace.states[layer] + s.gate * trace.branches[layer])
+        np.testing.assert_array_equal(trace.writes[layer], ref.mlp(cfg, s, trace.states[layer]))
+        np.testing.assert_array_equal(trace.states[layer + 1], trace.states[layer] + s.gate * trace.writes[layer])
 
 
 def test_trace_has_one_state_per_sublayer_and_one_per_parallel_layer():
@@ -209,7 +209,7 @@ def test_trace_has_one_state_per_sublayer_and_one_per_parallel_layer():
     for cfg, updates in ((preset("gpt2", depth=3, d_model=C), 6), (preset("gptj", depth=3, d_model=C), 3)):
         trace = ref.stack_forward(cfg, draw_params(cfg, 0), x)
         assert cfg.n_updates == updates and trace.states.shape[0] == updates + 1 and trace.final is None
-        np.testing.assert_allclose(trace.states[-1], x + trace.branches.sum(axis=0), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(trace.states[-1], x + trace.writes.sum(axis=0), rtol=1e-12, atol=1e-14)
 
 
 def test_parallel_layer_is_x_plus_both_branches_of_one_norm():

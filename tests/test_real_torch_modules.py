@@ -71,7 +71,7 @@ def _rel(a, b) -> float:
 def _errors(backend, cfg, params, x, g) -> dict[str, float]:
     """Normwise relative error of every traced tensor and every gradient against the oracle."""
     got, want = backend.stack_forward(cfg, params, x, "float64"), ORACLE.stack_forward(cfg, params, x, "float64")
-    errs = {"states": _rel(got.states, want.states), "writes": _rel(got.branches, want.branches)}
+    errs = {"states": _rel(got.states, want.states), "writes": _rel(got.writes, want.writes)}
     if cfg.final_norm:
         errs["final"] = _rel(got.final, want.final)
     dgot, dwant = backend.stack_vjp(cfg, params, x, g, "float64"), ORACLE.stack_vjp(cfg, params, x, g, "float64")

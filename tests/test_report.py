@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,11 +27,11 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report's plots need matplotlib: pip install 'resconf[report]'")
 
 from resconf.conformance.results import SCHEMA, read_results  # noqa: E402
-from resconf.reports import stream_plots  # noqa: E402
+from resconf.reports import stream_plots, throughput  # noqa: E402
 from resconf.reports.build import build_document  # noqa: E402
 from resconf.reports.cli import main  # noqa: E402
-from resconf.reports.document import Detail, Fold  # noqa: E402
-from resconf.reports.history import REGRESSION_FACTOR  # noqa: E402
+from resconf.reports.document import Detail, Figure, Fold  # noqa: E402
+from resconf.reports.history import REGRESSION_FACTOR, history_section  # noqa: E402
 from resconf.reports.load import load_inputs  # noqa: E402
 from resconf.reports.log_clip import CLIP_DECADES  # noqa: E402
 from resconf.reports.markdown import detail_md  # noqa: E402
@@ -43,6 +44,7 @@ from resconf.reports.spec_index import SPEC_URL, load_spec  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 RESULTS = [FIXTURES / "run_old.parquet", FIXTURES / "run_a.parquet", FIXTURES / "run_b.parquet"]
 BENCH = FIXTURES / "bench.parquet"
+SUBSET = FIXTURES / "run_c.parquet"  # the newest run: a -k rerun of one numpy property after run_a
 SPEC_PATH = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -148,6 +150,36 @@ def test_an_older_runs_failure_is_not_shown_by_default_but_is_with_all_runs():
     assert any("1 more failure" in t for t in paragraphs)
 
 
+def test_a_subset_run_is_laid_over_the_full_run_not_put_in_its_place(tmp_path, capsys):
+    """run_c reran numpy's ID-1 with -k after run_a: numpy keeps run_a's coverage, and only the cases run_c
+    ran come from it (ID-1 float32 now fails)."""
+    files = [*RESULTS, SUBSET]
+    every = [r for path in files for r in read_results(path).to_pylist()]
+    case = lambda r: (r["backend"], r["device"], r["dtype"], r["property"], r["test"], r["config"])  # noqa: E731
+    rerun = [r for r in every if r["run_id"] == "run-c"]
+    assert rerun and {r["selection"] for r in rerun} != {""} and {r["backend"] for r in rerun} == {"numpy"}
+    kept = [r for r in every if r["run_id"] == "run-a" and r["backend"] == "numpy"
+            and case(r) not in {case(r) for r in rerun}]
+    document = build_document(load_inputs(files, None))
+    section = document.section("1.")
+    shown = [(d.title, d.fields) for d in section.blocks if isinstance(d, Detail)]
+    assert [t for t, _ in shown] == ["ID-1 failed: numpy on cpu, float32", "ID-3 failed: torch on cpu, bfloat16"]
+    status = matrix_status(document)
+    assert status[("numpy", "ID")] == "fail"
+    assert all(status[("numpy", fam)] == "pass" for fam in ("GR", "VG", "XB")), status  # run_a's coverage kept
+    code, _ = run_cli([*map(str, files), "--out", str(tmp_path)], capsys)
+    assert code == 0
+    numpy_row = next(line for line in (tmp_path / "report.md").read_text().splitlines()
+                     if line.startswith("| numpy | cpu |"))
+    ids = Counter(r["outcome"] for r in kept + rerun if r["property"].startswith("ID-"))
+    assert f"🔴 {ids['passed']} passed, {ids['failed']} failed" in numpy_row
+    others = [r for r in latest_results() if r["backend"] != "numpy"]  # torch (run_a) and jax (run_b)
+    assert section.blocks[1].text.startswith(f"{len(kept) + len(rerun) + len(others)} results from 3 runs")
+    how = section.blocks[0].text
+    assert "numpy, torch on cpu from run-a" in how and "numpy on cpu from run-c" in how
+    assert f"(a subset: the {len(rerun)} cases it ran)" in how
+
+
 def test_cli_all_runs_and_run_pick_runs(tmp_path, capsys):
     code, _ = run_cli([*map(str, RESULTS), "--all-runs", "--out", str(tmp_path / "all")], capsys)
     assert code == 0
@@ -192,30 +224,55 @@ def test_each_backend_has_a_property_by_dtype_fold(document):
     assert id3[torch.headers.index("bfloat16")].status == "fail" and id3[torch.headers.index("float32")].text == "-"
 
 
-def test_property_ids_link_to_spec_headings_with_their_statement(built, document):
-    anchors = spec_anchors()
+class _Links(HTMLParser):
+    """Every href and every id of a page."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.hrefs, self.ids = [], set()
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "href" in attrs:
+            self.hrefs.append(attrs["href"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+
+
+def test_property_ids_link_into_the_page_so_links_work_from_disk(built, document):
+    """The page is opened from disk (a CI artifact): every link is an id in the page itself, and the property
+    IDs and family codes land on the catalogue's statements, embedded in its last section."""
     spec_text = SPEC_PATH.read_text()
     fold = document.section("1.").folds()[0]
     for row in fold.blocks[0].rows:
         cell = row[0]
-        url, anchor = cell.href.split("#")
-        assert url == SPEC_URL and anchor in anchors, cell.href
+        assert cell.href == f"#spec-{cell.text.lower()}", cell.href
         assert cell.title and f"| {cell.text} | {cell.title.split(' ')[0]}" in spec_text.replace("`", "")
     legend = document.section("1.").tables()[1]
     assert legend.column("code") == list(FAMILIES)
-    for row in legend.rows:
-        assert row[2].href.split("#")[1] in anchors, row[2].href
+    assert [row[2].href for row in legend.rows] == [f"#spec-{f.lower()}" for f in FAMILIES]
     assert legend.rows[FAMILIES.index("TP")][1].text == "tensor parallel"  # implemented: no "not implemented yet"
+    catalogue = document.section(f"{len(ORDER)}.").tables()[0]
+    statements = dict(zip(catalogue.column("property"), catalogue.column("statement")))
+    assert {row[0].text: row[0].title for row in fold.blocks[0].rows}.items() <= statements.items()
     page = (built / "index.html").read_text()
-    assert f'<a href="{SPEC_URL}#id-identity-at-zero" title="' in page and "<details open><summary>torch" in page
-    assert f"[ID-3]({SPEC_URL}#id-identity-at-zero \"" in (built / "report.md").read_text()
+    links = _Links(page)
+    assert links.hrefs and not [h for h in links.hrefs if not h.startswith("#")], "a link that leaves the page"
+    assert not [h for h in links.hrefs if h[1:] not in links.ids], "a link to an id the page does not have"
+    assert {f"spec-{f.lower()}" for f in FAMILIES} <= links.ids and "<details open><summary>torch" in page
+    markdown = (built / "report.md").read_text()
+    assert "| ID-3 |" in markdown and "](/" not in markdown and "](#" not in markdown  # no link that goes nowhere
 
 
-def test_spec_url_option_changes_the_links(tmp_path, capsys):
+def test_spec_url_option_links_to_the_spec_headings_instead(tmp_path, capsys):
     url = "https://example.org/resconf/blob/abc123/docs/spec.md"
     code, _ = run_cli([str(RESULTS[1]), "--spec-url", url, "--out", str(tmp_path)], capsys)
     page = (tmp_path / "index.html").read_text()
     assert code == 0 and f'href="{url}#gr-the-gradient-keeps-the-identity-path"' in page
+    outside = [h for h in _Links(page).hrefs if not h.startswith("#")]
+    assert outside and all(h.split("#")[0] == url and h.split("#")[1] in spec_anchors() for h in outside), outside
+    assert f"[ID-1]({url}#id-identity-at-zero \"" in (tmp_path / "report.md").read_text()
 
 
 def test_every_failure_is_listed_with_its_rerun_line(built, document):
@@ -231,6 +288,28 @@ def test_every_failure_is_listed_with_its_rerun_line(built, document):
         assert r["counterexample"] in dict(details[0].fields).values()
 
 
+def test_a_failure_card_says_which_example_each_number_and_message_belongs_to(tmp_path, capsys):
+    """The measured value is the worst example's (worst_config drew it); the message and counterexample are the
+    example hypothesis reported. run_c's failure has both, drawn differently."""
+    [r] = [r for r in read_results(SUBSET).to_pylist() if r["outcome"] == "failed"]
+    assert r["worst_config"] != r["counterexample"]
+    document = build_document(load_inputs([*RESULTS, SUBSET], None))
+    [card] = [b for b in document.section("1.").blocks if isinstance(b, Detail) and b.title.startswith("ID-1")]
+    fields = dict(card.fields)
+    assert fields["worst example: drawn"] == r["worst_config"]
+    assert fields["worst example: measured"].startswith(f"{r['measured']:.4g}, required {r['comparison']} "
+                                                        f"{r['bound']:.4g} (the largest over {r['examples']} examples")
+    assert fields["failing example: message"] == r["message"]
+    assert fields["failing example: drawn"] == r["counterexample"]
+    assert fields["failing example: reproduce"] == r["seed"]
+    unlabelled = set(fields) - {"test", "configuration (fixed)", "run"}
+    assert all(k.startswith(("worst example: ", "failing example: ")) for k in unlabelled), fields
+    intro = next(b.text for b in document.section("1.").blocks if hasattr(b, "text") and "failures, each" in b.text)
+    assert '"worst example"' in intro and '"failing example"' in intro  # the page says what the two are
+    code, _ = run_cli([*map(str, [*RESULTS, SUBSET]), "--out", str(tmp_path)], capsys)
+    assert code == 0 and "worst example: measured" in (tmp_path / "index.html").read_text()
+
+
 def fraction_text(fraction: float | None) -> str:
     """How the table writes a roofline fraction: above 100 % marked with the note's asterisk."""
     if fraction is None:
@@ -241,8 +320,10 @@ def fraction_text(fraction: float | None) -> str:
 def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document):
     rows = pq.read_table(BENCH).to_pylist()
     latest = max(r["date"] for r in rows)
+    one = lambda r: "†" if r["samples"] == 1 else ""  # noqa: E731  a single --quick sample is marked
     expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
-                       "-" if r["gbps"] is None else f"{r['gbps']:.1f}", fraction_text(r["roofline_fraction"]))
+                       "-" if r["gbps"] is None else f"{r['gbps']:.1f}{one(r)}",
+                       fraction_text(r["roofline_fraction"]) + ("" if r["roofline_fraction"] is None else one(r)))
                       for r in rows if r["date"] == latest)
     section = document.section("2.")
     table = section.tables()[0]
@@ -253,6 +334,48 @@ def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document)
     assert over, "the fixture's add passes the copy roofline"
     assert any("not a physical limit" in b.text and b.text.startswith("*") for b in section.blocks
                if hasattr(b, "text"))
+
+
+def test_single_sample_times_are_marked_and_the_spread_shown(document):
+    """A --quick time (one sample) says so in its row and under the table; a time over samples shows its spread
+    (half the interquartile range over the median: the fixture's quartiles are the median -+3 %)."""
+    every = pq.read_table(BENCH).to_pylist()
+    rows = [r for r in every if r["date"] == max(r["date"] for r in every)]
+    section = document.section("2.")
+    table = section.tables()[0]
+    got = sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "spread", "samples"))))
+    expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
+                       "-" if r["time_q25_s"] is None
+                       else f"±{50 * (r['time_q75_s'] - r['time_q25_s']) / r['time_s']:.1f}%",
+                       f"{r['samples']}" + (" † (--quick)" if r["samples"] == 1 else "")) for r in rows)
+    assert got == expected
+    assert any(r["samples"] == 1 for r in rows) and any(spread == "±3.0%" for *_, spread, _ in got)
+    assert any(b.text.startswith("† one sample") for b in section.blocks if hasattr(b, "text"))
+
+
+def test_bar_charts_are_scaled_by_the_roofline_not_the_tallest_bar(monkeypatch):
+    """Every panel's GB/s axis ends at ROOF_HEADROOM x its roofline, so the unfused add (above the copy in the
+    fixture) does not set the scale; one-sample bars are hatched."""
+    panels = []
+    real = throughput.draw_png
+
+    def spy(count, draw, **kwargs):
+        def recorded(fig, axes):
+            draw(fig, axes)
+            panels.extend((ax.get_title(), ax.get_ylim()[1], max(b.get_height() for b in ax.patches),
+                           sorted({b.get_hatch() or "" for b in ax.patches})) for ax in axes)
+        return real(count, recorded, **kwargs)
+
+    monkeypatch.setattr(throughput, "draw_png", spy)
+    build_document(load_inputs([], BENCH))
+    rows = [r for r in pq.read_table(BENCH).to_pylist() if r["op"] == "copy"]
+    roof = {shape(r): r["gbps"] for r in rows if r["date"] == max(x["date"] for x in rows)}
+    assert sorted(title.rsplit("shape ", 1)[1] for title, *_ in panels) == sorted(roof)
+    for title, top, tallest, hatches in panels:
+        roofline = roof[title.rsplit("shape ", 1)[1]]
+        assert top == pytest.approx(throughput.ROOF_HEADROOM * roofline), title
+        assert tallest > roofline, "the fixture's unfused add passes the roofline"
+        assert hatches == ["", "///"], "the one-sample bar is hatched, the others not"
 
 
 def test_each_kernel_shows_its_conformance_status(document):
@@ -281,6 +404,22 @@ def test_regressions_are_the_cases_slower_than_the_factor(document):
     table = document.section("3.").tables()[0]
     assert sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "ratio")))) == expected
     assert all(cell.status == "fail" for row in table.rows for cell in row[-1:])
+
+
+def test_a_single_sample_time_is_not_compared_for_regressions():
+    """torch's add_layernorm_forward is one --quick sample at both points: made 3x slower at the second, it
+    is still no regression, and the page says how many pairs it did not compare."""
+    rows = list(load_inputs([], BENCH).bench)
+    quick = [r for r in rows if r.single_sample]
+    assert quick and all(r.op == "add_layernorm_forward" for r in quick)
+    latest = max(r.date for r in rows)
+    slower = [replace(r, time_s=3 * r.time_s) if r.single_sample and r.date == latest else r for r in rows]
+    section = history_section(slower)
+    table = section.tables()[0]
+    assert "add_layernorm_forward" not in table.column("op")
+    assert f"{len(quick) // 2} pairs of points not compared" in section.blocks[0].text
+    measured = [replace(r, samples=10) if r.single_sample else r for r in slower]  # the same times, measured
+    assert "add_layernorm_forward" in history_section(measured).tables()[0].column("op")
 
 
 def test_residual_stream_plots_and_reference_values(document):
@@ -324,6 +463,38 @@ def test_plot_panels_per_dtype_y_labels_and_a_clipped_log_axis(monkeypatch):
     assert f"clipped at {floor:.0e}" in caption and f"down to {lowest:.1e}" in caption
 
 
+def test_each_stream_plot_shows_one_backend_and_folds_the_others(monkeypatch):
+    """One screen, one property: its figure holds one backend's panels (a column per dtype); the other backends'
+    panels are in a closed fold under it. Every backend and dtype is still drawn somewhere."""
+    drawn: list[list[str]] = []
+    real = stream_plots.draw_png
+
+    def spy(count, draw, **kwargs):
+        def recorded(fig, axes):
+            draw(fig, axes)
+            drawn.append([ax.get_title() for ax in axes])
+        return real(count, recorded, **kwargs)
+
+    monkeypatch.setattr(stream_plots, "draw_png", spy)
+    section = build_document(load_inputs(RESULTS, None)).section("4.")
+    in_order = [(b, False) if isinstance(b, Figure) else (b.blocks[0], True) for b in section.blocks
+                if isinstance(b, (Figure, Fold))]
+    assert len(in_order) == len(drawn)
+    shown = latest_results()
+    properties = sorted({r["property"] for r in shown if r["curve_x"]})
+    top = [titles for (_, folded), titles in zip(in_order, drawn) if not folded]
+    assert len(top) == len(properties)
+    for titles in top:
+        assert len({t.split(" on ")[0] for t in titles}) == 1, titles  # one backend
+    folds = section.folds()
+    assert folds and not any(f.open for f in folds)
+    assert all(" for the other backends: " in f.summary for f in folds)
+    every = sorted(t for titles in drawn for t in titles)
+    for prop in properties:  # as before the grouping: a panel per backend and dtype (and distinguishing config)
+        assert {f"{r['backend']} on {r['device']}, {r['dtype']}" for r in shown if r["property"] == prop} <= {
+            t.split(", branch=")[0] for t in every}
+
+
 def test_run_metadata_lists_runs_versions_and_inputs(document):
     section = document.section("5.")
     runs = section.tables()[0]
@@ -348,7 +519,7 @@ def test_the_fixture_script_regenerates_the_fixtures(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    for path in [*RESULTS, BENCH]:
+    for path in [*RESULTS, SUBSET, BENCH]:
         fresh, committed = pq.read_table(tmp_path / path.name), pq.read_table(path)
         assert fresh.equals(committed, check_metadata=True), f"{path.name} is stale: rerun the script"
 
@@ -460,7 +631,7 @@ def test_a_results_directory_reads_every_parquet_under_it(tmp_path, capsys):
 class _PageParts(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.tables, self.images, self.headers, self.details = 0, [], [], 0
+        self.tables, self.images, self.headers, self.details, self.summaries = 0, [], [], 0, []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -474,6 +645,8 @@ class _PageParts(HTMLParser):
     def handle_data(self, data):
         if self.lasttag == "th":
             self.headers.append(data)
+        if self.lasttag == "summary":
+            self.summaries.append(data)
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
@@ -499,7 +672,11 @@ def test_the_page_renders_in_headless_chromium(built, tmp_path):
     parts = _PageParts()
     parts.feed(dom)
     assert parts.tables >= 1 and {"backend", "device", *FAMILIES} <= set(parts.headers), "no conformance matrix"
-    assert parts.details == len({(r["backend"], r["device"]) for r in latest_results()}), "no drilldown per backend"
+    subjects = {(r["backend"], r["device"]) for r in latest_results()}
+    drilldowns = [t for t in parts.summaries if any(t.startswith(f"{b} on {d}: ") for b, d in subjects)]
+    assert len(drilldowns) == len(subjects), "no drilldown per backend"
+    folded_plots = [t for t in parts.summaries if " for the other backends: " in t]
+    assert parts.details == len(drilldowns) + len(folded_plots)
     assert len(parts.images) >= 5
     for src in parts.images:
         assert src.startswith("data:image/png;base64,"), src[:60]

@@ -53,7 +53,7 @@ def _write_sum_z(cfg: BlockConfig, scale_out: float, seed: int = 0) -> float:
                    for p in draw_params(cfg, seed))
     x = np.random.default_rng(seed + 1).normal(size=(4, 32, 64))
     trace = ref.stack_forward(cfg, params, x)
-    _, write_vars, _ = theory.stream_variances(trace.states, trace.branches)
+    _, write_vars, _ = theory.stream_variances(trace.states, trace.writes)
     v = theory.sample_write_variance(cfg, BASE_STD, expected_std(cfg, "out"))
     sd = theory.write_sum_sd(cfg, BASE_STD, v, theory.input_anisotropy(trace.states[:-1], cfg.eps), 4 * 32)
     return (write_vars.sum() - cfg.depth * v) / sd

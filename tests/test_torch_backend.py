@@ -98,7 +98,7 @@ def assert_stack_matches_oracle(tb, ref, cfg, dtype="float64", rtol=FLOAT64_RTOL
     got, want = tb.stack_forward(cfg, params, x, dtype), ref.stack_forward(cfg, params, x, dtype)
     assert got.states.shape == (cfg.n_updates + 1, B, T, cfg.d_model)
     assert_close(got.states, want.states, "states", rtol)
-    assert_close(got.branches, want.branches, "branches", rtol)
+    assert_close(got.writes, want.writes, "writes", rtol)
     assert (got.final is None) == (want.final is None) == (not cfg.final_norm)
     if cfg.final_norm:
         assert_close(got.final, want.final, "final", rtol)
@@ -153,10 +153,10 @@ def test_gqa_maps_kv_head_j_to_query_heads_j_times_groups(tb, ref, monkeypatch):
     h % n_kv (np.tile), differs by far more than rounding on these weights, so agreement is no accident."""
     cfg = BlockConfig(branch="attention", n_heads=4, n_kv_heads=2, depth=1, d_model=16)
     params, x, _ = stack_case(cfg)
-    got = tb.stack_forward(cfg, params, x, "float64").branches
-    assert_close(got, ref.stack_forward(cfg, params, x, "float64").branches, "grouped-query attention")
+    got = tb.stack_forward(cfg, params, x, "float64").writes
+    assert_close(got, ref.stack_forward(cfg, params, x, "float64").writes, "grouped-query attention")
     monkeypatch.setattr(numpy_ops, "repeat_kv", lambda a, groups: np.tile(a, (1, groups, 1, 1)))
-    tiled = ref.stack_forward(cfg, params, x, "float64").branches
+    tiled = ref.stack_forward(cfg, params, x, "float64").writes
     assert rel_err(got, tiled) > 1e-3
 
 
@@ -219,7 +219,7 @@ def test_stack_runs_natively_in_low_precision(tb, cfg, dtype):
     U, C = cfg.n_updates, cfg.d_model
     trace = tb.stack_forward(cfg, params, x, dtype)
     assert_native(trace.states, (U + 1, B, T, C), dtype, "states")
-    assert_native(trace.branches, (U, B, T, C), dtype, "branches")
+    assert_native(trace.writes, (U, B, T, C), dtype, "writes")
     if cfg.final_norm:
         assert_native(trace.final, (B, T, C), dtype, "final")
     grads = tb.stack_vjp(cfg, params, x, g, dtype)

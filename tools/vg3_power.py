@@ -31,7 +31,7 @@ def z_scores(cfg: BlockConfig, seeds: range) -> np.ndarray:
     for seed in seeds:
         x = np.random.default_rng(10**6 + seed).normal(size=STAT_SHAPE)
         trace = ref.stack_forward(cfg, draw_params(cfg, seed), x)
-        _, write_vars, _ = theory.stream_variances(trace.states, trace.branches)
+        _, write_vars, _ = theory.stream_variances(trace.states, trace.writes)
         sd = theory.write_sum_sd(cfg, BASE_STD, v, theory.input_anisotropy(trace.states[:-1], cfg.eps), tokens)
         out.append((write_vars.sum() - cfg.depth * v) / sd)
         sds.append(sd / (cfg.depth * v))

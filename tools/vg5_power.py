@@ -37,8 +37,8 @@ def main() -> None:
         full = ref.stack_forward(cfg, params, x)
         for k in DELETED:
             change = full.states[-1] - ref.stack_forward(shorter, params[:k] + params[k + 1:], x).states[-1]
-            r2 = np.sum(change**2) / np.sum(full.branches[k] ** 2)
-            expected, sd = theory.ablation_ratio(full.states, full.branches[k], k, expected_std(cfg, "out"))
+            r2 = np.sum(change**2) / np.sum(full.writes[k] ** 2)
+            expected, sd = theory.ablation_ratio(full.states, full.writes[k], k, expected_std(cfg, "out"))
             z[k].append((r2 - expected) / sd)
             relative[k].append(sd / expected)
     print("| layer deleted | seeds | mean z | sd z | max abs z | sd / E | change of r^2 at 95 % power |")

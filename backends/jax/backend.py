@@ -121,7 +121,7 @@ class JaxBackend(JaxTensorParallel, Backend):
         layers, final = self._stacked(cfg, params, x, dtype)
         states, writes, out = _stack_forward_fn(jb.StaticBlock.of(cfg))(
             self.to_native(x, dtype), layers, final, jb.Scalars.of(cfg))
-        return StackTrace(states=to_numpy(states), branches=to_numpy(writes),
+        return StackTrace(states=to_numpy(states), writes=to_numpy(writes),
                           final=None if out is None else to_numpy(out))
 
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,

@@ -157,7 +157,7 @@ class JaxTensorParallel:
     def _tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
                               ranks: int) -> StackTrace:
         states, writes = self._tp_run(cfg, params, x, None, dtype, ranks)
-        return StackTrace(states=states, branches=writes)
+        return StackTrace(states=states, writes=writes)
 
     def _tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                       dtype: str, ranks: int) -> StackGrads:

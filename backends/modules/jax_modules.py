@@ -112,7 +112,7 @@ class ModuleBackend(Backend):
         s, layers, final = self._prepare(cfg, params, x, dtype)
         states, writes, out = self._forward(s, layers, final, self.to_native(x, dtype))
         states, writes = (to_numpy(a).reshape((cfg.n_updates,) + np.shape(x)) for a in (states, writes))  # (L, 2, ...)
-        return StackTrace(states=np.concatenate([np.asarray(x, dtype=np.float64)[None], states]), branches=writes,
+        return StackTrace(states=np.concatenate([np.asarray(x, dtype=np.float64)[None], states]), writes=writes,
                           final=None if out is None else to_numpy(out))
 
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,

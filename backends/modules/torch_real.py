@@ -144,7 +144,7 @@ class RealModuleBackend(Backend):
             raise RuntimeError(f"backend {self.name!r}: its hooks saw {len(record.states)} states and "
                                f"{len(record.writes)} writes, expected {cfg.n_updates} each for {cfg.describe()}")
         return StackTrace(states=to_numpy(torch.stack([x0, *record.states])),
-                          branches=to_numpy(torch.stack(record.writes)),
+                          writes=to_numpy(torch.stack(record.writes)),
                           final=to_numpy(out) if cfg.final_norm else None)
 
     def _tensor(self, a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -56,7 +56,7 @@ class EmulatedReference(NumpyReference):
         x = _checked_stream(cfg, params, x)
         with using(self.arithmetic(dtype)) as cast:
             trace = ref.stack_forward(cfg, cast(params), cast(x))
-        return StackTrace(states=_f64(trace.states), branches=_f64(trace.branches),
+        return StackTrace(states=_f64(trace.states), writes=_f64(trace.writes),
                           final=None if trace.final is None else _f64(trace.final))
 
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,

@@ -219,7 +219,7 @@ def stack_forward(cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray
         writes.append(w)
     final = norm(cfg, params[-1].sub("final"), x) if cfg.final_norm else None
     return StackTrace(states=np.stack(states),  # (U+1, B, T, C)
-                      branches=np.asarray(writes).reshape((len(writes),) + states[0].shape),  # (U, B, T, C)
+                      writes=np.asarray(writes).reshape((len(writes),) + states[0].shape),  # (U, B, T, C)
                       final=final)
 
 

@@ -66,7 +66,7 @@ class TorchBackend(TorchTensorParallel, Backend):
         stack = build_stack(cfg, params, td, self.device)
         with torch.no_grad():
             states, writes, final = stack(self._tensor(x, td))
-        return StackTrace(states=to_numpy(torch.stack(states)), branches=to_numpy(_stack_or_empty(writes, states[0])),
+        return StackTrace(states=to_numpy(torch.stack(states)), writes=to_numpy(_stack_or_empty(writes, states[0])),
                           final=None if final is None else to_numpy(final))
 
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,

@@ -203,7 +203,7 @@ class TorchTensorParallel:
     def _tp_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str,
                               ranks: int) -> StackTrace:
         states, writes = self._tp_run(cfg, params, x, None, dtype, ranks)[0]
-        return StackTrace(states=states, branches=writes)
+        return StackTrace(states=states, writes=writes)
 
     def _tp_stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                       dtype: str, ranks: int) -> StackGrads:
