@@ -127,11 +127,10 @@ def input_anisotropy(inputs: np.ndarray, eps: float) -> np.ndarray:
     terms grow alike, and the factor is applied to its whole spread (its 1/H terms do not, so that errs wide).
     `inputs` is (L, ..., C): the states the L layers read."""
     L, C = inputs.shape[0], inputs.shape[-1]
-    h = inputs.reshape(L, -1, C)
-    h = h - h.mean(axis=-1, keepdims=True)
-    normalised = h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + eps)  # layernorm, gain 1, bias 0
-    second = np.einsum("lti,ltj->lij", normalised, normalised) / h.shape[1]  # (L, C, C)
-    return np.sum(second * second, axis=(1, 2)) / C / (1.0 + C / h.shape[1])
+    normalised = layernormed(inputs, eps).reshape(L, -1, C)
+    tokens = normalised.shape[1]
+    second = np.einsum("lti,ltj->lij", normalised, normalised) / tokens  # (L, C, C)
+    return np.sum(second * second, axis=(1, 2)) / C / (1.0 + C / tokens)
 
 
 def write_sum_sd(cfg: BlockConfig, std_in: float, v: float, anisotropy: np.ndarray, tokens: int) -> float:
@@ -185,3 +184,37 @@ def ablation_ratio(states: np.ndarray, deleted: np.ndarray, layer: int, std_out:
         m1, m2 = (D / sigma).T @ D, (D / sigma**2).T @ D
         variance += (4.0 * std_out**2 * np.sum(m1 * m1) + 2.0 * C * std_out**4 * np.sum(m2 * m2)) / norm2**2
     return expected, math.sqrt(variance)
+
+
+def covariance_sd(down_inputs: np.ndarray, inputs: np.ndarray, std_out: float) -> np.ndarray:
+    """Per layer, the sd of Cov(x_{l-1}, F_l) over the draw of the layer's output projection W (entries of std
+    `std_out`), given what W multiplies: F = a W, `down_inputs` the (L, ..., H) a (the normalised stream for a
+    linear branch, the activations for an mlp), `inputs` the (L, ..., C) states the layers read. Centred as
+    stream_variances centres, Cov = tr(W^T M) / n with M = sum_t a_t^T x_t, so sd = s ||M||_F / n: exact for
+    Gaussian weights, whatever the stream's shape. Each is a martingale step (zero mean given the past), so
+    over layers the variances add. The isotropic model (correlation_sd) is this for tokens with identity
+    covariance; as writes come to dominate the stream it grows anisotropic and the true spread exceeds that
+    model's (1.55x at L = 192)."""
+    L, C = inputs.shape[0], inputs.shape[-1]
+    x = inputs.reshape(L, -1, C)
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    a = down_inputs.reshape(L, x.shape[1], -1)
+    m = np.einsum("lti,ltj->lij", a, x)
+    return std_out * np.sqrt(np.sum(m * m, axis=(1, 2))) / (x.shape[1] * C)
+
+
+def layernormed(inputs: np.ndarray, eps: float) -> np.ndarray:
+    """Layernorm over the last axis, gain 1 and bias 0, as the suite's VG stacks are drawn."""
+    h = inputs - inputs.mean(axis=-1, keepdims=True)
+    return h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + eps)
+
+
+def linear_write_spread(inputs: np.ndarray, std_out: float, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer of linear branches (F = N(x) W), the sd of Cov(x_{l-1}, F_l) (covariance_sd) and of Var(F_l)
+    over the draw of W, given the stream: Var(F) = tr(W^T Q W) / n with Q = sum_t N_t^T N_t, so its sd is
+    s^2 sqrt(2 C) ||Q||_F / n (odd and even in W: the two are uncorrelated)."""
+    L, C = inputs.shape[0], inputs.shape[-1]
+    normalised = layernormed(inputs, eps).reshape(L, -1, C)
+    q = np.einsum("lti,ltj->lij", normalised, normalised)
+    var_sd = std_out**2 * math.sqrt(2.0 * C) * np.sqrt(np.sum(q * q, axis=(1, 2))) / (normalised.shape[1] * C)
+    return covariance_sd(normalised, inputs, std_out), var_sd

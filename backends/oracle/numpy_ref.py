@@ -54,12 +54,16 @@ def linear_branch_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tupl
     return dh, {"w_out": dw, "b_out": db}
 
 
-def mlp(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
-    """down(act(h W_up)), or down(act(h W_gate) * h W_up) when gated (SwiGLU, GeGLU)."""
+def mlp_hidden(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """act(h W_up), or act(h W_gate) * h W_up when gated (SwiGLU, GeGLU): what the down projection reads."""
     act, _ = activation(cfg)
     u = ops.linear(h, s.w_up, s.b_up)  # (B, T, H)
-    a = act(ops.linear(h, s.w_gate, s.b_gate)) * u if cfg.gated else act(u)
-    return ops.linear(a, s.w_down, s.b_down)  # (B, T, C)
+    return act(ops.linear(h, s.w_gate, s.b_gate)) * u if cfg.gated else act(u)
+
+
+def mlp(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """down(mlp_hidden(h))."""
+    return ops.linear(mlp_hidden(cfg, s, h), s.w_down, s.b_down)  # (B, T, C)
 
 
 def mlp_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
