@@ -10,6 +10,9 @@ placement, with s the skip scalar and w = branch_scale * layer_scale * F the wri
     plain     w(x)                   (no skip: the control that must FAIL identity properties)
 A `parallel` layer (GPT-J, PaLM; pre only) updates the stream once: x + sum_k w_k(N_k(x)), with one norm
 shared by every branch or one each. An optional final norm follows the stack.
+Where the norms sit besides the placement: `branch_norm` normalises the branch's output before it is
+written, w = scale * N_out(F(.)), so pre becomes Gemma 2/3's sandwich x + N_out(F(N(x))); and pre with
+`input_norm=False` drops N, which with `branch_norm` is OLMo 2's reordered norm x + N_out(F(x)).
 
 Depth is counted in layers. The stream is updated `n_updates` times (once per sublayer, once per parallel
 layer) and receives `n_writes` branch outputs (one per sublayer), which is what GPT-2's init scales by.
@@ -25,13 +28,16 @@ PLACEMENTS = ("pre", "post", "rezero", "deepnorm", "plain")
 NORMS = ("layernorm", "rmsnorm")
 BRANCHES = ("mlp", "attention", "linear")
 INITS = ("standard", "gpt2", "zero", "rezero", "deepnorm")
+QK_NORM_SCOPES = ("head", "projection")
 GELUS = ("tanh", "exact")
 ACTIVATIONS = ("gelu", "relu", "silu")
 FUSED_KINDS = ("rmsnorm", "layernorm")
 # Layer-model features beyond a single pre/post/... sublayer with biases, GELU and causal MHA. A backend
 # claims the ones it expresses (Capabilities.features); the suite skips configurations that need others.
 FEATURES = ("sublayers", "parallel", "final_norm", "relu", "silu", "gated", "no_bias", "no_norm_bias",
-            "bidirectional", "gqa", "rope", "qk_norm", "layer_scale", "skip_scale", "branch_scale")
+            "bidirectional", "gqa", "rope", "qk_norm", "layer_scale", "skip_scale", "branch_scale",
+            "branch_norm", "no_input_norm", "qk_norm_projection", "partial_rope", "interleaved_rope",
+            "attention_bias")
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
@@ -58,20 +64,29 @@ class BlockConfig:
     parallel: bool = False  # every sublayer reads the same x and writes in one update (pre only)
     shared_norm: bool = True  # parallel only: one norm feeds every branch (GPT-J) or one norm each
     final_norm: bool = False  # a norm after the stack (its parameters sit in the last layer's record)
+    input_norm: bool = True  # pre only: False drops the norm before the branch (OLMo 2: x + N_out(F(x)))
+    branch_norm: bool = False  # a norm on the branch's output, inside the write (Gemma 2/3 sandwich, OLMo 2)
     # --- branch features ---
     activation: str = "gelu"
     gated: bool = False  # mlp: act(x W_gate) * (x W_up), SwiGLU with silu, GeGLU with gelu
     d_ff: int | None = None  # mlp hidden width; None means mlp_ratio * d_model
-    bias: bool = True  # biases on every linear
+    bias: bool = True  # biases on every linear (but attention's when attention_bias is set)
+    attention_bias: bool | None = None  # biases on q, k, v and out; None follows `bias` (GPT-J: none, MLP: yes)
     norm_bias: bool = True  # layernorm's bias (rmsnorm never has one)
     causal: bool = True  # attention mask: causal, else bidirectional
     n_kv_heads: int | None = None  # None means n_heads (MHA); 1 is multi-query; else grouped-query
     rope: bool = False  # rotary embeddings on q and k, half-split convention (GPT-NeoX, Llama)
     rope_base: float = 10000.0
-    qk_norm: bool = False  # RMSNorm over each head of q and k, before RoPE (OLMo 2, Qwen 3)
+    rope_dim: int | None = None  # rotate only the first rope_dim dims of each head (GPT-J 64 of 256); None: all
+    rope_interleaved: bool = False  # pair dims (0, 1), (2, 3), ... (GPT-J's rotate_every_two), not (i, i + n/2)
+    qk_norm: bool = False  # RMSNorm on q and k before RoPE
+    qk_norm_scope: str = "head"  # over each head (Qwen 3, Gemma 3) or over the whole projection (OLMo 2)
     layer_scale: float | None = None  # per-channel gain on each write, drawn at this value (CaiT)
     skip_scale: float | None = None  # the skip scalar s (He et al.'s lambda); deepnorm's free alpha
     branch_scale: float = 1.0  # a constant on every write
+    # --- the model this stack belongs to ---
+    model_depth: int | None = None  # layers of the whole model when the stack is a slice of it; None: depth.
+    # DeepNet's alpha and beta and GPT-2's 1/sqrt(2N) follow the model's depth, not the slice's.
 
     def __post_init__(self) -> None:
         _check_choice("placement", self.placement, PLACEMENTS)
@@ -80,6 +95,7 @@ class BlockConfig:
         _check_choice("init", self.init, INITS)
         _check_choice("gelu", self.gelu, GELUS)
         _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("qk_norm_scope", self.qk_norm_scope, QK_NORM_SCOPES)
         if self.sublayers is None:
             object.__setattr__(self, "sublayers", (self.branch,))
         object.__setattr__(self, "sublayers", tuple(self.sublayers))
@@ -98,6 +114,20 @@ class BlockConfig:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
         if self.rope and self.head_dim % 2:
             raise ValueError(f"rope=True needs an even head dimension, got d_model/n_heads={self.head_dim}")
+        if self.rope_dim is not None and not (self.rope and 2 <= self.rope_dim <= self.head_dim
+                                              and self.rope_dim % 2 == 0):
+            raise ValueError(f"rope_dim={self.rope_dim} needs rope=True and an even value in [2, "
+                             f"head_dim={self.head_dim}]")
+        if self.rope_interleaved and not self.rope:
+            raise ValueError("rope_interleaved=True needs rope=True")
+        if self.qk_norm_scope != "head" and not self.qk_norm:
+            raise ValueError(f"qk_norm_scope={self.qk_norm_scope!r} needs qk_norm=True")
+        if not self.input_norm and (self.placement != "pre" or self.parallel):
+            raise ValueError(f"input_norm=False is a sequential pre-norm layer without its first norm; got "
+                             f"placement={self.placement!r}, parallel={self.parallel}")
+        if self.model_depth is not None and self.model_depth < self.depth:
+            raise ValueError(f"model_depth={self.model_depth} must be >= depth={self.depth} (the stack is a "
+                             f"slice of the model)")
         if not self.rope_base > 1.0:
             raise ValueError(f"rope_base={self.rope_base} must be > 1")
         if self.d_hidden < 1:
@@ -126,6 +156,15 @@ class BlockConfig:
     def has_norm_bias(self) -> bool:
         return self.norm == "layernorm" and self.norm_bias
 
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that RoPE rotates (the first ones; the rest pass through)."""
+        return self.head_dim if self.rope_dim is None else self.rope_dim
+
+    def has_bias(self, kind: str) -> bool:
+        """Whether the linears of sublayer `kind` have biases."""
+        return self.bias if kind != "attention" or self.attention_bias is None else self.attention_bias
+
     # --- depth counting ---
     @property
     def n_writes(self) -> int:
@@ -144,14 +183,24 @@ class BlockConfig:
 
     # --- constants ---
     @property
+    def init_depth(self) -> int:
+        """N, the layers of the whole model, which the init constants follow: model_depth, else depth."""
+        return self.depth if self.model_depth is None else self.model_depth
+
+    @property
+    def model_writes(self) -> int:
+        """Branch outputs the whole model adds to the stream: GPT-2's init scales by 1/sqrt of this."""
+        return self.init_depth * len(self.sublayers)
+
+    @property
     def deepnorm_alpha(self) -> float:
-        """DeepNet's skip scale for an encoder of N = depth layers: (2N)^(1/4)."""
-        return (2.0 * self.depth) ** 0.25
+        """DeepNet's skip scale for an encoder of N = init_depth layers: (2N)^(1/4)."""
+        return (2.0 * self.init_depth) ** 0.25
 
     @property
     def deepnorm_beta(self) -> float:
-        """DeepNet's init gain on FFN, value and output projections: (8N)^(-1/4)."""
-        return (8.0 * self.depth) ** -0.25
+        """DeepNet's init gain on FFN, value and output projections: (8N)^(-1/4), N = init_depth."""
+        return (8.0 * self.init_depth) ** -0.25
 
     @property
     def skip(self) -> float:
@@ -167,8 +216,13 @@ class BlockConfig:
                 "final_norm": self.final_norm, "relu": self.activation == "relu", "silu": self.activation == "silu",
                 "gated": self.gated, "no_bias": not self.bias, "no_norm_bias": self.norm == "layernorm" and not self.norm_bias,
                 "bidirectional": not self.causal, "gqa": self.kv_heads != self.n_heads, "rope": self.rope,
-                "qk_norm": self.qk_norm, "layer_scale": self.layer_scale is not None,
-                "skip_scale": self.skip_scale is not None, "branch_scale": self.branch_scale != 1.0}
+                "qk_norm": self.qk_norm and self.qk_norm_scope == "head", "layer_scale": self.layer_scale is not None,
+                "skip_scale": self.skip_scale is not None, "branch_scale": self.branch_scale != 1.0,
+                "branch_norm": self.branch_norm, "no_input_norm": not self.input_norm,
+                "qk_norm_projection": self.qk_norm and self.qk_norm_scope == "projection",
+                "partial_rope": self.rope and self.rotary_dim < self.head_dim,
+                "interleaved_rope": self.rope and self.rope_interleaved,
+                "attention_bias": "attention" in self.sublayers and self.has_bias("attention") != self.bias}
         return frozenset(name for name, on in used.items() if on)
 
     def norm_owner(self, kind: str) -> str:

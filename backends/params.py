@@ -32,15 +32,24 @@ def _own_norm(cfg: BlockConfig, kind: str) -> bool:
     return cfg.norm_owner(kind) == kind
 
 
+def _input_norm(cfg: BlockConfig, kind: str) -> bool:
+    return _own_norm(cfg, kind) and cfg.input_norm
+
+
 def _bias(cfg: BlockConfig, kind: str) -> bool:
-    return cfg.bias
+    return cfg.has_bias(kind)
+
+
+def _qk_norm_width(cfg: BlockConfig, heads: int) -> tuple[int]:
+    """One gain per head dim (shared by the heads), or per dim of the whole projection (OLMo 2)."""
+    return (cfg.head_dim,) if cfg.qk_norm_scope == "head" else (heads * cfg.head_dim,)
 
 
 C = lambda cfg: (cfg.d_model,)  # noqa: E731 (the table reads best with one-line shapes)
 
 PARAMS = (
-    ParamSpec(ANY, "norm_weight", C, "ones", _own_norm),
-    ParamSpec(ANY, "norm_bias", C, "zeros", lambda cfg, kind: _own_norm(cfg, kind) and cfg.has_norm_bias),
+    ParamSpec(ANY, "norm_weight", C, "ones", _input_norm),
+    ParamSpec(ANY, "norm_bias", C, "zeros", lambda cfg, kind: _input_norm(cfg, kind) and cfg.has_norm_bias),
     # attention: q (C, nh hd), k and v (C, nkv hd), out (nh hd, C)
     ParamSpec("attention", "wq", lambda cfg: (cfg.d_model, cfg.n_heads * cfg.head_dim), "weight"),
     ParamSpec("attention", "bq", lambda cfg: (cfg.n_heads * cfg.head_dim,), "zeros", _bias),
@@ -48,8 +57,10 @@ PARAMS = (
     ParamSpec("attention", "bk", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
     ParamSpec("attention", "wv", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight", deepnorm_beta=True),
     ParamSpec("attention", "bv", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
-    ParamSpec("attention", "q_norm_weight", lambda cfg: (cfg.head_dim,), "ones", lambda cfg, kind: cfg.qk_norm),
-    ParamSpec("attention", "k_norm_weight", lambda cfg: (cfg.head_dim,), "ones", lambda cfg, kind: cfg.qk_norm),
+    ParamSpec("attention", "q_norm_weight", lambda cfg: _qk_norm_width(cfg, cfg.n_heads), "ones",
+              lambda cfg, kind: cfg.qk_norm),
+    ParamSpec("attention", "k_norm_weight", lambda cfg: _qk_norm_width(cfg, cfg.kv_heads), "ones",
+              lambda cfg, kind: cfg.qk_norm),
     ParamSpec("attention", "wo", lambda cfg: (cfg.n_heads * cfg.head_dim, cfg.d_model), "out", deepnorm_beta=True),
     ParamSpec("attention", "bo", C, "zeros", _bias),
     # mlp: down(act(x W_gate) * x W_up) when gated, else down(act(x W_up))
@@ -62,7 +73,9 @@ PARAMS = (
     # linear: one projection, the write itself
     ParamSpec("linear", "w_out", lambda cfg: (cfg.d_model, cfg.d_model), "out", deepnorm_beta=True),
     ParamSpec("linear", "b_out", C, "zeros", _bias),
-    # per sublayer scalars and gains on the write
+    # the norm on the branch's output (sandwich, OLMo 2), then per sublayer scalars and gains on the write
+    ParamSpec(ANY, "branch_norm_weight", C, "ones", lambda cfg, kind: cfg.branch_norm),
+    ParamSpec(ANY, "branch_norm_bias", C, "zeros", lambda cfg, kind: cfg.branch_norm and cfg.has_norm_bias),
     ParamSpec(ANY, "layer_scale", C, "layer_scale", lambda cfg, kind: cfg.layer_scale is not None),
     ParamSpec(ANY, "gate", lambda cfg: (), "gate", lambda cfg, kind: cfg.placement == "rezero"),
     # the final norm, in the last layer's record
@@ -163,14 +176,14 @@ def _draw(cfg: BlockConfig, spec: ParamSpec, rng: np.random.Generator, perturb: 
         return np.full(shape, cfg.layer_scale)
     if not perturb:  # zeros: biases
         return np.zeros(shape)
-    if spec.name == "norm_bias":
-        return rng.normal(0.0, 0.1, shape)
     if cfg.init == "zero" and spec.name in OUT_BIASES:
         return np.zeros(shape)  # a zero-init write stays exactly zero
+    if spec.name.endswith("norm_bias"):
+        return rng.normal(0.0, 0.1, shape)
     return rng.normal(0.0, BASE_STD, shape)
 
 
-OUT_BIASES = ("bo", "b_down", "b_out")
+OUT_BIASES = ("bo", "b_down", "b_out", "branch_norm_bias")  # the biases that end a write
 
 
 def _weight(rng: np.random.Generator, shape: tuple[int, int], cfg: BlockConfig, spec: ParamSpec) -> np.ndarray:
@@ -183,13 +196,18 @@ def _weight(rng: np.random.Generator, shape: tuple[int, int], cfg: BlockConfig, 
     return rng.normal(0.0, expected_std(cfg, spec.init), shape)
 
 
+WEIGHT_ROLES = ("weight", "out")
+
+
 def expected_std(cfg: BlockConfig, role: str) -> float:
     """The std scheme cfg.init prescribes for a weight of role "weight" or "out" (nanoGPT for gpt2:
-    0.02 / sqrt(number of residual writes) on every projection that writes to the stream)."""
+    0.02 / sqrt(number of residual writes of the whole model) on every projection that writes to the stream)."""
+    if role not in WEIGHT_ROLES:
+        raise ValueError(f"role={role!r} is not one of {WEIGHT_ROLES}; for a tensor name pass role_of(name)")
     if cfg.init == "zero" and role == "out":
         return 0.0
     if cfg.init == "gpt2" and role == "out":
-        return BASE_STD / np.sqrt(cfg.n_writes)
+        return BASE_STD / np.sqrt(cfg.model_writes)
     return BASE_STD
 
 

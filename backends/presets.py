@@ -22,11 +22,56 @@ def llama(**fields) -> BlockConfig:
                           "rope": True, "activation": "silu", "gated": True, "bias": False, **fields})
 
 
+def _is_pre(fields) -> bool:
+    """Parallel layers and a missing input norm exist only under pre (other placements run sequentially)."""
+    return fields.get("placement", "pre") == "pre"
+
+
+def _quarter_of_head(fields) -> int:
+    """A quarter of the head's dims (GPT-J rotates 64 of 256, GPT-NeoX 25 %), even, and at least 4 where the head
+    has them: with 2 rotated dims the interleaved and half-split pairings are the same pair."""
+    head_dim = fields.get("d_model", 16) // fields.get("n_heads", 2)
+    return min(head_dim, max(4, head_dim // 8 * 2))
+
+
 def gptj(**fields) -> BlockConfig:
-    """GPT-J / PaLM: attention and MLP in parallel from one shared LayerNorm, RoPE, GELU MLP."""
-    parallel = fields.get("placement", "pre") == "pre"  # a parallel layer is pre-norm by construction
-    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": parallel, "norm": "layernorm", "rope": True,
+    """GPT-J: attention and MLP in parallel from one shared LayerNorm; RoPE on the first quarter of each head
+    with interleaved pairs (rotate_every_two); no biases in attention, biases in the MLP; GELU (tanh)."""
+    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": _is_pre(fields), "norm": "layernorm",
+                          "rope": True, "rope_dim": _quarter_of_head(fields), "rope_interleaved": True,
+                          "attention_bias": False, "gelu": "tanh", **fields})
+
+
+def phi(**fields) -> BlockConfig:
+    """Phi (Hugging Face's PhiDecoderLayer with partial_rotary_factor=1): GPT-J's parallel layer with one
+    shared LayerNorm, but RoPE half-split over the whole head and biases on every linear."""
+    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": _is_pre(fields), "norm": "layernorm",
+                          "rope": True, **fields})
+
+
+def neox(**fields) -> BlockConfig:
+    """GPT-NeoX / Pythia: attention and MLP in parallel, each from its own LayerNorm; RoPE half-split on the
+    first quarter of each head (rotary_pct=0.25); biased linears; exact GELU."""
+    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": _is_pre(fields), "shared_norm": False,
+                          "norm": "layernorm", "rope": True, "rope_dim": _quarter_of_head(fields), "gelu": "exact",
                           **fields})
+
+
+def olmo2(**fields) -> BlockConfig:
+    """OLMo 2: the norm moved onto the branch's output, x + RMSNorm(F(x)) (under pre; other placements keep
+    their own norm and add this one); RMSNorm over the whole q and k projections before RoPE; SwiGLU; no biases."""
+    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "norm": "rmsnorm", "input_norm": not _is_pre(fields),
+                          "branch_norm": True, "qk_norm": True,
+                          "qk_norm_scope": "projection", "rope": True, "activation": "silu", "gated": True,
+                          "bias": False, **fields})
+
+
+def gemma3(**fields) -> BlockConfig:
+    """Gemma 2/3: sandwich norms, x + RMSNorm_post(F(RMSNorm_pre(x))), around each sublayer; grouped-query
+    attention with per-head QK-norm (Gemma 3) and RoPE; GeGLU (tanh); no biases."""
+    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "norm": "rmsnorm", "branch_norm": True, "n_heads": 4,
+                          "n_kv_heads": 2, "qk_norm": True, "rope": True, "activation": "gelu", "gelu": "tanh",
+                          "gated": True, "bias": False, **fields})
 
 
 def encoder(**fields) -> BlockConfig:
@@ -36,9 +81,9 @@ def encoder(**fields) -> BlockConfig:
 
 
 def modern(**fields) -> BlockConfig:
-    """The remaining features together: multi-query attention with QK-norm before RoPE (OLMo 2, Qwen 3),
+    """The remaining features together: multi-query attention with per-head QK-norm before RoPE (Qwen 3),
     LayerScale, a ReLU MLP of odd width, LayerNorm without bias, two parallel norms, a constant branch scale."""
-    parallel = fields.get("placement", "pre") == "pre"
+    parallel = _is_pre(fields)
     d_model = fields.get("d_model", 16)
     return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": parallel, "shared_norm": False,
                           "norm": "layernorm", "norm_bias": False, "n_heads": 2, "n_kv_heads": 1, "qk_norm": True,
@@ -46,7 +91,8 @@ def modern(**fields) -> BlockConfig:
                           "branch_scale": 0.75, **fields})
 
 
-PRESETS = {"gpt2": gpt2, "llama": llama, "gptj": gptj, "encoder": encoder, "modern": modern}
+PRESETS = {"gpt2": gpt2, "llama": llama, "gptj": gptj, "encoder": encoder, "modern": modern, "phi": phi,
+           "neox": neox, "olmo2": olmo2, "gemma3": gemma3}
 
 
 def preset(name: str, **fields) -> BlockConfig:

@@ -33,12 +33,21 @@ SPLIT = {"attention.wq": 1, "attention.bq": 0, "attention.wk": 1, "attention.bk"
 OUT_BIAS = {"attention": "bo", "mlp": "b_down"}  # added once, after the all-reduce
 
 
+# Layer features the tensor-parallel layers (torch/tp.py, jax/tp.py, the oracle's) do not compute, so never claim:
+# a norm of the whole q or k projection needs statistics over every rank's heads; the rest are not written there.
+NOT_SPLIT = frozenset({"branch_norm", "no_input_norm", "qk_norm_projection", "partial_rope", "interleaved_rope",
+                       "attention_bias"})
+
+
 def why_not(cfg: BlockConfig, ranks: int) -> str | None:
     """None when cfg splits over `ranks` ranks, else why not (the skip reason)."""
     if ranks < 1:
         return f"ranks={ranks} must be >= 1"
     if cfg.placement != "pre" or cfg.parallel or cfg.final_norm:
         return "tensor parallelism is defined for sequential pre-norm layers without a final norm"
+    unsplit = sorted(cfg.features & NOT_SPLIT)
+    if unsplit:
+        return f"the tensor-parallel layers do not implement {', '.join(unsplit)}"
     if set(cfg.sublayers) - set(BRANCHES):
         return f"tensor parallelism splits the sublayers {' and '.join(BRANCHES)} only, not {cfg.sublayers}"
     sizes = {"n_heads": cfg.n_heads, "n_kv_heads": cfg.kv_heads, "d_ff": cfg.d_hidden}

@@ -449,7 +449,7 @@ class QkNormAfterRope(SwapMutant):
     def replace(self, original):
         def inputs(cfg, s, h):
             q0, k0, v, q1, k1, q2, k2 = original(cfg, s, h)
-            if not (cfg.qk_norm and cfg.rope):
+            if not (cfg.qk_norm and cfg.qk_norm_scope == "head" and cfg.rope):
                 return q0, k0, v, q1, k1, q2, k2
             q2 = ops.rmsnorm(ops.rope(q0, cfg.rope_base), s.q_norm_weight, None, cfg.eps)
             k2 = ops.rmsnorm(ops.rope(k0, cfg.rope_base), s.k_norm_weight, None, cfg.eps)
@@ -484,17 +484,39 @@ class SwigluGateUpSwapped(BlockMutant):
         return dx, self._swap(cfg, grads)
 
 
-class BidirectionalWhenCausal(BlockMutant):
-    """Attention ignores the causal mask: every token sees the later ones."""
+class _ConfigMutant(BlockMutant):
+    """The oracle run on a configuration with one field changed (`wrong`)."""
+
+    wrong: dict = {}
 
     def _cfg(self, cfg):
-        return dataclasses.replace(cfg, causal=False)
+        return dataclasses.replace(cfg, **{k: v for k, v in self.wrong.items() if getattr(cfg, k) != v})
 
     def forward_block(self, cfg, p, kinds, x):
         return ref.update_forward(self._cfg(cfg), p, kinds, x)
 
     def vjp_block(self, cfg, p, kinds, x, g):
         return ref.update_vjp(self._cfg(cfg), p, kinds, x, g)
+
+
+class BidirectionalWhenCausal(_ConfigMutant):
+    """Attention ignores the causal mask: every token sees the later ones."""
+
+    wrong = {"causal": False}
+
+
+class SandwichPostNormMissing(_ConfigMutant):
+    """The norm on each branch's output (the sandwich's post-norm, Gemma 2/3; OLMo 2's only norm) is never
+    applied: x + F(N(x)) where x + N_out(F(N(x))) is asked."""
+
+    wrong = {"branch_norm": False}
+
+
+class RopeHalfSplitWhenInterleaved(_ConfigMutant):
+    """Rotary embeddings pair dimension i with i + d/2 (NeoX, Llama) where GPT-J's interleaved pairs (2i, 2i + 1)
+    are asked."""
+
+    wrong = {"rope_interleaved": False}
 
 
 class LayerScaleIgnored(BlockMutant):
@@ -593,7 +615,7 @@ MUTANTS = (
     Bfloat16WeightGradient, BlockwiseSoftmaxNoRescale, Gpt2DepthCountedTwice, Gpt2HalfWriteVariance, RopeOnValues,
     QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
     FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
-    KeyBiasGradientFromValue,
+    KeyBiasGradientFromValue, SandwichPostNormMissing, RopeHalfSplitWhenInterleaved,
 )
 # mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
 EXPECTED = catalogue.caught_by(MUTANTS)
@@ -609,7 +631,8 @@ SELECTION = {Bfloat16WeightGradient: "long_sequence_vjp and bfloat16",
 PRESET_CASES = "preset and (forward_matches_oracle or vjp_matches_oracle or nan_and_inf_locality)"
 SELECTION.update({m: PRESET_CASES for m in (RopeOnValues, QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped,
                                             BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
-                                            KeyBiasGradientFromValue)})
+                                            KeyBiasGradientFromValue, SandwichPostNormMissing,
+                                            RopeHalfSplitWhenInterleaved)})
 
 # Each mutant under its own name, its class's: test ids, results and expected failures are keyed by a backend's
 # `name`, and tests/test_mutants.py runs many mutants in one session, which refuses two backends of one name.

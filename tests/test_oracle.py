@@ -124,6 +124,28 @@ def test_rope():
     np.testing.assert_allclose(rotated, [np.cos(1.0), 0.0, np.sin(1.0), 0.0], atol=1e-15)
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_partial_rope(interleaved):
+    """The first `dim` dims rotate at angles t * base^(-2i/dim), the rest pass through; interleaved pairs
+    dimension 2i with 2i + 1 (GPT-J's rotate_every_two), half-split i with i + dim/2."""
+    x, g = rand(B, 2, 6, 8, seed=1), rand(B, 2, 6, 8, seed=2)
+    assert_fd(lambda a: ops.rope(a, 100.0, 4, interleaved), x, g, ops.rope_vjp(x, 100.0, g, 4, interleaved), 10,
+              "partial rope")
+    y = ops.rope(x, 100.0, 4, interleaved)
+    np.testing.assert_array_equal(y[..., 4:], x[..., 4:])
+    one = np.zeros((1, 1, 2, 8))
+    one[..., 1, 0] = 1.0  # position 1, first dimension of the first pair
+    rotated = ops.rope(one, 100.0, 4, interleaved)[0, 0, 1]
+    partner = 1 if interleaved else 2
+    want = np.zeros(8)
+    want[0], want[partner] = np.cos(1.0), np.sin(1.0)
+    np.testing.assert_allclose(rotated, want, atol=1e-15)
+    second = np.zeros((1, 1, 2, 8))
+    second[..., 1, 2 if interleaved else 1] = 1.0  # the second pair turns at base^(-2/dim) = 1/10 rad
+    turned = ops.rope(second, 100.0, 4, interleaved)[0, 0, 1]
+    assert turned[2 if interleaved else 1] == pytest.approx(np.cos(0.1), abs=1e-15)
+
+
 @pytest.mark.parametrize("act", ["relu", "silu"])
 def test_activations(act):
     forward, vjp = {"relu": (ops.relu, ops.relu_vjp), "silu": (ops.silu, ops.silu_vjp)}[act]
@@ -152,6 +174,9 @@ def configs():
     yield preset("encoder", placement="deepnorm", skip_scale=1.7, depth=DEPTH, d_model=C)  # a free alpha
     yield preset("gpt2", qk_norm=True, n_kv_heads=1, activation="relu", rope=True, rope_base=500.0, depth=DEPTH,
                  d_model=C, n_heads=2)
+    yield preset("gpt2", branch_norm=True, depth=DEPTH, d_model=C)  # a LayerNorm sandwich, biased norms
+    yield preset("olmo2", norm="layernorm", n_heads=4, n_kv_heads=2, attention_bias=True, depth=DEPTH, d_model=C)
+    yield preset("gptj", qk_norm=True, qk_norm_scope="projection", layer_scale=0.5, depth=DEPTH, d_model=C)
 
 
 def perturbed_params(cfg, seed=0):
@@ -223,6 +248,46 @@ def test_parallel_layer_is_x_plus_both_branches_of_one_norm():
     assert "mlp.norm_weight" not in p and "final.norm_weight" in p
 
 
+def test_sandwich_and_reordered_norms():
+    """Gemma 3: x + N_post(F(N_pre(x))) per sublayer; OLMo 2: x + N_post(F(x)), no norm before the branch."""
+    x = rand(B, T, C, seed=1)
+    for name, pre_norm in (("gemma3", True), ("olmo2", False)):
+        cfg = preset(name, depth=1, d_model=C, sublayers=("mlp",))
+        (p,) = perturbed_params(cfg)
+        s = p.sub("mlp")
+        h = ref.norm(cfg, s, x) if pre_norm else x
+        post = ref.NORM[cfg.norm](ref.mlp(cfg, s, h), s.branch_norm_weight, s.branch_norm_bias, cfg.eps)
+        np.testing.assert_allclose(ref.stack_forward(cfg, (p,), x).states[-1], x + post, rtol=1e-13, atol=1e-15)
+        assert ("mlp.norm_weight" in p) == pre_norm and "mlp.branch_norm_weight" in p
+
+
+def test_qk_norm_over_the_whole_projection():
+    """OLMo 2 normalises all of a token's q (nh * hd values) with one RMS, then splits the heads; Qwen 3 each head."""
+    cfg = preset("olmo2", depth=1, d_model=C, n_heads=2)
+    s = perturbed_params(cfg)[0].sub("attention")
+    assert s.q_norm_weight.shape == (C,)
+    h = rand(B, T, C, seed=1)
+    q = h @ s.wq
+    want = q / np.sqrt(np.mean(q**2, axis=-1, keepdims=True) + cfg.eps) * s.q_norm_weight  # (B, T, C)
+    _, _, _, q1, *_ = ref._attention_inputs(cfg, s, h)
+    np.testing.assert_allclose(ops.merge_heads(q1), want, rtol=1e-13)
+    per_head = dataclasses.replace(cfg, qk_norm_scope="head")
+    assert draw_params(per_head, 0)[0]["attention.q_norm_weight"].shape == (cfg.head_dim,)
+
+
+def test_gptj_preset_is_gpt_j():
+    """GPT-J: parallel from one LayerNorm, interleaved rotary on a quarter of each head, attention without biases,
+    MLP with them, GELU (tanh); Phi keeps the biases and rotates the whole head half-split."""
+    cfg = preset("gptj", d_model=1024, n_heads=4)  # head_dim 256, as GPT-J 6B
+    assert cfg.parallel and cfg.shared_norm and cfg.rope_interleaved and cfg.rotary_dim == 64
+    assert not cfg.has_bias("attention") and cfg.has_bias("mlp") and cfg.activation == "gelu" and cfg.gelu == "tanh"
+    assert {"attention_bias", "partial_rope", "interleaved_rope"} <= cfg.features
+    names = [n for n, _ in draw_params(preset("gptj", d_model=C), 0)[0].items()]
+    assert "attention.bq" not in names and "attention.bo" not in names and "mlp.b_up" in names
+    phi = preset("phi", d_model=C)
+    assert phi.parallel and phi.rotary_dim == phi.head_dim and not phi.rope_interleaved and phi.has_bias("attention")
+
+
 def test_swiglu_is_silu_of_the_gate_times_up():
     cfg = preset("llama", d_model=C)
     s = perturbed_params(cfg)[0].sub("mlp")
@@ -241,6 +306,23 @@ def test_gpt2_init_matches_nanogpt():
     assert expected_std(cfg, "weight") == 0.02
     (p,) = draw_params(dataclasses.replace(cfg, depth=1, d_model=64, n_heads=4), 0)  # one 2-sublayer layer
     assert p["attention.wo"].std() == pytest.approx(0.02 / np.sqrt(2), rel=0.05)  # a 1-layer model writes twice
+
+
+def test_expected_std_rejects_what_is_not_a_weight_role():
+    with pytest.raises(ValueError, match="role='w_out' is not one of"):
+        expected_std(BlockConfig(), "w_out")
+
+
+def test_a_slice_of_a_model_takes_the_models_init_constants():
+    """A depth-1 slice of a 12-layer model: DeepNet's alpha and beta and GPT-2's std follow model_depth."""
+    whole = preset("encoder", placement="deepnorm", init="deepnorm", depth=12, d_model=64, n_heads=4)
+    part = dataclasses.replace(whole, depth=1, model_depth=12)
+    assert part.skip == whole.skip and part.deepnorm_beta == whole.deepnorm_beta
+    assert dataclasses.replace(whole, depth=1).skip != whole.skip  # without it, the slice's own depth
+    gpt2 = preset("gpt2", init="gpt2", depth=1, model_depth=12, d_model=768, n_heads=12)
+    assert expected_std(gpt2, "out") == pytest.approx(0.0040825, abs=5e-8)
+    with pytest.raises(ValueError, match="model_depth=1 must be >= depth=2"):
+        BlockConfig(depth=2, model_depth=1)
 
 
 def test_deepnorm_constants_match_deepnet():

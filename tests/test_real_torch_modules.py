@@ -41,8 +41,8 @@ CASES = [("torch_nn", "gpt2", dict(placement="pre", final_norm=True)),
          ("hf_gpt2", "gpt2", dict(gelu="exact")),
          ("hf_llama", "llama", dict(final_norm=True, rope_base=500.0)),
          ("hf_llama", "llama", dict(bias=True, n_kv_heads=4)),
-         ("hf_phi", "gptj", dict(final_norm=True)),
-         ("hf_phi", "gptj", dict(n_heads=4, n_kv_heads=2, gelu="exact"))]
+         ("hf_phi", "phi", dict(final_norm=True)),
+         ("hf_phi", "phi", dict(n_heads=4, n_kv_heads=2, gelu="exact"))]
 LOOSE = {"hf_llama", "hf_phi"}
 
 
@@ -108,7 +108,7 @@ def test_float64_with_float32_inside(name, layer, fields):
 
 
 @pytest.mark.parametrize("name,layer", [("torch_nn", "gpt2"), ("hf_gpt2", "gpt2"), ("hf_llama", "llama"),
-                                        ("hf_phi", "gptj")])
+                                        ("hf_phi", "phi")])
 def test_causal_mask_is_applied(name, layer):
     """The module's output is the causal oracle's, far from the bidirectional one's."""
     backend = _backend(name, float64=True)
@@ -125,7 +125,7 @@ def test_lower_dtypes_run_in_the_dtype(name, dtype):
     """Every claimed dtype runs forward and backward and returns values representable in it (computed there)."""
     from resconf.backends.dtypes import round_to
     backend = _backend(name)
-    layer = {"torch_nn": "gpt2", "hf_gpt2": "gpt2", "hf_llama": "llama", "hf_phi": "gptj"}[name]
+    layer = {"torch_nn": "gpt2", "hf_gpt2": "gpt2", "hf_llama": "llama", "hf_phi": "phi"}[name]
     cfg, params, x, g = _case(name, layer, dict(final_norm=True))
     params = tuple(p.map(lambda t: round_to(t, dtype)) for p in params)
     x, g = round_to(x, dtype), round_to(g, dtype)

@@ -51,6 +51,8 @@ class StaticBlock:
     parallel: bool
     shared_norm: bool  # False unless parallel
     final_norm: bool
+    input_norm: bool = True  # False only for a pre layer without a norm before its branches (OLMo 2)
+    branch_norm: bool = False  # a norm on each branch's output (sandwich, OLMo 2)
     activation: str = ""  # "" unless "mlp" in sublayers
     gelu: str = ""  # "" unless activation == "gelu"
     gated: bool = False
@@ -58,13 +60,16 @@ class StaticBlock:
     kv_heads: int = 0
     causal: bool = False
     qk_norm: bool = False
+    qk_norm_scope: str = ""  # "" unless qk_norm; "head" or "projection"
     rope_base: float = 0.0  # 0.0 without RoPE; static because the angles are computed at trace time
+    rope_dim: int = 0  # rotated dims of each head, 0 for all (widths come from the tensors, as in a TP shard)
+    rope_interleaved: bool = False
 
     @classmethod
     def of(cls, cfg: BlockConfig) -> "StaticBlock":
         mlp, attention = "mlp" in cfg.sublayers, "attention" in cfg.sublayers
         return cls(cfg.placement, cfg.norm, cfg.sublayers, cfg.parallel, cfg.parallel and cfg.shared_norm,
-                   cfg.final_norm,
+                   cfg.final_norm, input_norm=cfg.input_norm, branch_norm=cfg.branch_norm,
                    activation=cfg.activation if mlp else "",
                    gelu=cfg.gelu if mlp and cfg.activation == "gelu" else "",
                    gated=mlp and cfg.gated,
@@ -72,7 +77,10 @@ class StaticBlock:
                    kv_heads=cfg.kv_heads if attention else 0,
                    causal=attention and cfg.causal,
                    qk_norm=attention and cfg.qk_norm,
-                   rope_base=cfg.rope_base if attention and cfg.rope else 0.0)
+                   qk_norm_scope=cfg.qk_norm_scope if attention and cfg.qk_norm else "",
+                   rope_base=cfg.rope_base if attention and cfg.rope else 0.0,
+                   rope_dim=(cfg.rope_dim or 0) if attention and cfg.rope else 0,
+                   rope_interleaved=attention and cfg.rope and cfg.rope_interleaved)
 
     @property
     def updates(self) -> tuple[tuple[str, ...], ...]:
@@ -159,17 +167,22 @@ def mlp(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
     return linear(a, s.w_down, s.b_down)  # (B, T, C)
 
 
-def rope(x: jax.Array, base: float) -> jax.Array:
-    """Half-split rotary embedding of x (B, T, heads, hd): [x1 cos - x2 sin, x2 cos + x1 sin] at angle
-    t * base^(-2i/hd). The angles come from NumPy float64 at trace time (T and hd are static), then cast:
-    float32 angles up to t = 256 would be off by more than float32 rounding of cos and sin."""
-    T, hd = x.shape[1], x.shape[-1]
-    angles = np.arange(T)[:, None] * base ** (-np.arange(0, hd, 2) / hd)  # (T, hd/2), numpy_ops.rope_angles
+def rope(x: jax.Array, base: float, dim: int, interleaved: bool) -> jax.Array:
+    """Rotary embedding of the first `dim` dims (all when 0) of x (B, T, heads, hd): each pair (x1, x2) -> [x1 cos - x2 sin,
+    x2 cos + x1 sin] at angle t * base^(-2i/dim); pairs (i, i + dim/2) half-split (NeoX, Llama) or (2i, 2i + 1)
+    interleaved (GPT-J); the other dims pass through. The angles come from NumPy float64 at trace time (T and
+    dim are static), then cast: float32 angles up to t = 256 would be off by more than float32 rounding of cos
+    and sin."""
+    T, dim = x.shape[1], dim or x.shape[-1]
+    angles = np.arange(T)[:, None] * base ** (-np.arange(0, dim, 2) / dim)  # (T, dim/2), numpy_ops.rope_angles
     acc = accumulator(x.dtype)
-    cos = jnp.asarray(np.cos(angles)[:, None, :], dtype=acc)  # (T, 1, hd/2): broadcast over heads
+    cos = jnp.asarray(np.cos(angles)[:, None, :], dtype=acc)  # (T, 1, dim/2): broadcast over heads
     sin = jnp.asarray(np.sin(angles)[:, None, :], dtype=acc)
-    x1, x2 = jnp.split(x.astype(acc), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+    rot = x[..., :dim].astype(acc)
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else jnp.split(rot, 2, axis=-1)
+    y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    rotated = jnp.stack([y1, y2], axis=-1).reshape(rot.shape) if interleaved else jnp.concatenate([y1, y2], axis=-1)
+    return jnp.concatenate([rotated.astype(x.dtype), x[..., dim:]], axis=-1)
 
 
 def heads(t: jax.Array, n: int) -> jax.Array:
@@ -178,15 +191,20 @@ def heads(t: jax.Array, n: int) -> jax.Array:
 
 
 def attention_inputs(h: jax.Array, s, static: StaticBlock, sc: Scalars):
-    """q (B, T, nh, hd), k and v (B, T, nkv, hd): projected, QK-normed (RMSNorm over each head, before
-    RoPE), rotated; numpy_ref._attention_inputs."""
-    q, k = heads(linear(h, s.wq, s.bq), static.n_heads), heads(linear(h, s.wk, s.bk), static.kv_heads)
+    """q (B, T, nh, hd), k and v (B, T, nkv, hd): projected, QK-normed (RMSNorm over each head, or over the
+    whole projection before the heads split (OLMo 2), before RoPE), rotated; numpy_ref._attention_inputs."""
+    q, k = linear(h, s.wq, s.bq), linear(h, s.wk, s.bk)  # (B, T, nh hd), (B, T, nkv hd)
+    if static.qk_norm_scope == "projection":
+        q = norm(q, s.q_norm_weight, None, "rmsnorm", sc.eps, q.dtype)
+        k = norm(k, s.k_norm_weight, None, "rmsnorm", sc.eps, k.dtype)
+    q, k = heads(q, static.n_heads), heads(k, static.kv_heads)
     v = heads(linear(h, s.wv, s.bv), static.kv_heads)
-    if static.qk_norm:
+    if static.qk_norm_scope == "head":
         q = norm(q, s.q_norm_weight, None, "rmsnorm", sc.eps, q.dtype)
         k = norm(k, s.k_norm_weight, None, "rmsnorm", sc.eps, k.dtype)
     if static.rope_base:
-        q, k = rope(q, static.rope_base), rope(k, static.rope_base)
+        q = rope(q, static.rope_base, static.rope_dim, static.rope_interleaved)
+        k = rope(k, static.rope_base, static.rope_dim, static.rope_interleaved)
     return q, k, v
 
 
@@ -217,8 +235,11 @@ BRANCHES = {"linear": linear_branch, "mlp": mlp, "attention": attention}
 
 
 def write(kind: str, s, h: jax.Array, static: StaticBlock, sc: Scalars) -> jax.Array:
-    """w = branch_scale * layer_scale * F(h): one rounding of F times the combined scale; numpy_ref.write."""
+    """w = branch_scale * layer_scale * N_out(F(h)): one rounding of F (normed when static.branch_norm) times the
+    combined scale; numpy_ref.write."""
     f = BRANCHES[kind](h, s, static, sc)  # (B, T, C)
+    if static.branch_norm:
+        f = norm(f, s.branch_norm_weight, s.branch_norm_bias, static.norm, sc.eps, f.dtype)
     scale = sc.branch_scale.astype(accumulator(f.dtype))
     return scaled(f, scale if s.layer_scale is None else scale * s.layer_scale.astype(scale.dtype))
 
@@ -231,7 +252,7 @@ def update(x: jax.Array, p: LayerParams, kinds: tuple[str, ...], static: StaticB
     product and the residual add are in x's dtype."""
     sx = scaled(x, sc.skip)  # (B, T, C)
     if static.placement == "pre":  # s x + sum_k w_k(N_owner(k)(x)); a shared norm is computed once
-        normed = {owner: layer_norm(x, p.sub(owner), static, sc)
+        normed = {owner: layer_norm(x, p.sub(owner), static, sc) if static.input_norm else x
                   for owner in dict.fromkeys(static.norm_owner(k) for k in kinds)}
         writes = [write(k, p.sub(k), normed[static.norm_owner(k)], static, sc) for k in kinds]
         w = sum(writes[1:], writes[0])

@@ -172,7 +172,7 @@ class SharedNormCapabilities(Capabilities):
 class HfPhiBackend(HfBackend):
     """PhiModel of PhiDecoderLayer: x + attn(ln(x)) + mlp(ln(x)), one shared LayerNorm, biased linears,
     RoPE over the whole head (partial_rotary_factor=1.0, half-split), GELU MLP; final_layernorm. Our
-    `gptj` preset."""
+    `phi` preset (GPT-J itself rotates a quarter of each head, interleaved, and has no attention biases)."""
 
     name = "hf_phi"
     model_class = PhiModel

@@ -242,24 +242,44 @@ def attention_vjp(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray, ca
     return scale * ds @ k, scale * ds.swapaxes(-1, -2) @ q, p.swapaxes(-1, -2) @ g
 
 
-# --- rotary position embeddings, half-split (GPT-NeoX, Llama): rotate (x1, x2) by angle t * base^(-2i/hd) ---
+# --- rotary position embeddings: rotate pairs of a head's first `dim` dims by angle t * base^(-2i/dim) ---
+# Half-split (GPT-NeoX, Llama) pairs dim i with i + dim/2; interleaved (GPT-J's rotate_every_two) pairs 2i
+# with 2i + 1. Dims from `dim` on pass through unrotated (partial rotary: GPT-J, GPT-NeoX's rotary_pct).
 
-def rope_angles(T: int, hd: int, base: float) -> np.ndarray:
-    inv_freq = base ** (-np.arange(0, hd, 2) / hd)  # (hd/2,)
-    return np.arange(T)[:, None] * inv_freq  # (T, hd/2)
+def rope_angles(T: int, dim: int, base: float) -> np.ndarray:
+    inv_freq = base ** (-np.arange(0, dim, 2) / dim)  # (dim/2,)
+    return np.arange(T)[:, None] * inv_freq  # (T, dim/2)
+
+
+def rope_pairs(x: np.ndarray, interleaved: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(first, second) coordinate of every rotated pair, each (..., dim/2)."""
+    return (x[..., 0::2], x[..., 1::2]) if interleaved else tuple(np.split(x, 2, axis=-1))
+
+
+def rope_unpairs(a: np.ndarray, b: np.ndarray, interleaved: bool) -> np.ndarray:
+    """rope_pairs' inverse: the pairs' coordinates back in their places, (..., dim)."""
+    if interleaved:
+        return np.stack([a, b], axis=-1).reshape(a.shape[:-1] + (2 * a.shape[-1],))
+    return np.concatenate([a, b], axis=-1)
+
+
+def _rotate(x: np.ndarray, base: float, dim: int | None, interleaved: bool, sign: float) -> np.ndarray:
+    """Each pair (x1, x2) of the first dim dims -> (x1 cos - x2 sin, x2 cos + x1 sin) at angle sign * a."""
+    dim = x.shape[-1] if dim is None else dim
+    a = sign * rope_angles(x.shape[-2], dim, base)  # (T, dim/2)
+    x1, x2 = rope_pairs(x[..., :dim], interleaved)
+    rotated = rope_unpairs(x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a), interleaved)
+    return np.concatenate([rotated, x[..., dim:]], axis=-1)  # (..., T, hd)
 
 
 @op
-def rope(x: np.ndarray, base: float) -> np.ndarray:
-    """x (..., T, hd): [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves of the head."""
-    a = rope_angles(x.shape[-2], x.shape[-1], base)
-    x1, x2 = np.split(x, 2, axis=-1)
-    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)], axis=-1)
+def rope(x: np.ndarray, base: float, dim: int | None = None, interleaved: bool = False) -> np.ndarray:
+    """x (..., T, hd) with its first `dim` dims (all when None) rotated pairwise."""
+    return _rotate(x, base, dim, interleaved, 1.0)
 
 
 @op
-def rope_vjp(x: np.ndarray, base: float, g: np.ndarray) -> np.ndarray:
-    """A rotation's transpose is the rotation by minus the angle."""
-    a = rope_angles(g.shape[-2], g.shape[-1], base)
-    g1, g2 = np.split(g, 2, axis=-1)
-    return np.concatenate([g1 * np.cos(a) + g2 * np.sin(a), g2 * np.cos(a) - g1 * np.sin(a)], axis=-1)
+def rope_vjp(x: np.ndarray, base: float, g: np.ndarray, dim: int | None = None,
+             interleaved: bool = False) -> np.ndarray:
+    """A rotation's transpose is the rotation by minus the angle; the unrotated dims pass g through."""
+    return _rotate(g, base, dim, interleaved, -1.0)

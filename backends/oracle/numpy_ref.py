@@ -43,6 +43,15 @@ def norm_vjp(cfg: BlockConfig, s, x: np.ndarray, g: np.ndarray) -> tuple[np.ndar
     return dx, {"norm_weight": dw, "norm_bias": db}
 
 
+def input_norm(cfg: BlockConfig, s, x: np.ndarray) -> np.ndarray:
+    """What a pre-norm branch reads: N(x), or x itself without an input norm (OLMo 2)."""
+    return norm(cfg, s, x) if cfg.input_norm else x
+
+
+def input_norm_vjp(cfg: BlockConfig, s, x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    return norm_vjp(cfg, s, x, g) if cfg.input_norm else (g, {})
+
+
 # --- the branches F(h), each next to its VJP -> (dh, Grads) ---
 
 def linear_branch(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
@@ -83,16 +92,40 @@ def mlp_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarr
     return dh + dh_up, grads
 
 
+def qk_norm(cfg: BlockConfig, a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """RMSNorm of q or k (B, n, T, hd): over each head (Qwen 3), or over a token's whole projection, all
+    n * hd values at once (OLMo 2 normalises before splitting the heads)."""
+    if cfg.qk_norm_scope == "head":
+        return ops.rmsnorm(a, w, None, cfg.eps)
+    return ops.split_heads(ops.rmsnorm(ops.merge_heads(a), w, None, cfg.eps), a.shape[1])
+
+
+def qk_norm_vjp(cfg: BlockConfig, a: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(da, dw)."""
+    if cfg.qk_norm_scope == "head":
+        return ops.rmsnorm_vjp(a, w, None, cfg.eps, g)[:2]
+    da, dw, _ = ops.rmsnorm_vjp(ops.merge_heads(a), w, None, cfg.eps, ops.merge_heads(g))
+    return ops.split_heads(da, a.shape[1]), dw
+
+
+def rope(cfg: BlockConfig, a: np.ndarray) -> np.ndarray:
+    """RoPE on the first cfg.rope_dim dims of each head (a's whole head when None: widths come from the tensors,
+    so a tensor-parallel shard's config with fewer heads computes the same rotation)."""
+    return ops.rope(a, cfg.rope_base, cfg.rope_dim, cfg.rope_interleaved) if cfg.rope else a
+
+
+def rope_vjp(cfg: BlockConfig, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return ops.rope_vjp(a, cfg.rope_base, g, cfg.rope_dim, cfg.rope_interleaved) if cfg.rope else g
+
+
 def _attention_inputs(cfg: BlockConfig, s, h: np.ndarray):
     """q (B, nh, T, hd), k and v (B, nkv, T, hd) at each step: projected (q0, k0), QK-normed (q1, k1), rotated."""
     q0 = ops.split_heads(ops.linear(h, s.wq, s.bq), cfg.n_heads)
     k0 = ops.split_heads(ops.linear(h, s.wk, s.bk), cfg.kv_heads)
     v = ops.split_heads(ops.linear(h, s.wv, s.bv), cfg.kv_heads)
-    q1 = ops.rmsnorm(q0, s.q_norm_weight, None, cfg.eps) if cfg.qk_norm else q0
-    k1 = ops.rmsnorm(k0, s.k_norm_weight, None, cfg.eps) if cfg.qk_norm else k0
-    q2 = ops.rope(q1, cfg.rope_base) if cfg.rope else q1
-    k2 = ops.rope(k1, cfg.rope_base) if cfg.rope else k1
-    return q0, k0, v, q1, k1, q2, k2
+    q1 = qk_norm(cfg, q0, s.q_norm_weight) if cfg.qk_norm else q0
+    k1 = qk_norm(cfg, k0, s.k_norm_weight) if cfg.qk_norm else k0
+    return q0, k0, v, q1, k1, rope(cfg, q1), rope(cfg, k1)
 
 
 def attention(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
@@ -111,13 +144,12 @@ def attention_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np
     do, dwo, dbo = ops.linear_vjp(ops.merge_heads(o), s.wo, s.bo, g)
     dq2, dkr, dvr = ops.attention_vjp(q2, kr, vr, o, cfg.causal, ops.split_heads(do, cfg.n_heads))
     dk2, dv = ops.repeat_kv_vjp(dkr, groups), ops.repeat_kv_vjp(dvr, groups)
-    dq1 = ops.rope_vjp(q1, cfg.rope_base, dq2) if cfg.rope else dq2
-    dk1 = ops.rope_vjp(k1, cfg.rope_base, dk2) if cfg.rope else dk2
+    dq1, dk1 = rope_vjp(cfg, q1, dq2), rope_vjp(cfg, k1, dk2)
     grads = {"wo": dwo, "bo": dbo}
     dq0, dk0 = dq1, dk1
     if cfg.qk_norm:
-        dq0, grads["q_norm_weight"], _ = ops.rmsnorm_vjp(q0, s.q_norm_weight, None, cfg.eps, dq1)
-        dk0, grads["k_norm_weight"], _ = ops.rmsnorm_vjp(k0, s.k_norm_weight, None, cfg.eps, dk1)
+        dq0, grads["q_norm_weight"] = qk_norm_vjp(cfg, q0, s.q_norm_weight, dq1)
+        dk0, grads["k_norm_weight"] = qk_norm_vjp(cfg, k0, s.k_norm_weight, dk1)
     dh = 0.0
     for name, d in (("q", dq0), ("k", dk0), ("v", dv)):
         dh_part, grads[f"w{name}"], grads[f"b{name}"] = ops.linear_vjp(h, getattr(s, f"w{name}"),
@@ -130,20 +162,34 @@ BRANCH = {"linear": linear_branch, "mlp": mlp, "attention": attention}
 BRANCH_VJP = {"linear": linear_branch_vjp, "mlp": mlp_vjp, "attention": attention_vjp}
 
 
-# --- a sublayer's write w = branch_scale * layer_scale * F(h) (LayerScale is a per-channel gain) ---
+# --- a sublayer's write w = branch_scale * layer_scale * N_out(F(h)) (LayerScale is a per-channel gain;
+# N_out, the norm on the branch's output, only with cfg.branch_norm) ---
+
+def branch_output(cfg: BlockConfig, kind: str, s, h: np.ndarray) -> np.ndarray:
+    f = BRANCH[kind](cfg, s, h)  # (B, T, C)
+    return NORM[cfg.norm](f, s.branch_norm_weight, s.branch_norm_bias, cfg.eps) if cfg.branch_norm else f
+
+
+def branch_output_vjp(cfg: BlockConfig, kind: str, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    if not cfg.branch_norm:
+        return BRANCH_VJP[kind](cfg, s, h, g)
+    df, dw, db = NORM_VJP[cfg.norm](BRANCH[kind](cfg, s, h), s.branch_norm_weight, s.branch_norm_bias, cfg.eps, g)
+    dh, grads = BRANCH_VJP[kind](cfg, s, h, df)
+    return dh, {**grads, "branch_norm_weight": dw, "branch_norm_bias": db}
+
 
 def _write_scale(cfg: BlockConfig, s):
     return cfg.branch_scale if s.layer_scale is None else cfg.branch_scale * s.layer_scale
 
 
 def write(cfg: BlockConfig, kind: str, s, h: np.ndarray) -> np.ndarray:
-    return _write_scale(cfg, s) * BRANCH[kind](cfg, s, h)  # (B, T, C)
+    return _write_scale(cfg, s) * branch_output(cfg, kind, s, h)  # (B, T, C)
 
 
 def write_vjp(cfg: BlockConfig, kind: str, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
-    dh, grads = BRANCH_VJP[kind](cfg, s, h, _write_scale(cfg, s) * g)
+    dh, grads = branch_output_vjp(cfg, kind, s, h, _write_scale(cfg, s) * g)
     if s.layer_scale is not None:
-        grads["layer_scale"] = ops.sum_leading(g * cfg.branch_scale * BRANCH[kind](cfg, s, h))
+        grads["layer_scale"] = ops.sum_leading(g * cfg.branch_scale * branch_output(cfg, kind, s, h))
     return dh, grads
 
 
@@ -152,7 +198,7 @@ def write_vjp(cfg: BlockConfig, kind: str, s, h: np.ndarray, g: np.ndarray) -> t
 def update_forward(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.ndarray):
     """(y, w): the new stream state and the write next to the skip (before any ReZero gate)."""
     if cfg.placement == "pre":
-        w = sum(write(cfg, k, p.sub(k), norm(cfg, p.sub(cfg.norm_owner(k)), x)) for k in kinds)
+        w = sum(write(cfg, k, p.sub(k), input_norm(cfg, p.sub(cfg.norm_owner(k)), x)) for k in kinds)
         return cfg.skip * x + w, w  # s x + sum_k w_k(N_k(x))
     kind = kinds[0]
     s = p.sub(kind)
@@ -178,8 +224,8 @@ def update_vjp(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...], x: np.n
         dx = cfg.skip * g  # the skip path
         for k in kinds:  # each branch path, through its norm
             owner = cfg.norm_owner(k)
-            dh, part = write_vjp(cfg, k, p.sub(k), norm(cfg, p.sub(owner), x), g)
-            dx_k, part_n = norm_vjp(cfg, p.sub(owner), x, dh)
+            dh, part = write_vjp(cfg, k, p.sub(k), input_norm(cfg, p.sub(owner), x), g)
+            dx_k, part_n = input_norm_vjp(cfg, p.sub(owner), x, dh)
             collect(k, part)
             collect(owner, part_n)
             dx = dx + dx_k
@@ -264,7 +310,7 @@ def residual_write_vjp(cfg: BlockConfig, p: LayerParams, kinds: tuple[str, ...],
         dx = 0.0
         for k in kinds:
             s = p.sub(cfg.norm_owner(k))
-            dx = dx + norm_vjp(cfg, s, x, write_vjp(cfg, k, p.sub(k), norm(cfg, s, x), g)[0])[0]
+            dx = dx + input_norm_vjp(cfg, s, x, write_vjp(cfg, k, p.sub(k), input_norm(cfg, s, x), g)[0])[0]
         return dx
     kind = kinds[0]
     s = p.sub(kind)
@@ -317,8 +363,16 @@ FD_STEP = 1e-4
 RELU_FD_STEP = 1e-7
 
 
+# A norm of a small vector (a branch's output, a whole q or k projection: rms ~ 1e-2 through 0.02-std weights)
+# curves on the scale of that rms, so h = 1e-4 leaves a truncation error up to 1.3e-5 (seen: OLMo 2's layer under
+# rezero, d wk); at 1e-5 it is gone and the rounding error stays below 1e-11 |f|.
+SMALL_NORM_FD_STEP = 1e-5
+
+
 def fd_step(cfg: BlockConfig) -> float:
-    return RELU_FD_STEP if cfg.activation == "relu" and "mlp" in cfg.sublayers else FD_STEP
+    if cfg.activation == "relu" and "mlp" in cfg.sublayers:
+        return RELU_FD_STEP
+    return SMALL_NORM_FD_STEP if cfg.branch_norm or (cfg.qk_norm and cfg.qk_norm_scope == "projection") else FD_STEP
 # Where the derivative is smaller still (a plain stack: a product of 0.02-std Jacobians next to O(0.02) biases),
 # no step resolves 1e-6 of it; there the check also accepts a difference up to the stencil's own rounding,
 # FD_NOISE_ULPS * u * <|g|, |f(x)|> / h. Worst seen: 2 ulps of it, over 4,347 stack checks (depth 3, every

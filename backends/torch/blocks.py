@@ -37,16 +37,19 @@ def activation(cfg: BlockConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     return {"relu": F.relu, "silu": F.silu}[cfg.activation]
 
 
-# --- rotary position embeddings, half-split (GPT-NeoX, Llama's rotate_half) ---
+# --- rotary position embeddings: half-split (GPT-NeoX, Llama's rotate_half) or interleaved (GPT-J's
+# rotate_every_two), on the first rotary_dim dims of each head (partial rotary) ---
 
-def rope_cos_sin(T: int, head_dim: int, base: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, hd) of the angle t * base^(-2i/hd), each half of the head seeing the same angles.
+def rope_cos_sin(T: int, head_dim: int, base: float, dtype: torch.dtype, device,
+                 interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hd) of the angle t * base^(-2i/hd), both dims of pair i seeing the same angle (the
+    halves repeated for half-split, each angle twice in a row for interleaved); hd is the rotated width.
 
     The angles are computed in float64 and only cos, sin are cast: in float32 an angle t * f of t up to 256
     is rounded by ~256 * 2^-24 rad before the cos is even taken, far more than one rounding of cos itself."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)  # (hd/2,)
     angles = torch.arange(T, dtype=torch.float64, device=device)[:, None] * inv_freq  # (T, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
+    angles = angles.repeat_interleave(2, dim=-1) if interleaved else torch.cat([angles, angles], dim=-1)  # (T, hd)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -55,9 +58,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (..., T, hd) -> [x1 cos - x2 sin, x2 cos + x1 sin] (x1 cos + (-x2) sin rounds as x1 cos - x2 sin)."""
-    return x * cos + rotate_half(x) * sin
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J's pairing: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+    return torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """x (..., T, d) -> [x1 cos - x2 sin, x2 cos + x1 sin] for each pair (x1, x2) (x1 cos + (-x2) sin rounds as
+    x1 cos - x2 sin); d = cos.shape[-1] leading dims rotate, the rest pass through (partial rotary)."""
+    d = cos.shape[-1]
+    rot, rest = x[..., :d], x[..., d:]
+    rotated = rot * cos + (rotate_every_two(rot) if interleaved else rotate_half(rot)) * sin
+    return rotated if rest.shape[-1] == 0 else torch.cat([rotated, rest], dim=-1)
 
 
 # --- the branches F ---
@@ -87,13 +99,18 @@ class SelfAttention(nn.Module):
         super().__init__()
         C, hd = cfg.d_model, cfg.head_dim
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_heads, cfg.kv_heads, hd
-        self.q_proj = nn.Linear(C, self.n_head * hd, bias=cfg.bias)
-        self.k_proj = nn.Linear(C, self.n_kv_head * hd, bias=cfg.bias)
-        self.v_proj = nn.Linear(C, self.n_kv_head * hd, bias=cfg.bias)
-        self.o_proj = nn.Linear(self.n_head * hd, C, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(hd, eps=cfg.eps) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(hd, eps=cfg.eps) if cfg.qk_norm else None
+        bias = cfg.has_bias("attention")
+        self.q_proj = nn.Linear(C, self.n_head * hd, bias=bias)
+        self.k_proj = nn.Linear(C, self.n_kv_head * hd, bias=bias)
+        self.v_proj = nn.Linear(C, self.n_kv_head * hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * hd, C, bias=bias)
+        # QK-norm over each head (Qwen 3), or over the whole projection before the heads split (OLMo 2)
+        self.qk_norm_per_head = cfg.qk_norm_scope == "head"
+        q_width, k_width = (hd, hd) if self.qk_norm_per_head else (self.n_head * hd, self.n_kv_head * hd)
+        self.q_norm = nn.RMSNorm(q_width, eps=cfg.eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(k_width, eps=cfg.eps) if cfg.qk_norm else None
         self.rope_base = cfg.rope_base if cfg.rope else None
+        self.rotary_dim, self.rope_interleaved = cfg.rotary_dim, cfg.rope_interleaved
         self.causal = cfg.causal
 
     def heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -102,14 +119,17 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
-        q = self.heads(self.q_proj(x), self.n_head)  # (B, nh, T, hd)
-        k = self.heads(self.k_proj(x), self.n_kv_head)  # (B, nkv, T, hd)
+        q, k = self.q_proj(x), self.k_proj(x)  # (B, T, nh hd), (B, T, nkv hd)
+        if self.q_norm is not None and not self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.heads(q, self.n_head), self.heads(k, self.n_kv_head)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = self.heads(self.v_proj(x), self.n_kv_head)  # (B, nkv, T, hd)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_base is not None:
-            cos, sin = rope_cos_sin(T, self.head_dim, self.rope_base, q.dtype, q.device)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cos, sin = rope_cos_sin(T, self.rotary_dim, self.rope_base, q.dtype, q.device, self.rope_interleaved)
+            q = apply_rotary(q, cos, sin, self.rope_interleaved)
+            k = apply_rotary(k, cos, sin, self.rope_interleaved)
         # enable_gqa: kv head j serves query heads j*groups .. (j+1)*groups - 1 (repeat_interleave, not tile).
         # Asked for only with fewer kv heads, so multi-head attention keeps the kernel it always had.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
@@ -133,20 +153,28 @@ BRANCH_MODULES = {"mlp": MLP, "attention": SelfAttention, "linear": LinearBranch
 # --- a residual sublayer, a layer of them, a stack of layers ---
 
 class Sublayer(nn.Module):
-    """One residual sublayer's parts: its norm (unless a shared-norm parallel layer lends it another's), its
-    branch F, and what scales the write w = branch_scale * layer_scale * F. Which placement applies them is
-    the layer's business. rezero and plain keep the norm (the table has it) but never call it."""
+    """One residual sublayer's parts: its norm (unless a shared-norm parallel layer lends it another's, or a
+    pre layer has none before its branch), its branch F, the norm on F's output (sandwich, OLMo 2), and what
+    scales the write w = branch_scale * layer_scale * N_out(F). Which placement applies them is the layer's
+    business. rezero and plain keep the norm (the table has it) but never call it."""
 
     def __init__(self, cfg: BlockConfig, kind: str) -> None:
         super().__init__()
-        self.norm = make_norm(cfg) if cfg.norm_owner(kind) == kind else None
+        self.norm = make_norm(cfg) if cfg.norm_owner(kind) == kind and cfg.input_norm else None
         self.branch = BRANCH_MODULES[kind](cfg)
+        self.branch_norm = make_norm(cfg) if cfg.branch_norm else None
         self.layer_scale = nn.Parameter(torch.empty(cfg.d_model)) if cfg.layer_scale is not None else None
         self.gate = nn.Parameter(torch.empty(())) if cfg.placement == "rezero" else None  # ReZero's a
         self.branch_scale = cfg.branch_scale
 
+    def normed(self, x: torch.Tensor) -> torch.Tensor:
+        """What a pre-norm branch reads: N(x), or x itself without an input norm (OLMo 2)."""
+        return x if self.norm is None else self.norm(x)
+
     def write(self, h: torch.Tensor) -> torch.Tensor:
         f = self.branch(h)  # (B, T, C)
+        if self.branch_norm is not None:
+            f = self.branch_norm(f)
         if self.layer_scale is not None:  # CaiT's LayerScale: a learned per-channel gain on the write
             return (self.branch_scale * self.layer_scale) * f
         return f if self.branch_scale == 1.0 else self.branch_scale * f
@@ -178,7 +206,7 @@ class Layer(nn.Module):
     def pre(self, kinds: tuple[str, ...], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x = s x + sum_k w_k(N_k(x)): one sublayer, or a parallel layer's together (GPT-J, PaLM)."""
         owners = dict.fromkeys(self.owner[k] for k in kinds)  # a shared norm (GPT-J) runs once
-        h = {owner: self.sublayers[owner].norm(x) for owner in owners}  # each (B, T, C)
+        h = {owner: self.sublayers[owner].normed(x) for owner in owners}  # each (B, T, C)
         writes = [self.sublayers[k].write(h[self.owner[k]]) for k in kinds]
         w = sum(writes[1:], writes[0])
         return self.scaled(x) + w, w
