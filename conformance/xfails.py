@@ -12,8 +12,11 @@ TOML, one [[xfail]] table per entry:
                                              #   that cover several backends: the backend's own name (its
                                              #   `name`), or the spelling given to --backend
     reason = "XLA:CPU flushes subnormals"    # required: why this is expected
+    strict = false                           # optional, default true: the deviation shows on some machines
+                                             #   only (the reason says which): a pass there is recorded
+                                             #   xpassed instead of failing the run
 
-Every value is a string. Built-in backends ship theirs as conformance/xfails/<name>.toml, by the backend's
+Every value is a string but `strict`, a boolean. Built-in backends ship theirs as conformance/xfails/<name>.toml, by the backend's
 own name, so it applies whichever spelling selected the backend. Matched cases run as strict xfails: a
 case that starts passing fails the run (the entry is stale), and so does an entry matching nothing.
 
@@ -36,7 +39,7 @@ from resconf.conformance import catalogue
 
 SUITE_DIR = Path(__file__).parent
 BUILTIN_DIR = SUITE_DIR / "xfails"
-KEYS = ("property", "reason", "test", "dtype", "backend", "config")
+KEYS = ("property", "reason", "test", "dtype", "backend", "config", "strict")
 INHERITED = "inherited from "  # how an inherited entry's reason starts: "inherited from torch: ..."
 
 
@@ -50,10 +53,11 @@ class XfailEntry:
     backend: str | None = None
     config: str | None = None
     inherited_from: str = ""  # the framework whose built-in file it comes from (`inherits_xfails`); "" if its own
+    declared_strict: bool = True  # the file's `strict`: false where the deviation depends on the machine
 
     @property
     def strict(self) -> bool:
-        return not self.inherited_from
+        return self.declared_strict and not self.inherited_from
 
     def describe(self) -> str:
         keys = ("backend", "property", "test", "dtype", "config")
@@ -94,8 +98,10 @@ def _entry(raw, where: str, source: str, backend: str | None) -> XfailEntry:
     unknown = set(raw) - set(KEYS)
     if missing or unknown:
         raise pytest.UsageError(f"{where} needs property and reason; missing {missing}, unknown keys {sorted(unknown)}")
+    if not isinstance(raw.get("strict", True), bool):
+        raise pytest.UsageError(f"{where}: strict = {raw['strict']!r} is {_kind(raw['strict'])}; expected true or false")
     for key, value in raw.items():
-        if not isinstance(value, str):
+        if key != "strict" and not isinstance(value, str):
             raise pytest.UsageError(f"{where}: {key} = {value!r} is {_kind(value)}; expected a string")
     if raw["property"] not in property_ids():
         raise pytest.UsageError(f"{where}: unknown property {raw['property']!r}; expected a property ID of the "
@@ -104,8 +110,8 @@ def _entry(raw, where: str, source: str, backend: str | None) -> XfailEntry:
         raise pytest.UsageError(f"{where}: dtype {raw['dtype']!r} is not a dtype; expected one of {', '.join(DTYPES)}")
     if "config" in raw:
         config_pairs(raw["config"], where)
-    return XfailEntry(source=source, backend=raw.get("backend", backend), **{k: raw[k] for k in KEYS if k in raw
-                                                                             and k != "backend"})
+    return XfailEntry(source=source, backend=raw.get("backend", backend), declared_strict=raw.get("strict", True),
+                      **{k: raw[k] for k in KEYS if k in raw and k not in ("backend", "strict")})
 
 
 def config_pairs(config: str, where: str = "config") -> dict[str, str]:
