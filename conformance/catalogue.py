@@ -75,12 +75,13 @@ PROPERTIES = (
     Property("VG-1", "pre stack: x_L == x_0 + sum_l F_l up to summation rounding", _B,
              ("test_variance.test_stream_is_sum_of_writes",), ("SkipDropped", "ResidualAddedTwice", "ResidualScaled")),
     Property("VG-2", "uncorrelated growth, the seeds' example: unit-variance x_0, 192 writes of variance 0.01, "
-             "Var(x_L) ~= 2.92", _B, ("test_variance.test_uncorrelated_growth",),
+             "Var(x_L) ~= 2.92; on the layer presets, Var(x_U) - Var(x_0) = the writes' expected variances", _B,
+             ("test_variance.test_uncorrelated_growth", "test_variance.test_uncorrelated_growth_on_presets"),
              ("ResidualAddedTwice", "ResidualScaled")),
     Property("VG-3", "GPT-2 init (output std 0.02/sqrt(L) for L one-sublayer layers): Var(x_L) - Var(x_0) = "
              "v(0.02) for every L in {6, 12, 24, 48, 96}", _B,
              ("test_variance.test_gpt2_scaling", "test_variance.test_gpt2_init_on_presets"),
-             ("Gpt2ScaleLinear", "Gpt2DepthCountedTwice", "Gpt2HalfWriteVariance")),
+             ("Gpt2ScaleLinear", "Gpt2DepthCountedTwice", "Gpt2HalfWriteVariance", "BidirectionalWhenCausal")),
     Property("VG-4", "every state of a post stack has per-token mean 0 and variance s2/(s2 + eps)", _B,
              ("test_variance.test_post_normalises",), ("PostAsPre", "WrongEps", "Float16Variance")),
     Property("VG-5", "deleting a layer from a pre stack changes its output by about that layer's write, "

@@ -218,3 +218,21 @@ def linear_write_spread(inputs: np.ndarray, std_out: float, eps: float) -> tuple
     q = np.einsum("lti,ltj->lij", normalised, normalised)
     var_sd = std_out**2 * math.sqrt(2.0 * C) * np.sqrt(np.sum(q * q, axis=(1, 2))) / (normalised.shape[1] * C)
     return covariance_sd(normalised, inputs, std_out), var_sd
+
+
+def projection_write_band(a: np.ndarray, std_out: float, d_model: int) -> tuple[float, float]:
+    """(E, sd) of a write's sample variance (over all its elements, around their mean, as stream_variances
+    measures it) over the draw of its output projection W (H x C, entries of std `std_out`), given what W
+    multiplies: F = a W, `a` the (..., H) projection inputs (for attention the context, each query's weighted
+    average of the values over the tokens it sees: the realised token means are in it). With A = mean_t a_t a_t^T
+    and m = mean_t a_t, Var(F) = w^T K w for w = vec W, K = I (x) A / C - J (x) m m^T / C^2 (J all ones), so
+        E = s^2 (tr A - |m|^2 / C),   sd^2 = 2 s^4 tr(K^2) = 2 s^4 (tr(A^2) / C - 2 m^T A m / C^2 + |m|^4 / C^2),
+    exact for Gaussian W whatever a is. Given the stream, each layer's W is a fresh draw, so over a stack the
+    deviations are martingale steps and their variances add."""
+    flat = a.reshape(-1, a.shape[-1])
+    second = flat.T @ flat / flat.shape[0]
+    mean = flat.mean(axis=0)
+    m2 = float(mean @ mean)
+    expected = std_out**2 * (float(np.trace(second)) - m2 / d_model)
+    tr_k2 = float(np.sum(second * second)) / d_model - 2.0 * float(mean @ second @ mean) / d_model**2 + m2**2 / d_model**2
+    return expected, std_out**2 * math.sqrt(2.0 * tr_k2)

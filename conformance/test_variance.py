@@ -89,15 +89,18 @@ VG3_BRANCHES = {"linear": dict(branch="linear"), "mlp": dict(branch="mlp"),
                 "swiglu": dict(branch="mlp", activation="silu", gated=True)}
 
 
+def projection_inputs(cfg: BlockConfig, params, states: np.ndarray) -> list[np.ndarray]:
+    """Per update, what its output projections multiply, from the oracle's maths given the state it reads: the
+    normalised input (linear branch), the mlp's activations, attention's context; a parallel layer's sublayers
+    side by side (their projections stack into one)."""
+    return [np.concatenate([ref.PROJECTION_INPUT[k](cfg, p.sub(k), ref.input_norm(cfg, p.sub(cfg.norm_owner(k)), x))
+                            for k in kinds], axis=-1)
+            for (_, p, kinds), x in zip(ref.layer_updates(cfg, params), states)]
+
+
 def down_inputs(cfg: BlockConfig, params, states: np.ndarray) -> np.ndarray:
-    """What each layer's output projection multiplies, from the oracle's maths: its normalised input (linear
-    branch) or its mlp's activations, (L, B, T, C or H)."""
-    hidden = []
-    for p, x in zip(params, states):
-        s = p.sub(cfg.branch)
-        h = ref.norm(cfg, s, x)
-        hidden.append(h if cfg.branch == "linear" else ref.mlp_hidden(cfg, s, h))
-    return np.stack(hidden)
+    """projection_inputs of a stack of single-sublayer layers, (L, B, T, C or H)."""
+    return np.stack(projection_inputs(cfg, params, states))
 
 
 def _check_init_std(prop, cfg: BlockConfig, params, where: str) -> None:
@@ -152,20 +155,82 @@ def test_gpt2_scaling(subject, dtype, branch, init, prop):
         prop.at_most(f"|growth - L v| in sampling sds at L={depth}", abs(growth - depth * v) / sd, budgets.Z)
 
 
+PRESET_DEPTH = 12
+
+
+def _projection_presets(subject):
+    """(name, cfg) of every layer preset the backend runs at placement=pre under gpt2 init whose writes are
+    output projections (its writes' variance then follows the projection's draw). A norm on the branch's
+    output (OLMo 2, Gemma 3) sets a write's variance to the norm's gain^2 whatever the weights, and a
+    per-channel LayerScale multiplies each sublayer's write by its own gains: neither is a projection's band."""
+    for name in PRESETS:
+        cfg = preset(name, placement="pre", init="gpt2", depth=PRESET_DEPTH, d_model=STAT_SHAPE[-1])
+        if subject.capabilities.supports(cfg) and not cfg.branch_norm and cfg.layer_scale is None:
+            yield name, cfg
+
+
+def _preset_trace(subject, prop, name: str, cfg: BlockConfig, dtype: str):
+    """(params, trace, per-update (E, sd) of the write's variance, per-update sd of Cov(x, F)) for a preset,
+    each band over the update's output projections given the stream (stream_theory.projection_write_band)."""
+    prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=PRESET_DEPTH)
+    params = hh.params_for(subject, cfg, PRESET_DEPTH, dtype)
+    trace = subject.stack_forward(cfg, params, hh.normal_input(3, STAT_SHAPE, 1.0, dtype), dtype)
+    std = expected_std(cfg, "out") * cfg.branch_scale
+    inputs = projection_inputs(cfg, params, trace.states[:-1])
+    bands = np.array([theory.projection_write_band(a, std, cfg.d_model) for a in inputs])
+    cov_sd = np.array([theory.covariance_sd(a[None], x[None], std)[0] for a, x in zip(inputs, trace.states[:-1])])
+    return params, trace, bands, cov_sd
+
+
+@pytest.mark.property("VG-2")
+def test_uncorrelated_growth_on_presets(subject, dtype, prop):
+    """The layers people ship, 12 layers under gpt2 init: each update's write is uncorrelated with the stream
+    it reads (its covariance within Z sds of the draw of its output projections, given what they multiply),
+    so the stream grows by the sum of the writes' expected variances. Attention writes are averages over
+    the tokens each query sees (the causal prefix, or every token): the band takes them from the realised
+    stream, so an attention that averages over the wrong tokens moves the growth off its band."""
+    if dtype in NARROW_DTYPES:
+        pytest.skip("VG-2 on the presets is checked in float64 and float32 only")
+    ran = False
+    for name, cfg in _projection_presets(subject):
+        _, trace, bands, cov_sd = _preset_trace(subject, prop, name, cfg, dtype)
+        state_vars, _, covs = theory.stream_variances(trace.states, trace.writes)
+        prop.at_most(f"max_u |Cov(x_u, F_u)| in sampling sds, preset {name}", float(np.max(np.abs(covs) / cov_sd)),
+                     budgets.Z)
+        expected, sd = bands[:, 0].sum(), np.sqrt(np.sum(bands[:, 1] ** 2) + 4.0 * np.sum(cov_sd**2))
+        prop.curve(f"{name} Var(x_u)", range(len(state_vars)), state_vars)
+        prop.curve(f"{name} theory", range(len(state_vars)), state_vars[0] + np.concatenate([[0.0], np.cumsum(bands[:, 0])]))
+        prop.at_most(f"|Var(x_U) - Var(x_0) - sum of E[Var(F_u)]| in sampling sds, preset {name}",
+                     abs(state_vars[-1] - state_vars[0] - expected) / sd, budgets.Z)
+        ran = True
+    if not ran:
+        pytest.skip(f"{subject.name} runs no layer preset of projection writes at placement=pre")
+
+
 @pytest.mark.property("VG-3")
 def test_gpt2_init_on_presets(subject, dtype, prop):
     """The layers people ship under `gpt2` init: every weight and output projection of every preset the
     backend runs has the scheme's std (0.02; output projections 0.02 / sqrt(2 L) for two writes a layer),
-    so an initializer that counts depth wrong is seen on the presets too, not only on one-sublayer blocks."""
+    so an initializer that counts depth wrong is seen on the presets too, not only on one-sublayer blocks;
+    and where the writes are projections, the sum of the realised write variances is the sum of their
+    expectations over the projections' draw given what they multiply (attention's context carries the
+    realised token means), within Z sds: half the write variance lands about 20 sds out."""
     if dtype in NARROW_DTYPES:
         pytest.skip("VG-3 is checked in float64 and float32 only")
     ran = False
     for name in PRESETS:
-        cfg = preset(name, placement="pre", init="gpt2", depth=12, d_model=STAT_SHAPE[-1])
+        cfg = preset(name, placement="pre", init="gpt2", depth=PRESET_DEPTH, d_model=STAT_SHAPE[-1])
         if subject.capabilities.supports(cfg):
-            prop.example(cfg=cfg.describe(), seed=12)
-            _check_init_std(prop, cfg, hh.params_for(subject, cfg, 12, dtype), f"preset {name}, L=12")
+            prop.example(cfg=cfg.describe(), seed=PRESET_DEPTH)
+            _check_init_std(prop, cfg, hh.params_for(subject, cfg, PRESET_DEPTH, dtype), f"preset {name}, L=12")
             ran = True
+    for name, cfg in _projection_presets(subject):
+        _, trace, bands, _ = _preset_trace(subject, prop, name, cfg, dtype)
+        _, write_vars, _ = theory.stream_variances(trace.states, trace.writes)
+        prop.curve(f"{name} Var(F_u)", range(1, len(write_vars) + 1), write_vars)
+        prop.curve(f"{name} E[Var(F_u)]", range(1, len(write_vars) + 1), bands[:, 0])
+        prop.at_most(f"|sum of write variances - sum of E| in sampling sds, preset {name}",
+                     abs(write_vars.sum() - bands[:, 0].sum()) / np.sqrt(np.sum(bands[:, 1] ** 2)), budgets.Z)
     if not ran:
         pytest.skip(f"{subject.name} runs no layer preset at placement=pre")
 

@@ -76,3 +76,23 @@ def test_isotropic_tokens_have_anisotropy_one():
     assert np.all(np.abs(theory.input_anisotropy(x, 1e-5) - 1.0) < 0.05)
     shared = x + 3.0 * np.random.default_rng(1).normal(size=(1, 1, 64))
     assert np.all(theory.input_anisotropy(shared, 1e-5) > 1.5)
+
+
+def test_projection_write_band_against_the_draw_of_the_projection():
+    """E and sd of a write's sample variance over 20,000 draws of its output projection W, for fixed inputs
+    whose mean is far from 0 (so the terms for the write's own mean matter: they move E by 17 % and the sd by
+    more). The sample mean sits within 5 standard errors of E; the sample sd within 5 of its own standard
+    errors of sd (a sample variance's relative standard error is sqrt((kurtosis - 1) / N), kurtosis measured)."""
+    rng = np.random.default_rng(7)
+    a, std, C, draws = rng.normal(size=(50, 4)) + 1.0, 0.3, 3, 20_000
+    expected, sd = theory.projection_write_band(a, std, C)
+    w = rng.normal(0.0, std, size=(draws, 4, C))
+    f = np.einsum("th,nhc->ntc", a, w).reshape(draws, -1)
+    v = f.var(axis=1)
+    assert abs(v.mean() - expected) < 5.0 * v.std() / np.sqrt(draws)
+    kurtosis = np.mean((v - v.mean()) ** 4) / v.var() ** 2
+    assert abs(v.var() / sd**2 - 1.0) < 5.0 * np.sqrt((kurtosis - 1.0) / draws)
+    no_mean_terms = std**2 * np.trace(a.T @ a / len(a))
+    assert abs(v.mean() - no_mean_terms) > 5.0 * v.std() / np.sqrt(draws)  # the test can tell them apart
+    sd_no_mean_terms = std**2 * np.sqrt(2.0 * np.sum((a.T @ a / len(a)) ** 2) / C)
+    assert abs(v.var() / sd_no_mean_terms**2 - 1.0) > 5.0 * np.sqrt((kurtosis - 1.0) / draws)

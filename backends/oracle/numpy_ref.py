@@ -128,12 +128,18 @@ def _attention_inputs(cfg: BlockConfig, s, h: np.ndarray):
     return q0, k0, v, q1, k1, rope(cfg, q1), rope(cfg, k1)
 
 
-def attention(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
-    """Self-attention, causal or bidirectional, with n_kv_heads key/value heads shared by groups of queries."""
+def attention_context(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """Each query's attention-weighted average of the values, heads merged: what the output projection reads.
+    Causal or bidirectional, with n_kv_heads key/value heads shared by groups of queries."""
     *_, v, _, _, q, k = _attention_inputs(cfg, s, h)
     groups = cfg.n_heads // cfg.kv_heads
     o = ops.attention(q, ops.repeat_kv(k, groups), ops.repeat_kv(v, groups), cfg.causal)  # (B, nh, T, hd)
-    return ops.linear(ops.merge_heads(o), s.wo, s.bo)  # (B, T, C)
+    return ops.merge_heads(o)  # (B, T, nh * hd)
+
+
+def attention(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """Self-attention: out(attention_context(h))."""
+    return ops.linear(attention_context(cfg, s, h), s.wo, s.bo)  # (B, T, C)
 
 
 def attention_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
@@ -159,6 +165,8 @@ def attention_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np
 
 
 BRANCH = {"linear": linear_branch, "mlp": mlp, "attention": attention}
+# What each branch's output projection multiplies (VG-2, VG-3 band a write's variance over that projection).
+PROJECTION_INPUT = {"linear": lambda cfg, s, h: h, "mlp": mlp_hidden, "attention": attention_context}
 BRANCH_VJP = {"linear": linear_branch_vjp, "mlp": mlp_vjp, "attention": attention_vjp}
 
 
