@@ -69,7 +69,9 @@ PROPERTIES = (
              "the oracle's trajectory", _B, ("test_gradient.test_gradient_bounds",),
              ("SkipDropped", "SkipDetached", "PlainWithSkip")),
     Property("GR-3", "recorded curve: ||grad x_0||/||g|| at depth 1..128, residual against plain on the same "
-             "weights", _B, ("test_gradient.test_gradient_depth_sweep",), ("PlainWithSkip",)),
+             "weights; band: each point within its gradient budget of the oracle's curve, and plain below residual "
+             "from depth 2; theory gate: the residual curve's log(ratio^2) within Z sds of the pre-LN analogue of "
+             "(1 + beta^2)^L", _B, ("test_gradient.test_gradient_depth_sweep",), ("PlainWithSkip",)),
     Property("GR-4", "a backend's float64 VJP agrees with central finite differences of its own forward", _B,
              ("test_gradient.test_vjp_finite_differences",), ("SkipDetached", "GradientScaled")),
     Property("VG-1", "pre stack: x_L == x_0 + sum_l F_l up to summation rounding", _B,

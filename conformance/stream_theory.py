@@ -1,4 +1,4 @@
-"""Theory of the residual stream's variance at init, and the sampling error of measuring it.
+"""Theory of the residual stream at init (its variance, the gradient through it); the sampling error of measuring it.
 
 Pre-LN stream: x_l = x_{l-1} + F_l(N(x_{l-1})). Expanding a sample variance,
     Var(x_l) = Var(x_{l-1}) + Var(F_l) + 2 Cov(x_{l-1}, F_l),
@@ -234,5 +234,40 @@ def projection_write_band(a: np.ndarray, std_out: float, d_model: int) -> tuple[
     mean = flat.mean(axis=0)
     m2 = float(mean @ mean)
     expected = std_out**2 * (float(np.trace(second)) - m2 / d_model)
-    tr_k2 = float(np.sum(second * second)) / d_model - 2.0 * float(mean @ second @ mean) / d_model**2 + m2**2 / d_model**2
+    tr_k2 = (float(np.sum(second * second)) / d_model - 2.0 * float(mean @ second @ mean) / d_model**2
+             + m2**2 / d_model**2)
     return expected, std_out**2 * math.sqrt(2.0 * tr_k2)
+
+
+def gradient_ratio_band(states: np.ndarray, cotangents: np.ndarray, std_out: float, eps: float) -> tuple[float, float]:
+    """(E, sd) of log(||grad x_0||^2 / ||g||^2) for a pre stack of linear branches with layernorm (gain 1, bias 0),
+    its output projections of std `std_out`, over their draw given the stream: `states` x_0..x_L and
+    `cotangents` g_0..g_L (the cotangent on each state; g_L = g) of the stack's own backward.
+
+    Layer l passes g back as g + J^T g, per token (row vectors) u_t = g_t W^T P_t / tau_t, with the layernorm's
+    Jacobian (1 / tau) P, P = I - 11^T / C - h h^T / C, tau^2 = sigma^2 + eps, h the normalised token. P has
+    eigenvalues 0 (the mean), 1 - kappa (h; kappa = sigma^2 / tau^2) and 1 (C - 2 times), so over W
+        E ||g_{l-1}||^2 = sum_t ||g_t||^2 (1 + s^2 (C - 2 + (1 - kappa_t)^2) / tau_t^2),
+    the pre-LN analogue of (1 + beta^2)^L. Its spread: the cross term 2 <g, u> = 2 tr(W^T A), A = sum_t
+    (P_t g_t) g_t^T / tau_t, variance 4 s^2 ||A||_F^2; ||u||^2, a Gaussian quadratic form, 2 s^4 (C - 2)
+    ||sum_t g_t^T g_t / tau_t^2||_F^2 (P_t^2 taken as rank C - 2). Each layer's log-step is added with its
+    mean (log(1 + e) minus half its variance) and its variance: W_l is drawn apart from the cotangent it meets
+    but for the states after it, which its small write moves (checked by Monte Carlo: tools/gr3_power.py)."""
+    C = states.shape[-1]
+    mean, variance = 0.0, 0.0
+    for x, g in zip(states[:-1], cotangents[1:]):
+        x, g = x.reshape(-1, C), g.reshape(-1, C)
+        centred = x - x.mean(axis=-1, keepdims=True)
+        sigma2 = np.mean(centred * centred, axis=-1, keepdims=True)
+        tau = np.sqrt(sigma2 + eps)
+        h, kappa = centred / tau, sigma2 / tau**2
+        g2 = np.sum(g * g, axis=-1, keepdims=True)
+        total = float(g2.sum())
+        e = std_out**2 * float(np.sum(g2 * (C - 2 + (1.0 - kappa) ** 2) / tau**2)) / total
+        projected = g - g.mean(axis=-1, keepdims=True) - h * np.sum(h * g, axis=-1, keepdims=True) / C
+        a = (projected / tau).T @ g
+        q = (g / tau**2).T @ g
+        v = (4.0 * std_out**2 * np.sum(a * a) + 2.0 * std_out**4 * (C - 2) * np.sum(q * q)) / total**2
+        mean += math.log1p(e) - v / (2.0 * (1.0 + e) ** 2)
+        variance += v / (1.0 + e) ** 2
+    return mean, math.sqrt(variance)

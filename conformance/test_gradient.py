@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import NARROW_DTYPES, smallest_normal, unit_roundoff
+from resconf.backends.params import expected_std
 from resconf.conformance import budgets
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance import profiles
+from resconf.conformance import stream_theory
 from resconf.conformance.recorder import baseline_error
 from resconf.conformance.requirements import require_placement
 
@@ -101,6 +103,13 @@ def _norm_budget(cfg, params, x, g, dtype, oracle, baseline) -> float:
 
 
 SWEEP_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128)
+SWEEP_SHAPE = (2, 8, 64)
+
+
+def sweep_config() -> BlockConfig:
+    """GR-3's residual stack at its full depth."""
+    return BlockConfig(placement="pre", norm="layernorm", branch="linear", init="standard", depth=SWEEP_DEPTHS[-1],
+                       d_model=SWEEP_SHAPE[-1])
 
 
 def _padded(params, depth: int, identity):
@@ -115,13 +124,14 @@ def test_gradient_depth_sweep(subject, baseline, dtype, prop):
     (linear branch, so an identity block exists for both: w_out = 0 for pre, w_out = I for plain). The band:
     each point agrees with the oracle's curve within that point's gradient budget (points where the oracle's
     plain value is below the dtype's normal range are recorded, not compared), and the plain curve lies
-    below the residual one from depth 2 on. A recorded curve, kept to float64 and float32: the plain curve
-    falls to 1e-90 and out of float16's range, and low-precision agreement is checked per block elsewhere."""
+    below the residual one from depth 2 on; and the residual curve keeps to theory (theory_gate). Kept to
+    float64 and float32: the plain curve falls out of float16's range, and low-precision agreement is checked
+    per block elsewhere."""
     if dtype in NARROW_DTYPES:
         pytest.skip("GR-3 records its curve in float64 and float32 only")
     require_placement(subject, "pre", "plain")
-    L, shape, seed = SWEEP_DEPTHS[-1], (2, 4, 16), 20261122
-    cfg = BlockConfig(placement="pre", norm="layernorm", branch="linear", init="standard", depth=L, d_model=16)
+    shape, seed = SWEEP_SHAPE, 20261122
+    cfg = sweep_config()
     plain = dataclasses.replace(cfg, placement="plain")
     prop.example(cfg=cfg.describe(), shape=shape, seed=seed)
     params = hh.params_for(subject, cfg, seed, dtype)
@@ -148,6 +158,23 @@ def test_gradient_depth_sweep(subject, baseline, dtype, prop):
                                    np.array(want), b, "gradient", dtype, depth)
     for depth, res, pl in zip(SWEEP_DEPTHS[1:], curves["residual"][1:], curves["plain"][1:]):
         prop.at_least(f"residual over plain gradient ratio at depth {depth}", res / max(pl, 1e-300), 1.0)
+    theory_gate(prop, cfg, params, x, g, curves["residual"])
+
+
+def theory_gate(prop, cfg: BlockConfig, params, x: np.ndarray, g: np.ndarray, ratios) -> None:
+    """The residual curve against theory: log(ratio^2) within Z sds of the pre-LN analogue of (1 + beta^2)^L,
+    prod over layers of (1 + s^2 (C - 2) / sigma^2), banded over the output projections' draw given the
+    oracle's stream and cotangents (stream_theory.gradient_ratio_band; Monte Carlo: tools/gr3_power.py)."""
+    theory_curve = []
+    for depth, ratio in zip(SWEEP_DEPTHS, ratios):
+        c = dataclasses.replace(cfg, depth=depth)
+        states = ref.stack_forward(c, params[:depth], x).states
+        cotangents = np.stack(ref.backward(c, params[:depth], x, g)[2])
+        mean, sd = stream_theory.gradient_ratio_band(states, cotangents, expected_std(c, "out"), c.eps)
+        theory_curve.append(math.exp(mean / 2.0))
+        prop.at_most(f"|log(ratio^2) - theory| in sampling sds at depth {depth}",
+                     abs(2.0 * math.log(ratio) - mean) / sd, budgets.Z)
+    prop.curve("residual (theory)", SWEEP_DEPTHS, theory_curve)
 
 
 @pytest.mark.property("GR-4")

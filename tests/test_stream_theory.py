@@ -1,4 +1,4 @@
-"""The variance theory behind VG-2/VG-3 (conformance/stream_theory.py) against closed forms and sampling."""
+"""The theory behind VG-2/VG-3 and GR-3's gate (conformance/stream_theory.py) against closed forms and sampling."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,8 @@ from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import BASE_STD, draw_params, expected_std, role_of
 from resconf.conformance import stream_theory as theory
+from resconf.conformance.budgets import Z
+from resconf.conformance.test_gradient import SWEEP_SHAPE, sweep_config
 
 
 def test_relu_second_moment_is_half_the_variance():
@@ -96,3 +98,19 @@ def test_projection_write_band_against_the_draw_of_the_projection():
     assert abs(v.mean() - no_mean_terms) > 5.0 * v.std() / np.sqrt(draws)  # the test can tell them apart
     sd_no_mean_terms = std**2 * np.sqrt(2.0 * np.sum((a.T @ a / len(a)) ** 2) / C)
     assert abs(v.var() / sd_no_mean_terms**2 - 1.0) > 5.0 * np.sqrt((kurtosis - 1.0) / draws)
+
+
+def test_gradient_ratio_band_holds_the_oracle_and_refuses_a_dropped_branch_gradient():
+    """GR-3's theory gate on the oracle at depth 128 (three seeds: within Z sds), and on a backward that drops
+    every branch's gradient (grad x_0 = g, ratio 1, against theory's ~4.4): far outside."""
+    import dataclasses
+    cfg = sweep_config()
+    for seed in range(3):
+        params = draw_params(cfg, seed)
+        rng = np.random.default_rng(seed)
+        x, g = rng.normal(size=SWEEP_SHAPE), rng.normal(size=SWEEP_SHAPE)
+        states = ref.stack_forward(cfg, params, x).states
+        dx, _, cotangents = ref.backward(cfg, params, x, g)
+        mean, sd = theory.gradient_ratio_band(states, np.stack(cotangents), expected_std(cfg, "out"), cfg.eps)
+        assert abs(np.log(np.sum(dx * dx) / np.sum(g * g)) - mean) / sd <= Z
+        assert abs(0.0 - mean) / sd > 2 * Z  # log(1): the skip's gradient alone

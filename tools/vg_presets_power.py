@@ -62,8 +62,9 @@ def main() -> None:
             forward_cfg = dataclasses.replace(cfg, **{field: eval(value)})  # noqa: S307 (a command-line literal)
         rows = np.array([z_scores(cfg, seed, forward_cfg) for seed in range(args.seeds)])
         w, g, c, rel, growth = rows.T
-        print(f"| {name} | {args.seeds} | {w.mean():+.2f} | {w.std(ddof=1):.2f} | {np.abs(w).max():.2f} | {np.median(rel):.4f} "
-              f"| {g.mean():+.2f} | {g.std(ddof=1):.2f} | {np.abs(g).max():.2f} | {c.max():.2f} | {growth.mean():.4f} |",
+        print(f"| {name} | {args.seeds} | {w.mean():+.2f} | {w.std(ddof=1):.2f} | {np.abs(w).max():.2f} "
+              f"| {np.median(rel):.4f} | {g.mean():+.2f} | {g.std(ddof=1):.2f} | {np.abs(g).max():.2f} | {c.max():.2f} "
+              f"| {growth.mean():.4f} |",
               flush=True)
     print(f"\nZ = {Z}: delta_95 = (Z + 1.645 sd z) x relative sd.")
 
