@@ -226,6 +226,15 @@ class Gpt2HalfWriteVariance(BlockMutant):
         return _scaled_outputs(cfg, seed, np.sqrt(0.5))
 
 
+class WritesNothing(BlockMutant):
+    """Every sublayer's write is dropped from the forward: x_l = x_{l-1}, whatever the weights (a stack of
+    identities, which the stream's growth alone cannot tell from a small write)."""
+
+    def forward_block(self, cfg, p, kinds, x):
+        y, w = ref.update_forward(cfg, p, kinds, x)
+        return (x, np.zeros_like(w)) if cfg.placement == "pre" else (y, w)
+
+
 def _scaled_outputs(cfg, seed, factor):
     params = draw_params(cfg, seed)
     if cfg.init != "gpt2":
@@ -615,7 +624,7 @@ MUTANTS = (
     Bfloat16WeightGradient, BlockwiseSoftmaxNoRescale, Gpt2DepthCountedTwice, Gpt2HalfWriteVariance, RopeOnValues,
     QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
     FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
-    KeyBiasGradientFromValue, SandwichPostNormMissing, RopeHalfSplitWhenInterleaved,
+    KeyBiasGradientFromValue, SandwichPostNormMissing, RopeHalfSplitWhenInterleaved, WritesNothing,
 )
 # mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
 EXPECTED = catalogue.caught_by(MUTANTS)
