@@ -83,6 +83,7 @@ class BlockConfig:
     qk_norm_scope: str = "head"  # over each head (Qwen 3, Gemma 3) or over the whole projection (OLMo 2)
     layer_scale: float | None = None  # per-channel gain on each write, drawn at this value (CaiT)
     skip_scale: float | None = None  # the skip scalar s (He et al.'s lambda); deepnorm's free alpha
+    init_beta: float | None = None  # deepnorm init's gain beta; None: (8N)^(-1/4) (deepnet_constants: enc-dec)
     branch_scale: float = 1.0  # a constant on every write
     # --- the model this stack belongs to ---
     model_depth: int | None = None  # layers of the whole model when the stack is a slice of it; None: depth.
@@ -125,6 +126,9 @@ class BlockConfig:
         if not self.input_norm and (self.placement != "pre" or self.parallel):
             raise ValueError(f"input_norm=False is a sequential pre-norm layer without its first norm; got "
                              f"placement={self.placement!r}, parallel={self.parallel}")
+        if self.init_beta is not None and not (self.init == "deepnorm" and self.init_beta > 0):
+            raise ValueError(f"init_beta={self.init_beta} is deepnorm init's gain: it needs init='deepnorm' and a "
+                             f"value > 0, got init={self.init!r}")
         if self.model_depth is not None and self.model_depth < self.depth:
             raise ValueError(f"model_depth={self.model_depth} must be >= depth={self.depth} (the stack is a "
                              f"slice of the model)")
@@ -199,8 +203,8 @@ class BlockConfig:
 
     @property
     def deepnorm_beta(self) -> float:
-        """DeepNet's init gain on FFN, value and output projections: (8N)^(-1/4), N = init_depth."""
-        return (8.0 * self.init_depth) ** -0.25
+        """DeepNet's init gain on FFN, value and output projections: init_beta, else (8N)^(-1/4), N = init_depth."""
+        return (8.0 * self.init_depth) ** -0.25 if self.init_beta is None else self.init_beta
 
     @property
     def skip(self) -> float:
@@ -243,3 +247,16 @@ class BlockConfig:
             elif value != getattr(defaults, f.name):
                 text += f",{f.name}={value:g}" if isinstance(value, float) else f",{f.name}={value}"
         return text
+
+
+def deepnet_constants(part: str, encoder_layers: int, decoder_layers: int) -> tuple[float, float]:
+    """DeepNet's (alpha, beta) for one part of an encoder-decoder of N encoder and M decoder layers (Wang et al.
+    2022, table 1): encoder 0.81 (N^4 M)^(1/16) and 0.87 (N^4 M)^(-1/16), decoder (3M)^(1/4) and (12M)^(-1/4).
+    A stack of that part takes them as skip_scale and init_beta (the encoder-only constants are the default)."""
+    n, m = encoder_layers, decoder_layers
+    if part not in ("encoder", "decoder") or n < 1 or m < 1:
+        raise ValueError(f"deepnet_constants({part!r}, {n}, {m}): expected part 'encoder' or 'decoder' and "
+                         f"layer counts >= 1")
+    if part == "encoder":
+        return 0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)
+    return (3.0 * m) ** 0.25, (12.0 * m) ** -0.25

@@ -14,7 +14,7 @@ import pytest
 
 from resconf.backends.oracle import numpy_ops as ops
 from resconf.backends.oracle import numpy_ref as ref
-from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig
+from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig, deepnet_constants
 from resconf.backends.dtypes import DTYPES, numpy_dtype, round_to
 from resconf.backends.params import LayerParams, draw_params, expected_std
 from resconf.backends.presets import PRESETS, preset
@@ -336,6 +336,23 @@ def test_deepnorm_constants_match_deepnet():
         assert p[name].std() == pytest.approx(xavier(p[name]), rel=0.1), name
     for name in ("attention.wv", "attention.wo", "mlp.w_up", "mlp.w_down"):  # scaled by beta
         assert p[name].std() == pytest.approx(cfg.deepnorm_beta * xavier(p[name]), rel=0.1), name
+
+
+def test_deepnorm_beta_override_and_the_encoder_decoder_constants():
+    """init_beta replaces (8N)^(-1/4) in the draw; DeepNet's encoder-decoder constants at N = M = 6 (table 1);
+    an init_beta without deepnorm init would do nothing, so it is refused."""
+    cfg = preset("encoder", placement="deepnorm", init="deepnorm", depth=6, d_model=64, n_heads=4)
+    alpha, beta = deepnet_constants("encoder", 6, 6)
+    assert (alpha, beta) == pytest.approx((0.81 * 6 ** (5 / 16), 0.87 * 6 ** (-5 / 16)))
+    assert deepnet_constants("decoder", 6, 6) == pytest.approx((18 ** 0.25, 72 ** -0.25))
+    tuned = dataclasses.replace(cfg, skip_scale=alpha, init_beta=beta)
+    assert tuned.skip == alpha and tuned.deepnorm_beta == beta != cfg.deepnorm_beta
+    ratio = draw_params(tuned, 0)[0]["mlp.w_down"] / draw_params(cfg, 0)[0]["mlp.w_down"]
+    assert np.allclose(ratio, beta / cfg.deepnorm_beta)
+    with pytest.raises(ValueError, match="init_beta=0.5 is deepnorm init's gain"):
+        BlockConfig(init="standard", init_beta=0.5)
+    with pytest.raises(ValueError, match="expected part 'encoder' or 'decoder'"):
+        deepnet_constants("middle", 6, 6)
 
 
 # --- fused add + norm ---
