@@ -74,15 +74,6 @@ def gemma3(**fields) -> BlockConfig:
                           "gated": True, "bias": False, **fields})
 
 
-def palm(**fields) -> BlockConfig:
-    """PaLM: attention and MLP in parallel from one shared LayerNorm without bias; multi-query attention (one
-    key/value head) with RoPE over the whole head; SwiGLU; no biases anywhere. It differs from GPT-J in every
-    feature but the parallel layer."""
-    return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": _is_pre(fields), "norm": "layernorm",
-                          "norm_bias": False, "n_heads": 2, "n_kv_heads": 1, "rope": True, "activation": "silu",
-                          "gated": True, "bias": False, **fields})
-
-
 def encoder(**fields) -> BlockConfig:
     """BERT / ViT encoder: bidirectional attention, exact GELU, LayerNorm with bias."""
     return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "norm": "layernorm", "causal": False, "gelu": "exact",
@@ -101,7 +92,7 @@ def modern(**fields) -> BlockConfig:
 
 
 PRESETS = {"gpt2": gpt2, "llama": llama, "gptj": gptj, "encoder": encoder, "modern": modern, "phi": phi,
-           "neox": neox, "olmo2": olmo2, "gemma3": gemma3, "palm": palm}
+           "neox": neox, "olmo2": olmo2, "gemma3": gemma3}
 
 
 def preset(name: str, **fields) -> BlockConfig:
