@@ -32,13 +32,15 @@ PLAIN_MANTISSA, PLAIN_EXPONENT = sci(JACOBIAN_NORM ** PLAIN_DEPTH)  # 1.8, -8
 CAPTIONS = {
     "VG-2": "Var(x_l) against depth l: the stream's variance grows by the variance of each write "
             "(the seeds' example: unit-variance embeddings, 192 sublayers each writing variance 0.01, "
-            "so 1 + 192 x 0.01 = 2.92).",
+            "so 1 + 192 x 0.01 = 2.92); on the layer presets, per update u, against the sum of the writes' "
+            "expected variances given the stream (the preset's theory line).",
     "VG-3": "Var(x_L) / Var(x_0) against depth L: flat with GPT-2 init (output projections scaled by "
             "1/sqrt(2L)), linear in L with standard init.",
     "GR-3": "||grad x_0|| / ||g|| against depth (log scale), residual against plain on the same weights; "
             f"the grey line has slope log {JACOBIAN_NORM}: a plain stack whose layers have Jacobian norm "
             f"{JACOBIAN_NORM} keeps {JACOBIAN_NORM}^{PLAIN_DEPTH} = {PLAIN_MANTISSA}e{PLAIN_EXPONENT} of the "
-            f"gradient after {PLAIN_DEPTH} layers.",
+            f"gradient after {PLAIN_DEPTH} layers. The residual theory line is sqrt(prod_l (1 + s^2 (C - 2) / "
+            "sigma_l^2)), the pre-LN analogue of (1 + beta^2)^(L/2).",
 }
 
 
