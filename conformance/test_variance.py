@@ -53,24 +53,25 @@ def _seeds_example_params(cfg: BlockConfig, seed: int, dtype: str, write_var: fl
 def test_uncorrelated_growth(subject, dtype, prop):
     """The seeds' worked example: unit-variance embeddings, 192 sublayers each writing variance 0.01,
     so Var(x_L) ~= 1 + 192 * 0.01 = 2.92. Checked two ways within Z sigma of the sampling distribution
-    over each layer's weights, given the stream it reads (stream_theory.linear_write_spread): every layer's
-    covariance of stream and write, and the final variance."""
+    over each layer's weights, given the stream it reads (write_bands): every layer's covariance of stream and
+    write, and the final variance."""
     require_placement(subject, "pre")
     require_branch(subject, "linear", "layernorm")
     depth, write_var, seed = 192, 0.01, 192
     cfg = BlockConfig(placement="pre", norm="layernorm", branch="linear", depth=depth, d_model=STAT_SHAPE[-1])
     prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=seed)
     x = hh.normal_input(seed, STAT_SHAPE, 1.0, dtype)
-    trace = subject.stack_forward(cfg, _seeds_example_params(cfg, seed, dtype, write_var), x, dtype)
+    params = _seeds_example_params(cfg, seed, dtype, write_var)
+    trace = subject.stack_forward(cfg, params, x, dtype)
     state_vars, write_vars, covs = theory.stream_variances(trace.states, trace.writes)
     n, C = x.size, cfg.d_model
     prop.curve("Var(x_l)", range(depth + 1), state_vars)
     prop.curve("theory 1 + 0.01 l", range(depth + 1), 1.0 + write_var * np.arange(depth + 1))
-    cov_sd, var_sd = theory.linear_write_spread(trace.states[:-1], np.sqrt(write_var / C), cfg.eps)
+    bands, cov_sd = write_bands(cfg, params, trace.states[:-1], np.sqrt(write_var / C))
     prop.at_most("max_l |Cov(x_{l-1}, F_l)| in units of its sampling sd", float(np.max(np.abs(covs) / cov_sd)),
                  budgets.Z)
     expected = 1.0 + depth * write_var
-    sd = np.sqrt(np.sum(4.0 * cov_sd**2 + var_sd**2) + 2.0 / n)  # + x_0's own sample variance
+    sd = np.sqrt(np.sum(4.0 * cov_sd**2 + bands[:, 1] ** 2) + 2.0 / n)  # + x_0's own sample variance
     prop.at_most(f"|Var(x_L) - {expected:.2f}| in sampling sds", abs(state_vars[-1] - expected) / sd, budgets.Z)
 
 
@@ -96,6 +97,15 @@ def projection_inputs(cfg: BlockConfig, params, states: np.ndarray) -> list[np.n
     return [np.concatenate([ref.PROJECTION_INPUT[k](cfg, p.sub(k), ref.input_norm(cfg, p.sub(cfg.norm_owner(k)), x))
                             for k in kinds], axis=-1)
             for (_, p, kinds), x in zip(ref.layer_updates(cfg, params), states)]
+
+
+def write_bands(cfg: BlockConfig, params, states: np.ndarray, std_out: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per update, ((E, sd) of its write's variance, sd of Cov(x, F)) over its output projections (entries of
+    std `std_out`) given the state it reads (stream_theory.projection_write_band, covariance_sd)."""
+    inputs = projection_inputs(cfg, params, states)
+    bands = np.array([theory.projection_write_band(a, std_out, cfg.d_model) for a in inputs])
+    cov_sd = np.array([theory.covariance_sd(a[None], x[None], std_out)[0] for a, x in zip(inputs, states)])
+    return bands, cov_sd
 
 
 def down_inputs(cfg: BlockConfig, params, states: np.ndarray) -> np.ndarray:
@@ -175,10 +185,7 @@ def _preset_trace(subject, prop, name: str, cfg: BlockConfig, dtype: str):
     prop.example(cfg=cfg.describe(), shape=STAT_SHAPE, seed=PRESET_DEPTH)
     params = hh.params_for(subject, cfg, PRESET_DEPTH, dtype)
     trace = subject.stack_forward(cfg, params, hh.normal_input(3, STAT_SHAPE, 1.0, dtype), dtype)
-    std = expected_std(cfg, "out") * cfg.branch_scale
-    inputs = projection_inputs(cfg, params, trace.states[:-1])
-    bands = np.array([theory.projection_write_band(a, std, cfg.d_model) for a in inputs])
-    cov_sd = np.array([theory.covariance_sd(a[None], x[None], std)[0] for a, x in zip(inputs, trace.states[:-1])])
+    bands, cov_sd = write_bands(cfg, params, trace.states[:-1], expected_std(cfg, "out") * cfg.branch_scale)
     return params, trace, bands, cov_sd
 
 

@@ -23,7 +23,7 @@ from resconf.backends.params import draw_params, expected_std
 from resconf.backends.presets import PRESETS, preset
 from resconf.conformance import stream_theory as theory
 from resconf.conformance.budgets import Z
-from resconf.conformance.test_variance import PRESET_DEPTH, STAT_SHAPE, projection_inputs
+from resconf.conformance.test_variance import PRESET_DEPTH, STAT_SHAPE, write_bands
 
 
 def z_scores(cfg, seed: int, forward_cfg) -> tuple[float, float, float, float, float]:
@@ -32,10 +32,7 @@ def z_scores(cfg, seed: int, forward_cfg) -> tuple[float, float, float, float, f
     x = np.random.default_rng(10**6 + seed).normal(size=STAT_SHAPE)
     trace = ref.stack_forward(forward_cfg, params, x)
     state_vars, write_vars, covs = theory.stream_variances(trace.states, trace.writes)
-    std = expected_std(cfg, "out") * cfg.branch_scale
-    inputs = projection_inputs(cfg, params, trace.states[:-1])
-    bands = np.array([theory.projection_write_band(a, std, cfg.d_model) for a in inputs])
-    cov_sd = np.array([theory.covariance_sd(a[None], s[None], std)[0] for a, s in zip(inputs, trace.states[:-1])])
+    bands, cov_sd = write_bands(cfg, params, trace.states[:-1], expected_std(cfg, "out") * cfg.branch_scale)
     expected, write_sd = bands[:, 0].sum(), np.sqrt(np.sum(bands[:, 1] ** 2))
     growth = state_vars[-1] - state_vars[0]
     return ((write_vars.sum() - expected) / write_sd,
