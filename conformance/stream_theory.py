@@ -172,7 +172,7 @@ def covariance_sd(down_inputs: np.ndarray, inputs: np.ndarray, std_out: float) -
     linear branch, the activations for an mlp), `inputs` the (L, ..., C) states the layers read. Centred as
     stream_variances centres, Cov = tr(W^T M) / n with M = sum_t a_t^T x_t, so sd = s ||M||_F / n: exact for
     Gaussian weights, whatever the stream's shape. Each is a martingale step (zero mean given the past), so
-    over layers the variances add. The isotropic model (correlation_sd) is this for tokens with identity
+    over layers the variances add. The isotropic model (tools/vg2_power.py) is this for tokens with identity
     covariance; as writes come to dominate the stream it grows anisotropic and the true spread exceeds that
     model's (1.55x at L = 192)."""
     L, C = inputs.shape[0], inputs.shape[-1]
