@@ -71,7 +71,10 @@ PROPERTIES = (
     Property("GR-3", "recorded curve: ||grad x_0||/||g|| at depth 1..128, residual against plain on the same "
              "weights; band: each point within its gradient budget of the oracle's curve, and plain below residual "
              "from depth 2; theory gate: the residual curve's log(ratio^2) within Z sds of the pre-LN analogue of "
-             "(1 + beta^2)^L", _B, ("test_gradient.test_gradient_depth_sweep",), ("PlainWithSkip",)),
+             "(1 + beta^2)^L; on the gpt2, llama and encoder presets, log(ratio^2) within Z sds of its expectation over the "
+             "output projections' draw", _B,
+             ("test_gradient.test_gradient_depth_sweep", "test_gradient.test_gradient_ratio_on_presets"),
+             ("PlainWithSkip", "AttentionGradientScaled")),
     Property("GR-4", "a backend's float64 VJP agrees with central finite differences of its own forward", _B,
              ("test_gradient.test_vjp_finite_differences",), ("SkipDetached", "GradientScaled")),
     Property("VG-1", "pre stack: x_L == x_0 + sum_l F_l up to summation rounding", _B,

@@ -28,8 +28,10 @@ from typing import Any, Callable
 import numpy as np
 
 SUITE_ROOT = Path(__file__).resolve().parents[1]  # backends/ and conformance/ beside each other
-# What computes a reference: the oracle and its controls, the Backend API and its records, the baseline's draws.
-REFERENCE_CODE = ("backends/oracle/*.py", "backends/*.py", "conformance/baseline.py", "conformance/reference_cache.py")
+# What computes a reference: the oracle and its controls, the Backend API and its records, the baseline's draws,
+# the theory bands computed from the oracle's stream (GR-3 on the presets).
+REFERENCE_CODE = ("backends/oracle/*.py", "backends/*.py", "conformance/baseline.py", "conformance/reference_cache.py",
+                  "conformance/stream_theory.py", "conformance/gradient_band.py")
 # Digest folders kept, this one included: a numpy + torch + jax ci run stores about 200 MB, so an older
 # version's entries (which can never hit again) are removed, bar one (a user switching between two checkouts).
 KEEP_VERSIONS = 2

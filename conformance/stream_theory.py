@@ -219,11 +219,14 @@ def gradient_ratio_band(states: np.ndarray, cotangents: np.ndarray, std_out: flo
         E ||g_{l-1}||^2 = sum_t ||g_t||^2 (1 + s^2 (C - 2 + (1 - kappa_t)^2) / tau_t^2),
     the pre-LN analogue of (1 + beta^2)^L. Its spread: the cross term 2 <g, u> = 2 tr(W^T A), A = sum_t
     (P_t g_t) g_t^T / tau_t, variance 4 s^2 ||A||_F^2; ||u||^2, a Gaussian quadratic form, 2 s^4 (C - 2)
-    ||sum_t g_t^T g_t / tau_t^2||_F^2 (P_t^2 taken as rank C - 2). Each layer's log-step is added with its
-    mean (log(1 + e) minus half its variance) and its variance: W_l is drawn apart from the cotangent it meets
-    but for the states after it, which its small write moves (checked by Monte Carlo: tools/gr3_power.py)."""
+    ||sum_t g_t^T g_t / tau_t^2||_F^2 (P_t^2 taken as rank C - 2). The steps add up in log_ratio_band."""
+    return log_ratio_band(linear_steps(states, cotangents, std_out, eps))
+
+
+def linear_steps(states: np.ndarray, cotangents: np.ndarray, std_out: float, eps: float) -> list[tuple[float, float]]:
+    """Each layer's (e, v) for gradient_ratio_band, in closed form."""
     C = states.shape[-1]
-    mean, variance = 0.0, 0.0
+    steps = []
     for x, g in zip(states[:-1], cotangents[1:]):
         x, g = x.reshape(-1, C), g.reshape(-1, C)
         centred = x - x.mean(axis=-1, keepdims=True)
@@ -237,6 +240,41 @@ def gradient_ratio_band(states: np.ndarray, cotangents: np.ndarray, std_out: flo
         a = (projected / tau).T @ g
         q = (g / tau**2).T @ g
         v = (4.0 * std_out**2 * np.sum(a * a) + 2.0 * std_out**4 * (C - 2) * np.sum(q * q)) / total**2
+        steps.append((e, v))
+    return steps
+
+
+def log_ratio_band(steps) -> tuple[float, float]:
+    """(E, sd) of log(||g_0||^2 / ||g_U||^2) from each update's (e, v): its squared-norm step has mean 1 + e and
+    variance v over its output projections' draw. Each log-step is added with its mean (log(1 + e) minus half
+    its variance) and its variance: W_u is drawn apart from the cotangent it meets but for the states after
+    it, which its small write moves (checked by Monte Carlo: tools/gr3_power.py)."""
+    mean, variance = 0.0, 0.0
+    for e, v in steps:
         mean += math.log1p(e) - v / (2.0 * (1.0 + e) ** 2)
         variance += v / (1.0 + e) ** 2
     return mean, math.sqrt(variance)
+
+
+def projection_step(jac: np.ndarray, g: np.ndarray, std_out: float, probes: int = 16) -> tuple[float, float]:
+    """(e, v) of one update x -> x + a(x) W whose output projection W (H x C) has entries of std s, drawn apart
+    from everything else: jac = d a[b, t, h] / d x[b, s, c] (B, T, H, T, C), g the cotangent on the output.
+
+    The cotangent passes back as g + L(W), L(W) = J^T vec(g W^T) linear in W, so over W
+        E ||g + L(W)||^2 = ||g||^2 (1 + e),   e = s^2 sum_b tr(G_b K_b) / ||g||^2,
+    G_b = g_b g_b^T over batch element b's tokens, K_b[t, t'] = sum_h <J[b, t, h], J[b, t', h]> (the rows of
+    (g W^T)[b] are independent with covariance s^2 G_b); and ||g + L(W)||^2 has variance
+    4 s^2 ||L*(g)||^2 + 2 s^4 tr(Q^2), L*(g) = sum_b (J g)_b^T g_b (J g: a's change along g), Q = L* L.
+    tr(Q^2) = E ||Q z||^2 over Gaussian z is estimated by `probes` fixed draws (it enters only the spread);
+    v is the variance over ||g||^4."""
+    s2, total = std_out**2, float(np.sum(g * g))
+    gram = np.einsum("btc,buc->btu", g, g)
+    rows = np.einsum("bthsc,buhsc->btu", jac, jac)
+    e = s2 * float(np.sum(gram * rows)) / total
+    along_g = np.einsum("bthsc,bsc->bth", jac, g)
+    cross = np.einsum("bth,btc->hc", along_g, g)
+    forward = lambda w: np.einsum("bthsc,bth->bsc", jac, np.einsum("btc,hc->bth", g, w))  # L(W)
+    adjoint = lambda y: np.einsum("bth,btc->hc", np.einsum("bthsc,bsc->bth", jac, y), g)  # L*(y)
+    rng = np.random.default_rng(0)
+    tr_q2 = np.mean([np.sum(adjoint(forward(z)) ** 2) for z in rng.standard_normal((probes,) + cross.shape)])
+    return e, (4.0 * s2 * float(np.sum(cross * cross)) + 2.0 * s2**2 * tr_q2) / total**2

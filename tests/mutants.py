@@ -156,6 +156,15 @@ class GradientScaled(BlockMutant):
         return dx * (1 + TINY), dp
 
 
+class AttentionGradientScaled(BlockMutant):
+    """An attention sublayer's input VJP comes out (1 + 2^-10) too large: a gradient through the layers people
+    ship off by 2.4 % over 12 layers, which GR-3's band on the presets sees (the linear sweep has no attention)."""
+
+    def vjp_block(self, cfg, p, kinds, x, g):
+        dx, dp = ref.update_vjp(cfg, p, kinds, x, g)
+        return (dx * (1 + TINY), dp) if "attention" in kinds else (dx, dp)
+
+
 class Float16Variance(BlockMutant):
     """post's layernorm accumulates its variance in float16."""
 
@@ -619,7 +628,7 @@ class Float32Outputs(NumpyReference):
 
 MUTANTS = (
     SkipDropped, SkipDetached, ResidualAddedTwice, ResidualScaled, PostAsPre, PlainWithSkip, WrongEps, GateIgnored,
-    GradientScaled, Float16Variance, FastVariance, RezeroInitTiny, Gpt2ScaleLinear, WrongGelu, NonDeterministic,
+    GradientScaled, AttentionGradientScaled, Float16Variance, FastVariance, RezeroInitTiny, Gpt2ScaleLinear, WrongGelu, NonDeterministic,
     LayoutSensitive, NanToZero, EmptyCrashes, NormStatisticsInFloat16, NanReplacedAfterNorm, RacyWeightGradient,
     Bfloat16WeightGradient, BlockwiseSoftmaxNoRescale, Gpt2DepthCountedTwice, Gpt2HalfWriteVariance, RopeOnValues,
     QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
@@ -642,6 +651,7 @@ SELECTION.update({m: PRESET_CASES for m in (RopeOnValues, QkNormAfterRope, GqaWr
                                             BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
                                             KeyBiasGradientFromValue, SandwichPostNormMissing,
                                             RopeHalfSplitWhenInterleaved)})
+SELECTION[AttentionGradientScaled] = "gradient_ratio_on_presets and float64"
 # an attention over the wrong tokens also moves the presets' write variances off VG-3's band
 SELECTION[BidirectionalWhenCausal] = f"({PRESET_CASES}) or (gpt2_init_on_presets and float64)"
 

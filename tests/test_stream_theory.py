@@ -114,3 +114,22 @@ def test_gradient_ratio_band_holds_the_oracle_and_refuses_a_dropped_branch_gradi
         mean, sd = theory.gradient_ratio_band(states, np.stack(cotangents), expected_std(cfg, "out"), cfg.eps)
         assert abs(np.log(np.sum(dx * dx) / np.sum(g * g)) - mean) / sd <= Z
         assert abs(0.0 - mean) / sd > 2 * Z  # log(1): the skip's gradient alone
+
+
+def test_the_presets_gradient_band_is_the_closed_form_on_linear_branches():
+    """gradient_band's route (each update's Jacobian from the oracle's VJPs, then projection_step) gives the
+    linear stack's closed form (linear_steps) layer by layer: the same expected step e to 1e-9, and the same
+    variance v to a few percent (the closed form takes the quadratic term's P_t^2 as rank C - 2; the Jacobian
+    route estimates that term with fixed Gaussian probes)."""
+    import dataclasses
+    from resconf.conformance.gradient_band import stack_steps
+    cfg = dataclasses.replace(sweep_config(), depth=8)
+    params = draw_params(cfg, 3)
+    rng = np.random.default_rng(1)
+    x, g = rng.normal(size=SWEEP_SHAPE), rng.normal(size=SWEEP_SHAPE)
+    states = ref.stack_forward(cfg, params, x).states
+    cotangents = np.stack(ref.backward(cfg, params, x, g)[2])
+    closed = np.array(theory.linear_steps(states, cotangents, expected_std(cfg, "out"), cfg.eps))
+    probed = np.array(stack_steps(cfg, params, x, g))
+    np.testing.assert_allclose(probed[:, 0], closed[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(probed[:, 1], closed[:, 1], rtol=0.05)
