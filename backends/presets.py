@@ -36,7 +36,10 @@ def _quarter_of_head(fields) -> int:
 
 def gptj(**fields) -> BlockConfig:
     """GPT-J: attention and MLP in parallel from one shared LayerNorm; RoPE on the first quarter of each head
-    with interleaved pairs (rotate_every_two); no biases in attention, biases in the MLP; GELU (tanh)."""
+    with interleaved pairs (rotate_every_two); no biases in attention, biases in the MLP; GELU (tanh).
+    PaLM's parallel layer has this structure (one shared norm feeding both sublayers, one write), with features
+    other presets carry (multi-query attention: modern; SwiGLU and no biases: llama), so it is not a preset of
+    its own: each preset more shifts which presets the ci profile's four dtypes of a case meet (docs/spec.md)."""
     return BlockConfig(**{"sublayers": TWO_SUBLAYERS, "parallel": _is_pre(fields), "norm": "layernorm",
                           "rope": True, "rope_dim": _quarter_of_head(fields), "rope_interleaved": True,
                           "attention_bias": False, "gelu": "tanh", **fields})
