@@ -14,7 +14,8 @@ import pytest
 
 from resconf.backends.oracle import numpy_ops as ops
 from resconf.backends.oracle import numpy_ref as ref
-from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig, deepnet_constants
+from resconf.backends.base import Capabilities
+from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig, deepnet_constants
 from resconf.backends.dtypes import DTYPES, numpy_dtype, round_to
 from resconf.backends.params import LayerParams, draw_params, expected_std
 from resconf.backends.presets import ENCODER_DECODER, PRESETS, preset
@@ -461,7 +462,8 @@ def test_stack_rejects_a_record_that_does_not_fit_the_table():
 
 @pytest.mark.parametrize("cfg", [BlockConfig(placement="pre", norm=norm, branch=branch, init="zero", depth=4, d_model=C)
                                  for norm, branch in itertools.product(NORMS, BRANCHES)]
-                         + [preset(name, init="zero", depth=4, d_model=C) for name in PRESETS], ids=BlockConfig.describe)
+                         + [preset(name, init="zero", depth=4, d_model=C) for name in (*PRESETS, *ENCODER_DECODER)],
+                         ids=BlockConfig.describe)
 def test_zero_init_pre_stack_is_exactly_the_identity(cfg):
     params, x, g = draw_params(cfg, 0, perturb=True), rand(B, T, C, seed=1), rand(B, T, C, seed=2)
     np.testing.assert_array_equal(ref.stack_forward(cfg, params, x).states[-1], x)
@@ -524,6 +526,16 @@ def test_branch_jacobian(cfg):
         if cfg.placement in ("pre", "rezero"):  # GR-1 on the oracle itself: the update's VJP = g + J^T g
             dx, _ = ref.update_vjp(cfg, p, kinds, x, g)
             np.testing.assert_allclose(dx.ravel(), g.ravel() + J.T @ g.ravel(), rtol=1e-13, atol=1e-15)
+
+
+def test_cross_attention_is_claimed_as_a_feature_not_as_a_block_branch():
+    """A backend without the feature skips the decoder layer, naming it; no single-sublayer block is one."""
+    decoder = preset("encdec_decoder", d_model=C)
+    assert Capabilities(features=frozenset(FEATURES) - {"cross_attention"}).why_not(decoder) == \
+        "does not claim cross_attention"
+    assert Capabilities(features=frozenset(FEATURES)).supports(decoder)
+    with pytest.raises(ValueError, match="branch='cross_attention' is not one of"):
+        BlockConfig(branch="cross_attention")
 
 
 def test_backend_claims_everything():
