@@ -57,8 +57,9 @@ class Capabilities:
         """None when the backend claims everything cfg needs, else what is missing (the skip reason)."""
         if not self.blocks:
             return "offers no residual blocks (fused add+norm only)"
+        # `branches` claims the kinds a single-sublayer block can have; cross_attention is claimed as a feature
         missing = sorted(({cfg.placement} - self.placements) | ({cfg.norm} - self.norms)
-                         | (set(cfg.sublayers) - self.branches) | (cfg.features - self.features))
+                         | ((set(cfg.sublayers) & set(BRANCHES)) - self.branches) | (cfg.features - self.features))
         if missing:
             return f"does not claim {', '.join(missing)}"
         if self.layers is not None and tuple(cfg.sublayers) not in self.layers:

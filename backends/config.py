@@ -14,6 +14,19 @@ Where the norms sit besides the placement: `branch_norm` normalises the branch's
 written, w = scale * N_out(F(.)), so pre becomes Gemma 2/3's sandwich x + N_out(F(N(x))); and pre with
 `input_norm=False` drops N, which with `branch_norm` is OLMo 2's reordered norm x + N_out(F(x)).
 
+A decoder layer of an encoder-decoder (the original Transformer, BART, T5, Whisper) has a third sublayer,
+`cross_attention`, between self-attention and the mlp: its queries come from the stream, its keys and values
+from the encoder's output, the memory (S, C), with no mask, no RoPE and no QK-norm (the memory's positions are
+another sequence's); heads, grouping and biases as self-attention's. The memory is a tensor of the
+cross-attention's own parameter record (`cross_attention.memory`), not a second input beside x: the branch
+then reads it as it reads its weights, so the stack keeps the signature f(cfg, params, x) that every backend
+and the adapter API have, the placements apply to it unchanged, and XB-2 compares its gradient like any
+parameter's (the decoder's gradient w.r.t. the encoder's output, which training needs). A backend that does
+not claim the feature is skipped; a real module's adapter passes each layer's record's memory as that layer's
+encoder_hidden_states. Every layer's record holds the same memory (one encoder output, params.draw_params),
+shared by the batch: (S, C) broadcast over B, as beam search expands it; its gradient in layer l's record is
+layer l's part, and their sum the encoder's.
+
 Depth is counted in layers. The stream is updated `n_updates` times (once per sublayer, once per parallel
 layer) and receives `n_writes` branch outputs (one per sublayer), which is what GPT-2's init scales by.
 """
@@ -27,6 +40,9 @@ from resconf.backends.dtypes import DTYPES  # noqa: F401  re-exported: the dtype
 PLACEMENTS = ("pre", "post", "rezero", "deepnorm", "plain")
 NORMS = ("layernorm", "rmsnorm")
 BRANCHES = ("mlp", "attention", "linear")
+CROSS_ATTENTION = "cross_attention"  # a sublayer of decoder layers only: never a single-sublayer block's branch
+SUBLAYERS = BRANCHES + (CROSS_ATTENTION,)
+ATTENTIONS = ("attention", CROSS_ATTENTION)
 INITS = ("standard", "gpt2", "zero", "rezero", "deepnorm")
 QK_NORM_SCOPES = ("head", "projection")
 GELUS = ("tanh", "exact")
@@ -37,7 +53,7 @@ FUSED_KINDS = ("rmsnorm", "layernorm")
 FEATURES = ("sublayers", "parallel", "final_norm", "relu", "silu", "gated", "no_bias", "no_norm_bias",
             "bidirectional", "gqa", "rope", "qk_norm", "layer_scale", "skip_scale", "branch_scale",
             "branch_norm", "no_input_norm", "qk_norm_projection", "partial_rope", "interleaved_rope",
-            "attention_bias")
+            "attention_bias", "cross_attention")
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
@@ -60,12 +76,13 @@ class BlockConfig:
     gelu: str = "tanh"  # which GELU when activation == "gelu"
     eps: float = 1e-5
     # --- the layer's shape ---
-    sublayers: tuple[str, ...] | None = None  # ordered residual sublayers; None means (branch,)
+    sublayers: tuple[str, ...] | None = None  # ordered residual sublayers (SUBLAYERS); None means (branch,)
     parallel: bool = False  # every sublayer reads the same x and writes in one update (pre only)
     shared_norm: bool = True  # parallel only: one norm feeds every branch (GPT-J) or one norm each
     final_norm: bool = False  # a norm after the stack (its parameters sit in the last layer's record)
     input_norm: bool = True  # pre only: False drops the norm before the branch (OLMo 2: x + N_out(F(x)))
     branch_norm: bool = False  # a norm on the branch's output, inside the write (Gemma 2/3 sandwich, OLMo 2)
+    memory_len: int = 6  # S, the memory's tokens when a sublayer is cross_attention (apart from the suite's T)
     # --- branch features ---
     activation: str = "gelu"
     gated: bool = False  # mlp: act(x W_gate) * (x W_up), SwiGLU with silu, GeGLU with gelu
@@ -101,9 +118,11 @@ class BlockConfig:
             object.__setattr__(self, "sublayers", (self.branch,))
         object.__setattr__(self, "sublayers", tuple(self.sublayers))
         for kind in self.sublayers:
-            _check_choice("sublayer", kind, BRANCHES)
+            _check_choice("sublayer", kind, SUBLAYERS)
         if not self.sublayers or len(set(self.sublayers)) != len(self.sublayers):
-            raise ValueError(f"sublayers={self.sublayers} must name each of {BRANCHES} at most once, at least one")
+            raise ValueError(f"sublayers={self.sublayers} must name each of {SUBLAYERS} at most once, at least one")
+        if self.memory_len < 1:
+            raise ValueError(f"memory_len={self.memory_len} must be >= 1 (the memory's tokens)")
         if self.parallel and (len(self.sublayers) < 2 or self.placement != "pre"):
             raise ValueError(f"parallel=True needs placement='pre' and two or more sublayers, "
                              f"got placement={self.placement!r}, sublayers={self.sublayers}")
@@ -167,7 +186,7 @@ class BlockConfig:
 
     def has_bias(self, kind: str) -> bool:
         """Whether the linears of sublayer `kind` have biases."""
-        return self.bias if kind != "attention" or self.attention_bias is None else self.attention_bias
+        return self.bias if kind not in ATTENTIONS or self.attention_bias is None else self.attention_bias
 
     # --- depth counting ---
     @property
@@ -226,7 +245,8 @@ class BlockConfig:
                 "qk_norm_projection": self.qk_norm and self.qk_norm_scope == "projection",
                 "partial_rope": self.rope and self.rotary_dim < self.head_dim,
                 "interleaved_rope": self.rope and self.rope_interleaved,
-                "attention_bias": "attention" in self.sublayers and self.has_bias("attention") != self.bias}
+                "attention_bias": "attention" in self.sublayers and self.has_bias("attention") != self.bias,
+                "cross_attention": CROSS_ATTENTION in self.sublayers}
         return frozenset(name for name, on in used.items() if on)
 
     def norm_owner(self, kind: str) -> str:

@@ -47,22 +47,31 @@ def _qk_norm_width(cfg: BlockConfig, heads: int) -> tuple[int]:
 
 C = lambda cfg: (cfg.d_model,)  # noqa: E731 (the table reads best with one-line shapes)
 
+def _attention_rows(kind: str) -> tuple[ParamSpec, ...]:
+    """q (C, nh hd), k and v (C, nkv hd), out (nh hd, C), and self-attention's QK-norm gains."""
+    qk_norm = (lambda cfg, _: cfg.qk_norm) if kind == "attention" else (lambda cfg, _: False)
+    return (
+        ParamSpec(kind, "wq", lambda cfg: (cfg.d_model, cfg.n_heads * cfg.head_dim), "weight"),
+        ParamSpec(kind, "bq", lambda cfg: (cfg.n_heads * cfg.head_dim,), "zeros", _bias),
+        ParamSpec(kind, "wk", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight"),
+        ParamSpec(kind, "bk", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
+        ParamSpec(kind, "wv", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight", deepnorm_beta=True),
+        ParamSpec(kind, "bv", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
+        ParamSpec(kind, "q_norm_weight", lambda cfg: _qk_norm_width(cfg, cfg.n_heads), "ones", qk_norm),
+        ParamSpec(kind, "k_norm_weight", lambda cfg: _qk_norm_width(cfg, cfg.kv_heads), "ones", qk_norm),
+        ParamSpec(kind, "wo", lambda cfg: (cfg.n_heads * cfg.head_dim, cfg.d_model), "out", deepnorm_beta=True),
+        ParamSpec(kind, "bo", C, "zeros", _bias),
+    )
+
+
 PARAMS = (
     ParamSpec(ANY, "norm_weight", C, "ones", _input_norm),
     ParamSpec(ANY, "norm_bias", C, "zeros", lambda cfg, kind: _input_norm(cfg, kind) and cfg.has_norm_bias),
-    # attention: q (C, nh hd), k and v (C, nkv hd), out (nh hd, C)
-    ParamSpec("attention", "wq", lambda cfg: (cfg.d_model, cfg.n_heads * cfg.head_dim), "weight"),
-    ParamSpec("attention", "bq", lambda cfg: (cfg.n_heads * cfg.head_dim,), "zeros", _bias),
-    ParamSpec("attention", "wk", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight"),
-    ParamSpec("attention", "bk", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
-    ParamSpec("attention", "wv", lambda cfg: (cfg.d_model, cfg.kv_heads * cfg.head_dim), "weight", deepnorm_beta=True),
-    ParamSpec("attention", "bv", lambda cfg: (cfg.kv_heads * cfg.head_dim,), "zeros", _bias),
-    ParamSpec("attention", "q_norm_weight", lambda cfg: _qk_norm_width(cfg, cfg.n_heads), "ones",
-              lambda cfg, kind: cfg.qk_norm),
-    ParamSpec("attention", "k_norm_weight", lambda cfg: _qk_norm_width(cfg, cfg.kv_heads), "ones",
-              lambda cfg, kind: cfg.qk_norm),
-    ParamSpec("attention", "wo", lambda cfg: (cfg.n_heads * cfg.head_dim, cfg.d_model), "out", deepnorm_beta=True),
-    ParamSpec("attention", "bo", C, "zeros", _bias),
+    *_attention_rows("attention"),
+    # cross_attention: queries from the stream, keys and values from the memory (S, C), the encoder's output,
+    # a tensor of this record (config.py says why); no QK-norm
+    *_attention_rows("cross_attention"),
+    ParamSpec("cross_attention", "memory", lambda cfg: (cfg.memory_len, cfg.d_model), "memory"),
     # mlp: down(act(x W_gate) * x W_up) when gated, else down(act(x W_up))
     ParamSpec("mlp", "w_gate", lambda cfg: (cfg.d_model, cfg.d_hidden), "weight", lambda cfg, kind: cfg.gated, True),
     ParamSpec("mlp", "b_gate", lambda cfg: (cfg.d_hidden,), "zeros", lambda cfg, kind: cfg.gated and cfg.bias),
@@ -159,9 +168,15 @@ def draw_params(cfg: BlockConfig, seed: int, perturb: bool = False) -> tuple[Lay
     of them cannot agree with the reference by accident (the schemes themselves zero all biases).
     """
     rng = np.random.default_rng(seed)
-    return tuple(LayerParams({name: _draw(cfg, spec, rng, perturb)
+    return tuple(LayerParams({name: memory(cfg, seed) if spec.init == "memory" else _draw(cfg, spec, rng, perturb)
                               for name, spec in layer_specs(cfg, last=layer == cfg.depth - 1)})
                  for layer in range(cfg.depth))
+
+
+def memory(cfg: BlockConfig, seed: int) -> np.ndarray:
+    """The encoder's output that every layer's cross-attention reads, the same in every layer's record: standard
+    normal, as an encoder's final norm leaves it. Its own generator, so the other tensors draw as without it."""
+    return np.random.default_rng([seed, cfg.memory_len]).standard_normal((cfg.memory_len, cfg.d_model))  # (S, C)
 
 
 def _draw(cfg: BlockConfig, spec: ParamSpec, rng: np.random.Generator, perturb: bool) -> np.ndarray:

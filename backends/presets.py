@@ -5,7 +5,7 @@ Head counts follow the width so that every preset fits the suite's small shapes 
 """
 from __future__ import annotations
 
-from resconf.backends.config import BlockConfig
+from resconf.backends.config import BlockConfig, deepnet_constants
 
 TWO_SUBLAYERS = ("attention", "mlp")
 
@@ -98,7 +98,50 @@ PRESETS = {"gpt2": gpt2, "llama": llama, "gptj": gptj, "encoder": encoder, "mode
            "neox": neox, "olmo2": olmo2, "gemma3": gemma3}
 
 
+# --- the two parts of an encoder-decoder, apart from PRESETS: the fixed profiles rotate each case's dtypes
+# through PRESETS, so a tenth preset would move every case onto other presets (the palm revert, d089ddd); these
+# run in the XB cases of their own (conformance/test_agreement.py, layer "encdec") ---
+
+DECODER = ("attention", "cross_attention", "mlp")
+
+
+def _deepnet(part: str, fields, encoder_layers: int | None, decoder_layers: int | None) -> dict:
+    """DeepNet's encoder-decoder alpha (the skip, under deepnorm placement) and beta (the gain, under deepnorm
+    init) for `part` of a model of N = encoder_layers and M = decoder_layers layers; the part's own count
+    defaults to its stack's model depth, the other part's to the same (the original Transformer's 6 + 6)."""
+    own = fields.get("model_depth") or fields.get("depth", 1)
+    if part == "encoder":
+        n = encoder_layers or own
+        m = decoder_layers or n
+    else:
+        m = decoder_layers or own
+        n = encoder_layers or m
+    alpha, beta = deepnet_constants(part, n, m)
+    layers = n if part == "encoder" else m
+    return {**({"model_depth": layers} if layers != fields.get("depth", 1) else {}),
+            **({"skip_scale": alpha} if fields.get("placement", "pre") == "deepnorm" else {}),
+            **({"init_beta": beta} if fields.get("init") == "deepnorm" else {})}
+
+
+def encdec_decoder(encoder_layers: int | None = None, decoder_layers: int | None = None, **fields) -> BlockConfig:
+    """The decoder layer of an encoder-decoder (the original Transformer, BART, Whisper): causal self-attention,
+    cross-attention whose keys and values come from the encoder's output (the memory), an exact-GELU MLP;
+    LayerNorm and linears with biases. DeepNet's decoder constants: alpha (3M)^(1/4), beta (12M)^(-1/4)."""
+    return BlockConfig(**{"sublayers": DECODER, "norm": "layernorm", "gelu": "exact",
+                          **_deepnet("decoder", fields, encoder_layers, decoder_layers), **fields})
+
+
+def encdec_encoder(encoder_layers: int | None = None, decoder_layers: int | None = None, **fields) -> BlockConfig:
+    """The encoder of the same model: the encoder layer with DeepNet's encoder-decoder constants, alpha
+    0.81 (N^4 M)^(1/16) and beta 0.87 (N^4 M)^(-1/16) (not the encoder-only (2N)^(1/4), (8N)^(-1/4))."""
+    return encoder(**{**_deepnet("encoder", fields, encoder_layers, decoder_layers), **fields})
+
+
+ENCODER_DECODER = {"encdec_decoder": encdec_decoder, "encdec_encoder": encdec_encoder}
+
+
 def preset(name: str, **fields) -> BlockConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown layer preset {name!r}; expected one of {', '.join(PRESETS)}")
-    return PRESETS[name](**fields)
+    known = {**PRESETS, **ENCODER_DECODER}
+    if name not in known:
+        raise ValueError(f"unknown layer preset {name!r}; expected one of {', '.join(known)}")
+    return known[name](**fields)

@@ -129,7 +129,8 @@ def summation_bound(dtype: str, n_terms: int) -> float:
 
 # what only the queries' (keys') gradient reaches
 SCORE_SIDES = ("attention.wq", "attention.bq", "attention.q_norm_weight",
-               "attention.wk", "attention.bk", "attention.k_norm_weight")
+               "attention.wk", "attention.bk", "attention.k_norm_weight",
+               "cross_attention.wq", "cross_attention.bq", "cross_attention.wk", "cross_attention.bk")
 RESIDUE_DRAWS = 4  # random-sign draws of the residues (6.): the RMS of four is within ~25 % of their rss
 
 
@@ -139,7 +140,7 @@ def score_side_scales(cfg: BlockConfig, params: tuple[LayerParams, ...], x: np.n
     VJPs are recorded at its own trajectory, then its backward runs again with each attention returning a
     draw of the residue field instead of its gradients (the mutants' way of changing one operation), so
     the key path (projection, QK-norm, RoPE, grouped heads) carries it to the parameters as it carries dk."""
-    if "attention" not in cfg.sublayers:
+    if not {"attention", "cross_attention"} & set(cfg.sublayers):
         return {}
     calls: list[tuple] = []
 

@@ -537,6 +537,40 @@ class RopeHalfSplitWhenInterleaved(_ConfigMutant):
     wrong = {"rope_interleaved": False}
 
 
+class CrossAttentionReadsStream(BlockMutant):
+    """Cross-attention takes its keys and values from the decoder's own stream, not from the encoder's output
+    (hidden_states passed where encoder_hidden_states belongs): bidirectional self-attention with the
+    cross-attention's weights, and no gradient for the memory."""
+
+    @staticmethod
+    def forward(cfg, s, h):
+        return ref.attention(dataclasses.replace(cfg, causal=False), s, h)
+
+    @staticmethod
+    def vjp(cfg, s, h, g):
+        dh, grads = ref.attention_vjp(dataclasses.replace(cfg, causal=False), s, h, g)
+        return dh, {**grads, "memory": np.zeros_like(s.memory)}
+
+    def _stack_forward(self, cfg, params, x, dtype):
+        with _entry(ref.BRANCH, "cross_attention", self.forward):
+            return super()._stack_forward(cfg, params, x, dtype)
+
+    def _stack_vjp(self, cfg, params, x, g, dtype):
+        with _entry(ref.BRANCH, "cross_attention", self.forward), _entry(ref.BRANCH_VJP, "cross_attention", self.vjp):
+            return super()._stack_vjp(cfg, params, x, g, dtype)
+
+
+@contextmanager
+def _entry(table, key, value):
+    """table[key] is `value` for the duration (a branch of the oracle replaced)."""
+    original = table[key]
+    table[key] = value
+    try:
+        yield
+    finally:
+        table[key] = original
+
+
 class LayerScaleIgnored(BlockMutant):
     """The per-channel LayerScale gain on each write is never applied."""
 
@@ -634,6 +668,7 @@ MUTANTS = (
     QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
     FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
     KeyBiasGradientFromValue, SandwichPostNormMissing, RopeHalfSplitWhenInterleaved, WritesNothing,
+    CrossAttentionReadsStream,
 )
 # mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
 EXPECTED = catalogue.caught_by(MUTANTS)
@@ -652,6 +687,8 @@ SELECTION.update({m: PRESET_CASES for m in (RopeOnValues, QkNormAfterRope, GqaWr
                                             KeyBiasGradientFromValue, SandwichPostNormMissing,
                                             RopeHalfSplitWhenInterleaved)})
 SELECTION[AttentionGradientScaled] = "gradient_ratio_on_presets and float64"
+# the encoder-decoder's layers run in cases of their own (hypothesis_helpers.ENCDEC)
+SELECTION[CrossAttentionReadsStream] = "encdec and (forward_matches_oracle or vjp_matches_oracle)"
 # an attention over the wrong tokens also moves the presets' write variances off VG-3's band
 SELECTION[BidirectionalWhenCausal] = f"({PRESET_CASES}) or (gpt2_init_on_presets and float64)"
 

@@ -18,7 +18,7 @@ from resconf.backends.dtypes import round_to  # noqa: E402
 from resconf.backends.jax.backend import TRACES, JaxBackend  # noqa: E402
 from resconf.backends.oracle.numpy_ref import NumpyReference  # noqa: E402
 from resconf.backends.params import draw_params  # noqa: E402
-from resconf.backends.presets import PRESETS, preset  # noqa: E402
+from resconf.backends.presets import ENCODER_DECODER, PRESETS, preset  # noqa: E402
 from tests import oracle_errors  # noqa: E402
 
 RTOL_FLOAT64 = 1e-12  # the same function in float64: only summation order differs
@@ -83,6 +83,17 @@ PRESET_CASES = [pytest.param(name, placement, (i + j) % 2 == 0, marks=[] if j ==
 def test_preset_stack_matches_reference_float64(jx, ref, name, placement, final_norm):
     """States, writes, final norm, dx and every parameter gradient of each layer."""
     cfg = preset(name, placement=placement, depth=2, d_model=PRESET_SHAPE[-1], final_norm=final_norm)
+    _assert_agree(_errors(jx, ref, cfg, PRESET_SHAPE), RTOL_FLOAT64, cfg)
+
+
+@pytest.mark.parametrize("name,placement", [("encdec_decoder", "pre"), ("encdec_decoder", "deepnorm"),
+                                            ("encdec_encoder", "deepnorm")])
+def test_encoder_decoder_matches_reference_float64(jx, ref, name, placement):
+    """The decoder layer's cross-attention (the memory's gradient among the parameters') and the encoder part,
+    with DeepNet's encoder-decoder constants (N = 12, M = 6) under deepnorm; every placement in the suite's XB."""
+    assert name in ENCODER_DECODER
+    cfg = preset(name, placement=placement, depth=2, d_model=PRESET_SHAPE[-1], final_norm=placement == "pre",
+                 encoder_layers=12, decoder_layers=6)
     _assert_agree(_errors(jx, ref, cfg, PRESET_SHAPE), RTOL_FLOAT64, cfg)
 
 

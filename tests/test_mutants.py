@@ -23,8 +23,8 @@ from tests import mutant_pairs
 from tests.mutants import EXPECTED, SELECTION
 
 ROOT = Path(__file__).resolve().parents[1]
-# the long-sequence and preset cases run only for the mutants that need them (SELECTION)
-FLOAT64 = "(float64 or silent_downcast) and not long_sequence and not preset"
+# the long-sequence, preset and encoder-decoder cases run only for the mutants that need them (SELECTION)
+FLOAT64 = "(float64 or silent_downcast) and not long_sequence and not preset and not encdec"
 
 
 def _failed_properties(mutants: list[type], selection: str, rows: Path, targeted: bool) -> dict[str, set[str]]:

@@ -14,10 +14,11 @@ import pytest
 
 from resconf.backends.oracle import numpy_ops as ops
 from resconf.backends.oracle import numpy_ref as ref
-from resconf.backends.config import BRANCHES, NORMS, PLACEMENTS, BlockConfig, deepnet_constants
+from resconf.backends.base import Capabilities
+from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig, deepnet_constants
 from resconf.backends.dtypes import DTYPES, numpy_dtype, round_to
 from resconf.backends.params import LayerParams, draw_params, expected_std
-from resconf.backends.presets import PRESETS, preset
+from resconf.backends.presets import ENCODER_DECODER, PRESETS, preset
 from resconf.backends.registry import load_backend
 
 B, T, C, DEPTH = 2, 3, 8, 2
@@ -177,6 +178,10 @@ def configs():
     yield preset("gpt2", branch_norm=True, depth=DEPTH, d_model=C)  # a LayerNorm sandwich, biased norms
     yield preset("olmo2", norm="layernorm", n_heads=4, n_kv_heads=2, attention_bias=True, depth=DEPTH, d_model=C)
     yield preset("gptj", qk_norm=True, qk_norm_scope="projection", layer_scale=0.5, depth=DEPTH, d_model=C)
+    for name, placement in itertools.product(ENCODER_DECODER, PLACEMENTS):  # memory_len 6, T 3: S != T
+        yield preset(name, placement=placement, depth=DEPTH, d_model=C, final_norm=placement == "pre")
+    yield preset("encdec_decoder", placement="deepnorm", init="deepnorm", encoder_layers=12, decoder_layers=6,
+                 n_kv_heads=1, norm="rmsnorm", bias=False, memory_len=2, depth=DEPTH, d_model=C)  # T5-like, MQA
 
 
 def perturbed_params(cfg, seed=0):
@@ -296,6 +301,25 @@ def test_swiglu_is_silu_of_the_gate_times_up():
     np.testing.assert_allclose(ref.mlp(cfg, s, h), (silu(h @ s.w_gate) * (h @ s.w_up)) @ s.w_down, rtol=1e-12)
 
 
+def test_cross_attention_reads_every_memory_token_and_only_the_memory():
+    """Queries from the stream, keys and values from the memory: no mask (query 0 sees the memory's last token),
+    and the stream's other tokens do not reach a token's cross-attention (per-token in h)."""
+    cfg = preset("encdec_decoder", depth=1, d_model=C)
+    s = perturbed_params(cfg)[0].sub("cross_attention")
+    h = rand(B, T, C, seed=1)
+    assert s.memory.shape == (cfg.memory_len, C) and cfg.memory_len != T
+    moved = type(s)(**{**vars(s), "memory": s.memory.copy()})
+    moved.memory[-1] += 1.0  # the memory's last token, S - 1 > T - 1
+    assert not np.allclose(ref.cross_attention(cfg, s, h)[:, 0], ref.cross_attention(cfg, moved, h)[:, 0])
+    other = h.copy()
+    other[:, 1:] = rand(B, T - 1, C, seed=3)
+    np.testing.assert_array_equal(ref.cross_attention(cfg, s, h)[:, 0], ref.cross_attention(cfg, s, other)[:, 0])
+    p = ops.softmax((h @ s.wq + s.bq) @ (s.memory @ s.wk + s.bk).T / np.sqrt(C))  # one head: the definition
+    one = dataclasses.replace(cfg, n_heads=1)
+    np.testing.assert_allclose(ref.cross_attention(one, s, h), (p @ (s.memory @ s.wv + s.bv)) @ s.wo + s.bo,
+                               rtol=1e-13)
+
+
 # --- published constants (depth counted in layers) ---
 
 def test_gpt2_init_matches_nanogpt():
@@ -353,6 +377,27 @@ def test_deepnorm_beta_override_and_the_encoder_decoder_constants():
         BlockConfig(init="standard", init_beta=0.5)
     with pytest.raises(ValueError, match="expected part 'encoder' or 'decoder'"):
         deepnet_constants("middle", 6, 6)
+
+
+def test_encoder_decoder_presets_take_deepnets_constants_for_their_part():
+    """N = 12 encoder and M = 6 decoder layers: the decoder's alpha (3M)^(1/4) and beta (12M)^(-1/4) on its
+    self-attention, cross-attention (values and output) and mlp; the encoder's 0.81 (N^4 M)^(1/16), 0.87 (N^4
+    M)^(-1/16); each part's init constants follow its own layer count."""
+    decoder = preset("encdec_decoder", placement="deepnorm", init="deepnorm", encoder_layers=12, decoder_layers=6,
+                     depth=2, d_model=64, n_heads=4)
+    encoder = preset("encdec_encoder", placement="deepnorm", init="deepnorm", encoder_layers=12, decoder_layers=6,
+                     depth=2, d_model=64, n_heads=4)
+    assert (decoder.skip, decoder.deepnorm_beta) == pytest.approx((18 ** 0.25, 72 ** -0.25))
+    assert (encoder.skip, encoder.deepnorm_beta) == deepnet_constants("encoder", 12, 6)
+    assert decoder.model_depth == 6 and encoder.model_depth == 12 and not encoder.causal
+    p = draw_params(decoder, 0)[0]
+    xavier = lambda w: np.sqrt(2.0 / sum(w.shape))  # noqa: E731
+    for name in ("cross_attention.wv", "cross_attention.wo"):
+        assert p[name].std() == pytest.approx(decoder.deepnorm_beta * xavier(p[name]), rel=0.1), name
+    assert p["cross_attention.wq"].std() == pytest.approx(xavier(p["cross_attention.wq"]), rel=0.1)
+    pre = preset("encdec_decoder", depth=2, d_model=64, n_heads=4)  # pre, standard: no DeepNet constants
+    assert pre.skip == 1.0 and pre.skip_scale is None and pre.init_beta is None and pre.init_depth == 2
+    assert preset("encdec_decoder", placement="deepnorm", depth=6, d_model=C).skip == pytest.approx(18 ** 0.25)
 
 
 # --- fused add + norm ---
@@ -417,7 +462,8 @@ def test_stack_rejects_a_record_that_does_not_fit_the_table():
 
 @pytest.mark.parametrize("cfg", [BlockConfig(placement="pre", norm=norm, branch=branch, init="zero", depth=4, d_model=C)
                                  for norm, branch in itertools.product(NORMS, BRANCHES)]
-                         + [preset(name, init="zero", depth=4, d_model=C) for name in PRESETS], ids=BlockConfig.describe)
+                         + [preset(name, init="zero", depth=4, d_model=C) for name in (*PRESETS, *ENCODER_DECODER)],
+                         ids=BlockConfig.describe)
 def test_zero_init_pre_stack_is_exactly_the_identity(cfg):
     params, x, g = draw_params(cfg, 0, perturb=True), rand(B, T, C, seed=1), rand(B, T, C, seed=2)
     np.testing.assert_array_equal(ref.stack_forward(cfg, params, x).states[-1], x)
@@ -480,6 +526,16 @@ def test_branch_jacobian(cfg):
         if cfg.placement in ("pre", "rezero"):  # GR-1 on the oracle itself: the update's VJP = g + J^T g
             dx, _ = ref.update_vjp(cfg, p, kinds, x, g)
             np.testing.assert_allclose(dx.ravel(), g.ravel() + J.T @ g.ravel(), rtol=1e-13, atol=1e-15)
+
+
+def test_cross_attention_is_claimed_as_a_feature_not_as_a_block_branch():
+    """A backend without the feature skips the decoder layer, naming it; no single-sublayer block is one."""
+    decoder = preset("encdec_decoder", d_model=C)
+    assert Capabilities(features=frozenset(FEATURES) - {"cross_attention"}).why_not(decoder) == \
+        "does not claim cross_attention"
+    assert Capabilities(features=frozenset(FEATURES)).supports(decoder)
+    with pytest.raises(ValueError, match="branch='cross_attention' is not one of"):
+        BlockConfig(branch="cross_attention")
 
 
 def test_backend_claims_everything():

@@ -23,7 +23,7 @@ from resconf.backends.config import FEATURES, BlockConfig  # noqa: E402
 from resconf.backends.dtypes import round_to, unit_roundoff  # noqa: E402
 from resconf.backends.oracle.numpy_ref import NumpyReference  # noqa: E402
 from resconf.backends.params import LayerParams, draw_params  # noqa: E402
-from resconf.backends.presets import PRESETS  # noqa: E402
+from resconf.backends.presets import ENCODER_DECODER, PRESETS, preset  # noqa: E402
 from resconf.backends.torch.backend import TORCH_DTYPES, TorchBackend, TorchCompileBackend  # noqa: E402
 
 FLOAT64_RTOL = 1e-12
@@ -141,6 +141,17 @@ def test_stack_matches_oracle_in_float64(tb, ref, cfg):
                          ids=[f"{n}-{p}{'-final' if f else ''}" for n, p, f in PRESET_CASES])
 def test_preset_matches_oracle_in_float64(tb, ref, name, placement, final_norm):
     assert_stack_matches_oracle(tb, ref, preset_cfg(name, placement, final_norm))
+
+
+@pytest.mark.parametrize("name, placement", [(n, p) for n in ENCODER_DECODER for p in PLACEMENTS])
+def test_encoder_decoder_matches_oracle_in_float64(tb, ref, name, placement):
+    """The decoder layer's cross-attention (the memory's gradient among the parameters') and the encoder part,
+    with DeepNet's encoder-decoder constants (N = 12, M = 6) under deepnorm."""
+    cfg = preset(name, placement=placement, depth=2, d_model=16, final_norm=placement == "pre", encoder_layers=12,
+                 decoder_layers=6)
+    assert_stack_matches_oracle(tb, ref, cfg)
+    if placement == "pre":
+        assert_stack_matches_oracle(tb, ref, cfg, "float32", FLOAT32_RTOL)
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -68,13 +68,14 @@ class StaticBlock:
     @classmethod
     def of(cls, cfg: BlockConfig) -> "StaticBlock":
         mlp, attention = "mlp" in cfg.sublayers, "attention" in cfg.sublayers
+        heads = attention or "cross_attention" in cfg.sublayers  # cross-attention reads only the head counts
         return cls(cfg.placement, cfg.norm, cfg.sublayers, cfg.parallel, cfg.parallel and cfg.shared_norm,
                    cfg.final_norm, input_norm=cfg.input_norm, branch_norm=cfg.branch_norm,
                    activation=cfg.activation if mlp else "",
                    gelu=cfg.gelu if mlp and cfg.activation == "gelu" else "",
                    gated=mlp and cfg.gated,
-                   n_heads=cfg.n_heads if attention else 0,
-                   kv_heads=cfg.kv_heads if attention else 0,
+                   n_heads=cfg.n_heads if heads else 0,
+                   kv_heads=cfg.kv_heads if heads else 0,
                    causal=attention and cfg.causal,
                    qk_norm=attention and cfg.qk_norm,
                    qk_norm_scope=cfg.qk_norm_scope if attention and cfg.qk_norm else "",
@@ -209,11 +210,27 @@ def attention_inputs(h: jax.Array, s, static: StaticBlock, sc: Scalars):
 
 
 def attention(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
-    """Self-attention, causal or bidirectional; with grouped queries, kv head j serves query heads
-    j*groups .. (j+1)*groups - 1 (np.repeat's order): the query heads are viewed as (nkv, groups)."""
+    """Self-attention, causal or bidirectional."""
+    return attend(h, *attention_inputs(h, s, static, sc), s, static, static.causal)
+
+
+def cross_attention(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
+    """An encoder-decoder's cross-attention: queries from h, keys and values from the memory s.memory (S, C),
+    the encoder's output, shared by the batch (config.py says why); every memory token seen, no RoPE, no
+    QK-norm; numpy_ref.cross_attention."""
+    m = jnp.broadcast_to(s.memory, h.shape[:1] + s.memory.shape)  # (B, S, C)
+    q = heads(linear(h, s.wq, s.bq), static.n_heads)  # (B, T, nh, hd)
+    k, v = (heads(linear(m, w, b), static.kv_heads) for w, b in ((s.wk, s.bk), (s.wv, s.bv)))  # (B, S, nkv, hd)
+    return attend(h, q, k, v, s, static, causal=False)
+
+
+def attend(h: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, s, static: StaticBlock, causal: bool
+           ) -> jax.Array:
+    """out(softmax(q k^T / sqrt(hd)) v) for q (B, T, nh, hd), k and v (B, S, nkv, hd); causal needs S = T. With
+    grouped queries, kv head j serves query heads j*groups .. (j+1)*groups - 1 (np.repeat's order): the query
+    heads are viewed as (nkv, groups)."""
     B, T, _ = h.shape
     acc = accumulator(h.dtype)
-    q, k, v = attention_inputs(h, s, static, sc)
     hd = q.shape[-1]
     q = q.reshape(B, T, static.kv_heads, static.n_heads // static.kv_heads, hd)  # (B, T, nkv, G, hd)
     # q is scaled before the product, as flax does: the logits then come straight out of the dot, so
@@ -221,8 +238,8 @@ def attention(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
     # recompute x * scale in two fusions and contract one into an FMA: exp(+1e3) = inf, then NaN, for
     # |logits| above ~1e18 in float64.)
     q = q.astype(acc) / math.sqrt(hd)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(acc), precision=HIGHEST)  # (B, nkv, G, T, T)
-    if static.causal:
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(acc), precision=HIGHEST)  # (B, nkv, G, T, S)
+    if causal:
         logits = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), logits, -jnp.inf)  # query t sees s <= t
     probs = jax.nn.softmax(logits, axis=-1)
     # probs @ v over all keys, as dot_product_attention does: a masked 0 times a later token's NaN is NaN
@@ -231,7 +248,7 @@ def attention(h: jax.Array, s, static: StaticBlock, sc: Scalars) -> jax.Array:
     return linear(out.reshape(B, T, static.n_heads * hd), s.wo, s.bo)  # (B, T, C)
 
 
-BRANCHES = {"linear": linear_branch, "mlp": mlp, "attention": attention}
+BRANCHES = {"linear": linear_branch, "mlp": mlp, "attention": attention, "cross_attention": cross_attention}
 
 
 def write(kind: str, s, h: jax.Array, static: StaticBlock, sc: Scalars) -> jax.Array:

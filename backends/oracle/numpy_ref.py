@@ -164,10 +164,56 @@ def attention_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np
     return dh, grads
 
 
-BRANCH = {"linear": linear_branch, "mlp": mlp, "attention": attention}
+# --- cross-attention (an encoder-decoder's decoder): queries from h, keys and values from the memory s.memory
+# (S, C), the encoder's output, shared by the batch; no mask, no RoPE, no QK-norm (config.py) ---
+
+def batch_memory(s, h: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(s.memory, h.shape[:1] + s.memory.shape)  # (B, S, C)
+
+
+def _cross_attention_inputs(cfg: BlockConfig, s, h: np.ndarray):
+    """q (B, nh, T, hd) from the stream; k and v (B, nkv, S, hd) from the memory."""
+    m = batch_memory(s, h)
+    q = ops.split_heads(ops.linear(h, s.wq, s.bq), cfg.n_heads)
+    k = ops.split_heads(ops.linear(m, s.wk, s.bk), cfg.kv_heads)
+    return q, k, ops.split_heads(ops.linear(m, s.wv, s.bv), cfg.kv_heads)
+
+
+def cross_attention_context(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    """Each query's average of the memory's values, every memory token seen, heads merged."""
+    q, k, v = _cross_attention_inputs(cfg, s, h)
+    groups = cfg.n_heads // cfg.kv_heads
+    return ops.merge_heads(ops.attention(q, ops.repeat_kv(k, groups), ops.repeat_kv(v, groups), False))  # (B, T, nh hd)
+
+
+def cross_attention(cfg: BlockConfig, s, h: np.ndarray) -> np.ndarray:
+    return ops.linear(cross_attention_context(cfg, s, h), s.wo, s.bo)  # (B, T, C)
+
+
+def cross_attention_vjp(cfg: BlockConfig, s, h: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, Grads]:
+    """(dh, Grads): dh through the queries only; the memory collects its keys' and values' gradients, summed
+    over the batch that shares it."""
+    q, k, v = _cross_attention_inputs(cfg, s, h)
+    groups = cfg.n_heads // cfg.kv_heads
+    kr, vr = ops.repeat_kv(k, groups), ops.repeat_kv(v, groups)
+    o = ops.attention(q, kr, vr, False)  # (B, nh, T, hd)
+    do, dwo, dbo = ops.linear_vjp(ops.merge_heads(o), s.wo, s.bo, g)
+    dq, dkr, dvr = ops.attention_vjp(q, kr, vr, o, False, ops.split_heads(do, cfg.n_heads))
+    dk, dv = ops.repeat_kv_vjp(dkr, groups), ops.repeat_kv_vjp(dvr, groups)
+    m = batch_memory(s, h)
+    dh, dwq, dbq = ops.linear_vjp(h, s.wq, s.bq, ops.merge_heads(dq))
+    dm_k, dwk, dbk = ops.linear_vjp(m, s.wk, s.bk, ops.merge_heads(dk))
+    dm_v, dwv, dbv = ops.linear_vjp(m, s.wv, s.bv, ops.merge_heads(dv))
+    return dh, {"wq": dwq, "bq": dbq, "wk": dwk, "bk": dbk, "wv": dwv, "bv": dbv, "wo": dwo, "bo": dbo,
+                "memory": np.sum(dm_k + dm_v, axis=0)}  # (S, C)
+
+
+BRANCH = {"linear": linear_branch, "mlp": mlp, "attention": attention, "cross_attention": cross_attention}
 # What each branch's output projection multiplies (VG-2, VG-3 band a write's variance over that projection).
-PROJECTION_INPUT = {"linear": lambda cfg, s, h: h, "mlp": mlp_hidden, "attention": attention_context}
-BRANCH_VJP = {"linear": linear_branch_vjp, "mlp": mlp_vjp, "attention": attention_vjp}
+PROJECTION_INPUT = {"linear": lambda cfg, s, h: h, "mlp": mlp_hidden, "attention": attention_context,
+                    "cross_attention": cross_attention_context}
+BRANCH_VJP = {"linear": linear_branch_vjp, "mlp": mlp_vjp, "attention": attention_vjp,
+              "cross_attention": cross_attention_vjp}
 
 
 # --- a sublayer's write w = branch_scale * layer_scale * N_out(F(h)) (LayerScale is a per-channel gain;

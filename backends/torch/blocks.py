@@ -91,19 +91,32 @@ class MLP(nn.Module):
         return self.down_proj(h)  # (B, T, C)
 
 
-class SelfAttention(nn.Module):
-    """Causal or bidirectional self-attention; n_kv_heads key/value heads each serve a group of query heads.
-    Optional QK-norm (RMSNorm over each head, before RoPE, as in OLMo 2 and Qwen 3) and rotary embeddings."""
+class Projections(nn.Module):
+    """An attention sublayer's q, k, v and output projections; n_kv_heads key/value heads each serve a group of
+    query heads."""
 
-    def __init__(self, cfg: BlockConfig) -> None:
+    def __init__(self, cfg: BlockConfig, kind: str) -> None:
         super().__init__()
         C, hd = cfg.d_model, cfg.head_dim
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_heads, cfg.kv_heads, hd
-        bias = cfg.has_bias("attention")
+        bias = cfg.has_bias(kind)
         self.q_proj = nn.Linear(C, self.n_head * hd, bias=bias)
         self.k_proj = nn.Linear(C, self.n_kv_head * hd, bias=bias)
         self.v_proj = nn.Linear(C, self.n_kv_head * hd, bias=bias)
         self.o_proj = nn.Linear(self.n_head * hd, C, bias=bias)
+
+    def heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = t.size()
+        return t.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hd)
+
+
+class SelfAttention(Projections):
+    """Causal or bidirectional self-attention. Optional QK-norm (RMSNorm over each head, before RoPE, as in
+    OLMo 2 and Qwen 3) and rotary embeddings."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__(cfg, "attention")
+        hd = self.head_dim
         # QK-norm over each head (Qwen 3), or over the whole projection before the heads split (OLMo 2)
         self.qk_norm_per_head = cfg.qk_norm_scope == "head"
         q_width, k_width = (hd, hd) if self.qk_norm_per_head else (self.n_head * hd, self.n_kv_head * hd)
@@ -112,10 +125,6 @@ class SelfAttention(nn.Module):
         self.rope_base = cfg.rope_base if cfg.rope else None
         self.rotary_dim, self.rope_interleaved = cfg.rotary_dim, cfg.rope_interleaved
         self.causal = cfg.causal
-
-    def heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
-        B, T, _ = t.size()
-        return t.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -138,6 +147,25 @@ class SelfAttention(nn.Module):
         return self.o_proj(y)  # (B, T, C)
 
 
+class CrossAttention(Projections):
+    """An encoder-decoder's cross-attention: queries from the stream, keys and values from the memory, the
+    encoder's output (S, C), a parameter here as in the record (config.py says why) and shared by the batch;
+    every memory token seen (is_causal=False), no RoPE, no QK-norm."""
+
+    def __init__(self, cfg: BlockConfig) -> None:
+        super().__init__(cfg, "cross_attention")
+        self.memory = nn.Parameter(torch.empty(cfg.memory_len, cfg.d_model))  # (S, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        m = self.memory.expand(B, -1, -1)  # (B, S, C): what a decoder layer gets as encoder_hidden_states
+        q = self.heads(self.q_proj(x), self.n_head)  # (B, nh, T, hd)
+        k, v = (self.heads(proj(m), self.n_kv_head) for proj in (self.k_proj, self.v_proj))  # (B, nkv, S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=self.n_kv_head != self.n_head)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # (B, T, nh hd)
+        return self.o_proj(y)  # (B, T, C)
+
+
 class LinearBranch(nn.Module):
     def __init__(self, cfg: BlockConfig) -> None:
         super().__init__()
@@ -147,7 +175,7 @@ class LinearBranch(nn.Module):
         return self.out_proj(x)
 
 
-BRANCH_MODULES = {"mlp": MLP, "attention": SelfAttention, "linear": LinearBranch}
+BRANCH_MODULES = {"mlp": MLP, "attention": SelfAttention, "linear": LinearBranch, "cross_attention": CrossAttention}
 
 
 # --- a residual sublayer, a layer of them, a stack of layers ---
