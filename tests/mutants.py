@@ -621,6 +621,24 @@ class StreamTruncated(BlockMutant):
         return np.where(np.abs(nearest) > np.abs(y), toward_zero, nearest).astype(np.float64), f
 
 
+class CotangentOverwritten(BlockMutant):
+    """The backward accumulates d x_0 into the caller's cotangent buffer and returns that buffer (Liger #370)."""
+
+    def _stack_vjp(self, cfg, params, x, g, dtype):
+        grads = super()._stack_vjp(cfg, params, x, g, dtype)
+        g[...] = grads.dx
+        return StackGrads(dx=g, dparams=grads.dparams)
+
+
+class FusedResidualInPlace(NumpyReference):
+    """Fused add+norm writes x + residual into the caller's residual array and returns it as the new residual."""
+
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        out, s = super()._fused_add_norm(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
+        residual[...] = s
+        return out, residual
+
+
 class KeyBiasGradientFromValue(BlockMutant):
     """The key bias gets the value bias's gradient (a fused QKV backward writing one slice twice): nonzero
     where softmax's invariance makes it exactly zero, at the scale of the other gradients."""
@@ -660,7 +678,7 @@ MUTANTS = (
     QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
     FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
     KeyBiasGradientFromValue, SandwichPostNormMissing, RopeHalfSplitWhenInterleaved, WritesNothing,
-    InverseRmsBfloat16, StreamTruncated,
+    InverseRmsBfloat16, StreamTruncated, CotangentOverwritten, FusedResidualInPlace,
 )
 # mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
 EXPECTED = catalogue.caught_by(MUTANTS)
