@@ -124,7 +124,7 @@ def test_error_growth(subject, dtype, prop):
     fields = {"stream": lam.reshape(len(lam), -1), "write": write_errors(lam, w)}
     exact = ref.stack_forward(cfg, params, x).states
     curves = {"stream error": _accumulated(lam), "end-to-end error": _accumulated(np.diff(states - exact, axis=0)),
-              "stream error (independent rounding)": np.sqrt(np.cumsum(np.sum(fields["stream"] ** 2, axis=1))),
+              "stream error (independent-rounding theory)": np.sqrt(np.cumsum(np.sum(fields["stream"] ** 2, axis=1))),
               "write error": _accumulated(fields["write"])}
     updates = range(1, len(lam) + 1)
     for label, ys in curves.items():
