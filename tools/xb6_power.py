@@ -4,7 +4,9 @@ correct roundings in other orders, which must pass), and for the baseline with i
 `bits` significant bits (bits = 8 is bfloat16's), which must fail. Prints per dtype and arithmetic: mean and
 sd of z (sd near 1: the band's sd is right), max z, the sd of rho, and the fraction of seeds with z > Z.
 
-    python tools/xb6_power.py --seeds 40 --dtypes float32,float16,bfloat16
+    python tools/xb6_power.py --seeds 40 --dtypes float32,float16,bfloat16 [--backends torch,jax]
+
+--backends runs real backends (correct roundings too) instead of the emulated ones.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from resconf.backends.oracle import numpy_ops as ops
 from resconf.backends.oracle.controls import CONTROLS, Baseline
+from resconf.backends.registry import load_backend
 from resconf.backends.config import BlockConfig
 from resconf.conformance.budgets import Z
 from resconf.conformance.test_error_growth import DEPTH, SHAPE, coherence, growth_case, local_errors, write_errors
@@ -48,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--dtypes", default="float32,float16,bfloat16")
+    parser.add_argument("--backends", default="", help="real backends to run instead, comma-separated registry names")
     args = parser.parse_args()
     print("| dtype | arithmetic | seeds | stream z: mean, sd, max | write z: mean, sd, max | sd of rho (stream, write) "
           "| z > Z |")
@@ -55,10 +59,13 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         arithmetics = [(b.name, b, None) for b in (Baseline(), *(c() for c in CONTROLS))]
         arithmetics += [(f"baseline, inverse RMS to {bits} bits", Baseline(), bits) for bits in BITS]
+        if args.backends:
+            arithmetics = [(name, load_backend(name), None) for name in args.backends.split(",")]
         for name, backend, bits in arithmetics:
             rows = []
             for seed in range(args.seeds):
-                backend.seed = seed  # the baseline's faithful perturbations: another legitimate draw per seed
+                if isinstance(backend, Baseline):
+                    backend.seed = seed  # its faithful perturbations: another legitimate draw per seed
                 rows.append(z_scores(backend, 1000 + seed, dtype, bits))
             z1, z2, r1, r2 = np.array(rows).T
             failed = np.mean(np.maximum(z1, z2) > Z)
