@@ -1,19 +1,21 @@
 """XB-6: a low-precision stack's rounding error grows with depth as independent rounding predicts.
 
-A pre stack of DEPTH layers (rmsnorm or layernorm; a linear or mlp branch) runs once in the backend; the oracle
-reruns each layer on the backend's own input state, so layer l's local error lambda_l = x^_l - f_l(x^_{l-1}) is
-what that layer's rounding added (a correct backend's propagation of earlier errors through J_l drops out).
-Independent, zero-mean roundings add in quadrature: ||sum_l lambda_l||^2 ~= sum_l ||lambda_l||^2, so the
-accumulated error grows as sqrt(L); a rounding biased the same way at every layer adds up linearly, to L times
-that. coherence() is the ratio of the two and its sd under independence, for two fields (docs/spec.md, XB-6):
+A pre stack of DEPTH layers (a linear or mlp block, else a layer preset) runs once in the backend; the oracle
+reruns each update on the backend's own input state, so update u's local error lambda_u = x^_u - f_u(x^_{u-1})
+is what its rounding added (a correct backend's propagation of earlier errors through J_u drops out).
+Independent, zero-mean roundings add in quadrature, ||sum_u lambda_u||^2 ~= sum_u ||lambda_u||^2, so the
+accumulated error grows as sqrt(U); a rounding biased alike at every update adds up linearly, to U times that.
+coherence() is the ratio of the two and its sd under independence, for two fields (docs/spec.md, XB-6):
   - the stream's local errors, elementwise (truncation instead of round-to-nearest: each add loses
-    ~ulp/2 towards 0, with the sign of x, which holds from layer to layer);
-  - each write's relative scale error eps_l = <lambda_l, w_l> / ||w_l||^2 per token (an inverse RMS rounded
-    to bfloat16 scales every write of a token by the same 1 + delta_t while the stream is much larger than
-    the writes, so its inverse RMS stays in one bfloat16 interval over the whole stack).
-Each write is WRITE_ULPS ulps of the stream (RMS), so every add moves the stream by many ulps and a correct
-rounding's residues are independent from layer to layer; then the stream stays ~ x_0 and its inverse RMS
-moves by far less than a bfloat16 ulp. Monte Carlo: tools/xb6_power.py.
+    ~ulp/2 towards 0, with the sign of x, which holds from update to update);
+  - each write's relative scale error eps_u = <lambda_u, w_u> / ||w_u||^2 per token (an inverse RMS rounded
+    to bfloat16 scales every write of a token by the same 1 + delta_t as long as it stays in one bfloat16
+    interval).
+Each write's RMS is WRITE_ULPS ulps of the stream's, so every add moves the stream by many ulps and a correct
+rounding's residues are independent from update to update. In float32 the writes are then 7.6e-6 of the
+stream, whose inverse RMS moves by far less than a bfloat16 ulp over the whole stack; in float16 and bfloat16
+they are 6 % and 50 % of it, and a bfloat16 inverse RMS hides in the dtype's own rounding (the power table).
+Monte Carlo: tools/xb6_power.py.
 """
 from __future__ import annotations
 
@@ -33,8 +35,6 @@ from resconf.conformance.requirements import require_placement
 
 DEPTH, SHAPE, SEED = 64, (4, 16, 64), 20261207
 WRITE_ULPS = 64  # each write's RMS in ulps (2u) of the stream's
-
-
 OUTPUT_PROJECTION = {"linear": ("w_out", "b_out"), "mlp": ("w_down", "b_down"), "attention": ("wo", "bo")}
 
 
@@ -77,9 +77,9 @@ def local_errors(cfg: BlockConfig, params, states: np.ndarray) -> tuple[np.ndarr
 
 
 def coherence(v: np.ndarray) -> tuple[float, float]:
-    """(rho, sd) for per-layer errors v (L, n): rho = ||sum_l v_l||^2 / sum_l ||v_l||^2, 1 in expectation for
-    independent zero-mean v_l, up to L for identical ones; sd its standard deviation under independence,
-    2 sqrt(sum_{l<m} sum_i v_li^2 v_mi^2) / sum_l ||v_l||^2 (the cross terms' variance, given the sizes)."""
+    """(rho, sd) for per-update errors v (U, n): rho = ||sum_u v_u||^2 / sum_u ||v_u||^2, 1 in expectation for
+    independent zero-mean v_u, up to U for identical ones; sd its standard deviation under independence,
+    2 sqrt(sum_{u<v} sum_i v_ui^2 v_vi^2) / sum_u ||v_u||^2 (the cross terms' variance, given the sizes)."""
     squares = v**2
     total = float(np.sum(squares))
     if total == 0.0:
@@ -89,7 +89,7 @@ def coherence(v: np.ndarray) -> tuple[float, float]:
 
 
 def write_errors(lam: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """(L, B*T): each write's relative scale error per token, <lambda, w> / ||w||^2."""
+    """(U, B*T): each write's relative scale error per token, <lambda, w> / ||w||^2."""
     return (np.sum(lam * w, axis=-1) / np.sum(w * w, axis=-1)).reshape(len(w), -1)
 
 

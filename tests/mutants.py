@@ -587,8 +587,9 @@ class FusedSilentDowncast(NumpyReference):
 
 
 class InverseRmsBfloat16(BlockMutant):
-    """Every norm's inverse RMS (layernorm's 1 / std too) is rounded to bfloat16 before it scales the token
-    (amd/IRON #139): each write of a token carries the same relative error while the stream dwarfs the writes."""
+    """In the forward, every norm's inverse RMS (layernorm's 1 / std too) is rounded to bfloat16 before it scales
+    the token (amd/IRON #139): each write of a token carries the same relative error while the stream dwarfs
+    the writes (XB-6 in float32)."""
 
     @staticmethod
     def _rounded(stats):
