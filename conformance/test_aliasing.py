@@ -71,7 +71,8 @@ def test_block_calls_leave_inputs_alone(subject, case, dtype, layer, prop, data)
 
 
 @pytest.mark.property("XB-7")
-@pytest.mark.parametrize("kind,with_bias,residual_in_fp32", VARIANTS[1:3] + VARIANTS[5:], ids=VARIANT_IDS[1:3] + VARIANT_IDS[5:])
+@pytest.mark.parametrize("kind,with_bias,residual_in_fp32", VARIANTS[1:3] + VARIANTS[5:],
+                         ids=VARIANT_IDS[1:3] + VARIANT_IDS[5:])
 @profiles.heavy()
 @given(data=st.data())
 def test_fused_calls_leave_inputs_alone(subject, case, dtype, kind, with_bias, residual_in_fp32, prop, data):
