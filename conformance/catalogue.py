@@ -114,6 +114,13 @@ PROPERTIES = (
              ("NonDeterministic", "RacyWeightGradient")),
     Property("XB-5", "strided and transposed-view inputs give the same result as contiguous ones", _B,
              ("test_agreement.test_layout_does_not_matter",), ("LayoutSensitive",)),
+    Property("XB-6", "in a 64-layer pre stack in bfloat16, float16 or float32, each update's rounding error adds up "
+             "over depth as independent roundings do, in the stream and in each write's scale; the growth exponent "
+             "is recorded", _B, ("test_error_growth.test_error_growth",), ("InverseRmsBfloat16", "StreamTruncated")),
+    Property("XB-7", "forward and VJP, of blocks and of fused add+norm, leave every input, parameter and cotangent "
+             "bitwise as it was, and return none of them (no output shares memory with an input)", _BF,
+             ("test_aliasing.test_block_calls_leave_inputs_alone", "test_aliasing.test_fused_calls_leave_inputs_alone"),
+             ("CotangentOverwritten", "FusedResidualInPlace")),
     Property("BI-1", "a branch writing d_model + 3 features, a (1, C) residual, a weight of C + 1 values: an error "
              "whose message names the offending shape and the expected one", _BF,
              ("test_bad_input.test_block_shape_mismatch", "test_bad_input.test_fused_shape_mismatch"),

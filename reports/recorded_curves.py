@@ -1,4 +1,4 @@
-"""The curves a conformance run recorded (GR-3, VG-2, VG-3): a row's parallel lists curve_x, curve_y and
+"""The curves a conformance run recorded (GR-3, VG-2, VG-3, XB-6): a row's parallel lists curve_x, curve_y and
 curve_label, regrouped as one series per label."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Curve:
         return "theory" in lowered or "oracle" in lowered
 
 
-DEPTH_CURVES = ("GR-3", "VG-2", "VG-3")  # curves against depth; BI-5's magnitude sweep is not one
+DEPTH_CURVES = ("GR-3", "VG-2", "VG-3", "XB-6")  # curves against depth; BI-5's magnitude sweep is not one
 
 
 def curves_of(row: ResultRow) -> list[Curve]:

@@ -18,7 +18,9 @@ from .plotting import MAX_COLUMNS, colour, draw_png, legend_entries, shared_lege
 from .recorded_curves import Curve
 
 LINESTYLES = ("-", "--", ":", "-.")
-YLABELS = {"VG-2": "Var(x_l)", "VG-3": "Var(x_L) / Var(x_0)", "GR-3": "||grad x_0|| / ||g||"}
+YLABELS = {"VG-2": "Var(x_l)", "VG-3": "Var(x_L) / Var(x_0)", "GR-3": "||grad x_0|| / ||g||",
+           "XB-6": "accumulated rounding error"}
+LOG_Y = ("GR-3", "XB-6")
 JACOBIAN_NORM, PLAIN_DEPTH = 0.8, 80  # the seeds' vanishing-gradient example: 0.8^80 = 1.8e-8
 
 
@@ -41,6 +43,10 @@ CAPTIONS = {
             f"{JACOBIAN_NORM} keeps {JACOBIAN_NORM}^{PLAIN_DEPTH} = {PLAIN_MANTISSA}e{PLAIN_EXPONENT} of the "
             f"gradient after {PLAIN_DEPTH} layers. The residual theory line is sqrt(prod_l (1 + s^2 (C - 2) / "
             "sigma_l^2)), the pre-LN analogue of (1 + beta^2)^(L/2).",
+    "XB-6": "The rounding error a 64-layer pre stack accumulates against the update count (log scale): each "
+            "update's local error summed, the end-to-end error against the oracle, and the theory line for "
+            "independent rounding, sqrt(sum_u ||lambda_u||^2); a bias shared by every update grows linearly away "
+            "from it. The fitted growth exponents are in the table below.",
 }
 
 
@@ -152,13 +158,14 @@ def grid_columns(panels: list[tuple[str, ...]]) -> int:
 def property_figure(property_id: str, curves: list[Curve], backends: tuple[str, ...] | None = None) -> Figure:
     """The panels of `backends` (all by default). Styles and GR-3's clipped range come from every curve of the
     property, so that a figure of some backends and one of the others read alike."""
+    curves = [c for c in curves if len(c.xs) > 1]  # a one-point series (XB-6's exponents) is in the table
     styles = Styles.of(curves)
     panels: dict[tuple[str, str, str, str], list[Curve]] = {}
     for c in curves:
         if backends is None or c.backend in backends:
             panels.setdefault((c.backend, c.device, c.dtype, distinguishing(c, styles.varying)), []).append(c)
     order = sorted(panels, key=lambda p: (p[0], p[1], p[3], dtype_order(p[2])))
-    log_y = property_id.startswith("GR")
+    log_y = property_id in LOG_Y
     clip = log_clip(curves) if log_y else None
 
     def draw(fig: MplFigure, axes: list[Axes]) -> None:
@@ -166,8 +173,9 @@ def property_figure(property_id: str, curves: list[Curve], backends: tuple[str, 
             backend, device, dtype, where = key
             mine = panels[key]
             _draw_panel(ax, mine, styles, log_y)
-            if log_y:
+            if property_id == "GR-3":
                 _reference_slope(ax, max(x for c in mine for x in c.xs))
+            if log_y:
                 if clip.below:  # both ends set: autoscaling would pad the top by as many decades as it clips
                     ax.set_ylim(clip.floor, clip.top * 10)
             elif property_id == "VG-2":

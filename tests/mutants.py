@@ -629,6 +629,60 @@ class FusedSilentDowncast(NumpyReference):
         return super()._fused_add_norm(x, residual, weight, bias, eps, kind, dtype, False)
 
 
+class InverseRmsBfloat16(BlockMutant):
+    """In the forward, every norm's inverse RMS (layernorm's 1 / std too) is rounded to bfloat16 before it scales
+    the token (amd/IRON #139): each write of a token carries the same relative error while the stream dwarfs
+    the writes (XB-6 in float32)."""
+
+    @staticmethod
+    def _rounded(stats):
+        def rounded(x, eps):
+            xhat, rstd = stats(x, eps)
+            coarse = round_to(rstd, "bfloat16")
+            return xhat * (coarse / rstd), coarse
+        return rounded
+
+    def _stack_forward(self, cfg, params, x, dtype):
+        with _swapped(ops, "_rmsnorm_stats", self._rounded(ops._rmsnorm_stats)), \
+                _swapped(ops, "_layernorm_stats", self._rounded(ops._layernorm_stats)):
+            return super()._stack_forward(cfg, params, x, dtype)
+
+
+class StreamTruncated(BlockMutant):
+    """pre's residual add rounds toward zero in the working dtype instead of to nearest: each add loses about
+    half an ulp, with the sign of x, at every layer."""
+
+    def _stack_forward(self, cfg, params, x, dtype):
+        self.dtype = dtype
+        return super()._stack_forward(cfg, params, x, dtype)
+
+    def forward_block(self, cfg, p, kinds, x):
+        y, f = ref.update_forward(cfg, p, kinds, x)
+        if cfg.placement != "pre" or self.dtype == "float64":
+            return y, f
+        nearest = np.asarray(y).astype(numpy_dtype(self.dtype))
+        toward_zero = np.nextafter(nearest, np.zeros_like(nearest))
+        return np.where(np.abs(nearest) > np.abs(y), toward_zero, nearest).astype(np.float64), f
+
+
+class CotangentOverwritten(BlockMutant):
+    """The backward accumulates d x_0 into the caller's cotangent buffer and returns that buffer (Liger #370)."""
+
+    def _stack_vjp(self, cfg, params, x, g, dtype):
+        grads = super()._stack_vjp(cfg, params, x, g, dtype)
+        g[...] = grads.dx
+        return StackGrads(dx=g, dparams=grads.dparams)
+
+
+class FusedResidualInPlace(NumpyReference):
+    """Fused add+norm writes x + residual into the caller's residual array and returns it as the new residual."""
+
+    def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        out, s = super()._fused_add_norm(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
+        residual[...] = s
+        return out, residual
+
+
 class KeyBiasGradientFromValue(BlockMutant):
     """The key bias gets the value bias's gradient (a fused QKV backward writing one slice twice): nonzero
     where softmax's invariance makes it exactly zero, at the scale of the other gradients."""
@@ -668,7 +722,7 @@ MUTANTS = (
     QkNormAfterRope, GqaWrongGroup, SwigluGateUpSwapped, BidirectionalWhenCausal, LayerScaleIgnored, ParallelNormsSwapped,
     FusedStaleResidual, FusedSilentBroadcast, FusedSilentDowncast, FusedNanToZero, Float32Outputs,
     KeyBiasGradientFromValue, SandwichPostNormMissing, RopeHalfSplitWhenInterleaved, WritesNothing,
-    CrossAttentionReadsStream,
+    CrossAttentionReadsStream, InverseRmsBfloat16, StreamTruncated, CotangentOverwritten, FusedResidualInPlace,
 )
 # mutant -> the property IDs that must flag it: the catalogue's rows that name it (conformance/catalogue.py)
 EXPECTED = catalogue.caught_by(MUTANTS)
@@ -678,7 +732,8 @@ EXPECTED = catalogue.caught_by(MUTANTS)
 SELECTION = {Bfloat16WeightGradient: "long_sequence_vjp and bfloat16",
              BlockwiseSoftmaxNoRescale: "long_sequence_forward and float64",
              FastVariance: "forward_offset_mean",
-             Float32Outputs: "(forward_matches_oracle or vjp_matches_oracle) and (bfloat16 or float16) and block"}
+             Float32Outputs: "(forward_matches_oracle or vjp_matches_oracle) and (bfloat16 or float16) and block",
+             InverseRmsBfloat16: "error_growth and float32", StreamTruncated: "error_growth and float32"}
 # the layer mutants break one feature of the presets: every dtype's cases, so the four dtypes of each case take
 # four presets (conformance/hypothesis_helpers.fixed_structure)
 PRESET_CASES = "preset and (forward_matches_oracle or vjp_matches_oracle or nan_and_inf_locality)"

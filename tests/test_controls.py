@@ -14,7 +14,7 @@ import pytest
 from resconf.backends.oracle.controls import CONTROLS
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPLEMENTED = {f"{f}-{i}" for f, n in (("ID", 4), ("GR", 4), ("VG", 4), ("XB", 5), ("BI", 5)) for i in range(1, n + 1)}
+IMPLEMENTED = {f"{f}-{i}" for f, n in (("ID", 4), ("GR", 4), ("VG", 4), ("XB", 7), ("BI", 5)) for i in range(1, n + 1)}
 
 
 @pytest.mark.heavy
