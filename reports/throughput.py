@@ -33,6 +33,12 @@ ABOVE_ROOFLINE = (
     "machine, device and shape: the byte model or the measurement does not hold for that case, so the figure "
     "is not a bandwidth to compare. Each such figure is flagged with the reason found and its byte model:")
 
+ABOVE_MATMUL = (
+    f"{OVER_ROOFLINE} above 100 % of the matmul peak, the best n x n matmul measured on the same machine, device "
+    "and dtype: one timed call on either side (--quick), or a peak that one n under-measures (a library can run "
+    "a stack's matmul shapes faster than the square one). Not a compute figure to compare until a measured "
+    "run (without --quick) keeps it.")
+
 
 SINGLE_SAMPLE = (
     f"{ONE_SAMPLE} one sample: asv run --quick times one call, a smoke test and not a measurement (no warm "
@@ -215,6 +221,8 @@ def throughput_section(rows: list[BenchRow], results: list[ResultRow] = ()) -> S
         compute = compute_table(machine, mine)
         if compute:
             blocks.append(compute)
+            if any((r.matmul_fraction or 0) > 1 for r in mine):
+                blocks.append(Paragraph(ABOVE_MATMUL))
         if any(r.single_sample for r in mine):
             blocks.append(Paragraph(SINGLE_SAMPLE))
         for device in sorted({r.device for r in mine}):

@@ -367,6 +367,11 @@ def test_layers_show_their_share_of_the_matmul_peak_beside_the_roofline(document
     stack = next(r for r in rows if r["preset"] == "llama")
     assert stack["roofline_gbps"] == max(r["roofline_gbps"] for r in timed_rows() if r["op"] == "copy"), \
         "a stack is held to its device's roofline at the largest measured shape"
+    above = [replace(r, matmul_fraction=1.2) if r.op == "preset_stack_forward" else r for r in load_inputs([], BENCH).bench]
+    notes = [b.text for b in throughput.throughput_section(above).blocks if hasattr(b, "text")]
+    assert sum(t.startswith("* above 100 % of the matmul peak") for t in notes) == 1
+    shown = [b.text for b in document.section("2.").blocks if hasattr(b, "text")]
+    assert not any(t.startswith("* above 100 % of the matmul peak") for t in shown), "no note where none passes"
 
 
 def test_an_export_without_flags_is_flagged_by_the_report(tmp_path):
