@@ -23,7 +23,7 @@ from .load import BenchRow
 FASTER, SLOWER, SAME, AMBIGUOUS, ERRORED = "faster", "slower", "same", "ambiguous", "errored"
 ALPHA = 0.001  # the U test's p-value below which two sample sets differ
 MIN_EFFECT = 0.25  # and their medians' ratio must pass 1 + MIN_EFFECT (slower) or 1 / (1 + MIN_EFFECT) (faster)
-MIN_SAMPLES = 5  # per point: fewer (asv --quick records one) cannot make the U test significant at ALPHA
+MIN_SAMPLES = 7  # per point: with 6 a side the exact U test's smallest p is 2 / C(12, 6) = 0.002 > ALPHA
 HISTORY_RUNS, HISTORY_MIN, Z_LIMIT = 10, 5, 3.0
 
 Key = tuple[str, str, str]  # (machine, benchmark, params)
