@@ -60,8 +60,10 @@ def classify(before: BenchRow | None, after: BenchRow | None, history: list[floa
     few = min(len(before.sample_times), len(after.sample_times))
     if few < MIN_SAMPLES:
         return AMBIGUOUS, ratio, None, None, f"{few} recorded sample(s) at a point, {MIN_SAMPLES} needed (--record-samples)"
-    from scipy.stats import mannwhitneyu
-
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError:
+        return AMBIGUOUS, ratio, None, None, "the U test needs scipy: pip install 'resconf[report]'"
     p = float(mannwhitneyu(before.sample_times, after.sample_times, alternative="two-sided").pvalue)
     z = _z_score(after.time_s, history)
     direction = SLOWER if ratio > 1 + MIN_EFFECT else FASTER if ratio < 1 / (1 + MIN_EFFECT) else SAME

@@ -102,3 +102,11 @@ def _export_value(asv_value: str) -> str:
     """What the export writes for asv's repr(): 'torch' -> torch, (8192, 4096) -> 8192x4096, 4 -> 4."""
     value = eval(asv_value)  # noqa: S307  benchmarks.json's own repr() strings
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def test_without_scipy_a_change_is_ambiguous_not_a_crash(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails as if scipy were not installed
+    v = verdict_of(samples(0.1, 1), tuple(1.5 * t for t in samples(0.1, 2)))
+    assert v.verdict == nt.AMBIGUOUS and "scipy" in v.why
