@@ -164,3 +164,26 @@ def test_a_figure_above_the_roofline_is_flagged_with_the_reason_found(tokens, sa
 def test_a_figure_at_or_below_the_roofline_has_no_flag():
     rows = [_synthetic("copy", 20.0), _synthetic("add_rmsnorm_forward", 20.0)]
     assert [r.flag for r in bench_export._with_roofline(rows, {"cpu": 2 ** 40})] == [None, None]
+
+
+class _CacheResults:
+    """What _cache_bytes reads of an asv results file holding the track_ benchmark's value."""
+
+    def get_all_result_keys(self):
+        return [bench_export.CACHE_BENCHMARK]
+
+    def get_result_params(self, key):
+        return [["'cpu'"]]
+
+    def get_result_value(self, key, params):
+        return [33554432.0]
+
+
+def test_the_recorded_cache_size_reaches_the_flag():
+    assert bench_export._cache_bytes(_CacheResults()) == {"cpu": 32 * 2 ** 20}
+    assert bench_export.CACHE_BENCHMARK.rsplit(".", 1)[-1] == "track_last_level_cache_bytes"
+    from benchmarks import bench_roofline
+
+    assert hasattr(bench_roofline.LastLevelCache, "track_last_level_cache_bytes")
+    if Path("/sys/devices/system/cpu/cpu0/cache").is_dir():
+        assert bench_roofline.last_level_cache_bytes("cpu") >= 2 ** 20  # every x86 or arm server CPU's is
