@@ -248,6 +248,10 @@ class Backend(ABC):
         """A ready callable f(x, g) on native arrays running the stack forward and backward."""
         raise NotImplementedError(f"backend {self.name!r} offers no stack benchmark")
 
+    def bench_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        """A ready callable f(x) on native arrays running the stack forward only; returns its output."""
+        raise NotImplementedError(f"backend {self.name!r} offers no forward-only stack benchmark")
+
     def synchronize(self, result) -> None:
         """Block until `result` (whatever a bench callable returned) has been computed on the device."""
 

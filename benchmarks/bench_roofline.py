@@ -1,14 +1,17 @@
 """The memory-bandwidth roofline on each device: copy (1 read + 1 write) and add (2 reads + 1 write).
 
-At the fused benchmarks' shapes, so that the export can divide a fused op's GB/s by the copy's GB/s
-measured on the same machine, commit and shape. CPU: NumPy (np.copyto, np.add with out=), one thread,
-and a copy on every core (numba, prange over rows): one thread cannot saturate memory, so a parallel
-kernel is measured against the all-core copy; the export takes the faster copy as the roofline.
-CUDA: torch, imported in setup only when a GPU is there, synchronised before the clock stops.
+At the fused benchmarks' shapes, so that the export can divide a fused op's GB/s by the best streaming
+kernel's GB/s measured on the same machine, commit and shape. CPU: NumPy (np.copyto, np.add with out=),
+one thread, and the same two on every core (numba, prange over rows): one thread cannot saturate memory,
+and under write-allocate caches an add counts more GB/s than a copy, so the export takes the best of the
+four as the roofline. CUDA: torch, imported in setup only when a GPU is there, synchronised before the
+clock stops. The device's last-level cache size is recorded too (a track_ benchmark): a shape whose bytes
+fit in it can pass the roofline, and the export's flag says so.
 """
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -82,28 +85,84 @@ class Add(_Roofline):
 
 
 @lru_cache(maxsize=1)
-def all_cores_copy_case(dtype: str, shape: tuple[int, int]) -> cm.Case:
-    """dst = src with rows split over every core (numba's prange), compiled and warmed in setup."""
+def all_cores_case(op: str, dtype: str, shape: tuple[int, int]) -> cm.Case:
+    """dst = src (op "copy") or out = a + b (op "add") with rows split over every core (numba's prange),
+    compiled and warmed in setup."""
     try:
         from numba import njit, prange
     except ImportError as exc:
-        raise NotImplementedError(f"the all-core copy needs numba ({exc})")
+        raise NotImplementedError(f"the all-core {op} needs numba ({exc})")
 
     @njit(parallel=True, cache=True)
     def copy_rows(dst, src):
         for i in prange(src.shape[0]):
             dst[i] = src[i]
 
-    src = np.ascontiguousarray(cm.random_array(shape, dtype, cm.SEED), numpy_dtype(dtype))
-    return cm.warmed(cm.Case(copy_rows, (np.empty_like(src), src), _no_sync))
+    @njit(parallel=True, cache=True)
+    def add_rows(out, a, b):
+        for i in prange(a.shape[0]):
+            out[i] = a[i] + b[i]
+
+    a, b = (np.ascontiguousarray(cm.random_array(shape, dtype, cm.SEED + i), numpy_dtype(dtype)) for i in range(2))
+    if op == "copy":
+        return cm.warmed(cm.Case(copy_rows, (np.empty_like(a), a), _no_sync))
+    return cm.warmed(cm.Case(add_rows, (np.empty_like(a), a, b), _no_sync))
 
 
-class CopyAllCores(_Roofline):
+class _AllCores(_Roofline):
     def setup(self, device, dtype, shape):
         if device != "cpu":
-            raise NotImplementedError("the all-core copy is a CPU measurement")
-        case = all_cores_copy_case(dtype, shape)
+            raise NotImplementedError(f"the all-core {self.op} is a CPU measurement")
+        case = all_cores_case(self.op, dtype, shape)
         self.fn, self.args, self.sync = case.fn, case.args, case.sync
+
+
+class CopyAllCores(_AllCores):
+    op = "copy"
 
     def time_copy_all_cores(self, device, dtype, shape):
         self.sync(self.fn(*self.args))
+
+
+class AddAllCores(_AllCores):
+    op = "add"
+
+    def time_add_all_cores(self, device, dtype, shape):
+        self.sync(self.fn(*self.args))
+
+
+def last_level_cache_bytes(device: str) -> int:
+    """The largest cache of CPU 0 (sysfs) or the GPU's L2 (torch); NotImplementedError where it cannot be read."""
+    if device == "cuda":
+        try:
+            import torch  # only reached on a machine with a GPU (DEVICES)
+        except ImportError as exc:
+            raise NotImplementedError(f"the GPU's L2 size is read with torch, which is not installed ({exc})")
+        return int(torch.cuda.get_device_properties(0).L2_cache_size)
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            size = (index / "size").read_text().strip()
+            sizes[int((index / "level").read_text())] = int(size.rstrip("KMG")) * _UNITS[size[-1]]
+        except (OSError, ValueError, KeyError):
+            continue
+    if not sizes:
+        raise NotImplementedError("no cache sizes under /sys/devices/system/cpu/cpu0/cache")
+    return sizes[max(sizes)]
+
+
+_UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
+class LastLevelCache:
+    """Not a timing: the size a shape's bytes are compared with when a figure passes the roofline."""
+
+    params = (cm.DEVICES,)
+    param_names = ("device",)
+    unit = "bytes"
+
+    def setup(self, device):
+        self.size = last_level_cache_bytes(device)
+
+    def track_last_level_cache_bytes(self, device):
+        return self.size

@@ -24,6 +24,7 @@ from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import numpy_dtype, round_to
 from resconf.backends.params import draw_params
 from resconf.backends.registry import BUILTIN, BackendUnavailable, entry_point_names, load_backend
+from resconf.reports.flops import PRESETS, preset_config
 
 from .numpy_baseline import NumpyBaseline
 
@@ -70,6 +71,12 @@ WITH_BIAS = {"rmsnorm": False, "layernorm": True}  # as in the models: RMSNorm h
 BUILTIN_STACK = ("torch", "jax")  # torch_compile claims no blocks (too slow to compile); numpy_ref is an oracle
 STACK_SHAPES = ((512, 256),)  # (tokens, d_model): small, so that the stack is cheap on 2 cores
 STACK_DEPTHS = (2, 8, 32) if FULL else (4,)
+# The layers people run (bench_presets.py): GPT-2 small's width and a 1024-token sequence in the full grid;
+# the default grid keeps the CI smoke within its budget on 2 cores with a quarter of that width, in float32.
+PRESET_SHAPES = ((1024, 768),) if FULL else ((256, 256),)  # (tokens, d_model)
+PRESET_DEPTHS = (2,)
+PRESET_DTYPES = DTYPES if FULL else ("float32",)
+MATMUL_SIZES = (2048,) if FULL else (1024,)  # n of the n x n matmul that measures the compute peak
 
 # More backends for both grids, without editing this file: RESCONF_BENCH_BACKENDS=name,name,... where a name
 # is what `resconf check --backend` takes (a built-in name, an entry point of the group resconf.backends, or
@@ -163,15 +170,26 @@ def fused_case(backend_name: str, device: str, kind: str, dtype: str, shape: tup
 @lru_cache(maxsize=1)
 def stack_case(backend_name: str, device: str, dtype: str, shape: tuple[int, int], depth: int) -> Case:
     """A Pre-LN MLP stack, forward and backward, on one sequence of `tokens` (the MLP sees tokens only)."""
-    backend = load(backend_name, device)
-    tokens, d_model = shape
-    cfg = BlockConfig(placement="pre", norm="layernorm", branch="mlp", depth=depth, d_model=d_model)
-    require(backend.capabilities.supports(cfg), backend, "Pre-LN MLP blocks")
+    cfg = BlockConfig(placement="pre", norm="layernorm", branch="mlp", depth=depth, d_model=shape[1])
+    return _stack_case(load(backend_name, device), cfg, "Pre-LN MLP blocks", dtype, shape[0], backward=True)
+
+
+@lru_cache(maxsize=1)
+def preset_case(backend_name: str, device: str, dtype: str, preset: str, shape: tuple[int, int], depth: int,
+                backward: bool) -> Case:
+    """A stack of a preset's layers (reports/flops.py: preset_config) on one sequence, forward (and backward)."""
+    cfg = preset_config(preset, shape[1], depth)
+    return _stack_case(load(backend_name, device), cfg, f"{preset} layers", dtype, shape[0], backward)
+
+
+def _stack_case(backend: Backend, cfg: BlockConfig, what: str, dtype: str, tokens: int, backward: bool) -> Case:
+    require(backend.capabilities.supports(cfg), backend, what)
     require(dtype in backend.capabilities.dtypes, backend, f"dtype {dtype}")
     params = tuple(p.map(lambda t: round_to(t, dtype)) for p in draw_params(cfg, SEED, perturb=True))
-    fn = backend.bench_stack(cfg, params, dtype)
-    x, g = (backend.to_native(random_array((1, tokens, d_model), dtype, SEED + i), dtype) for i in range(2))
-    return warmed(Case(fn, (x, g), backend.synchronize))
+    x, g = (backend.to_native(random_array((1, tokens, cfg.d_model), dtype, SEED + i), dtype) for i in range(2))
+    if backward:
+        return warmed(Case(backend.bench_stack(cfg, params, dtype), (x, g), backend.synchronize))
+    return warmed(Case(backend.bench_stack_forward(cfg, params, dtype), (x,), backend.synchronize))
 
 
 def _fused_backend(name: str, device: str) -> Backend:

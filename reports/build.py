@@ -33,7 +33,7 @@ def build_document(inputs: Inputs, selection: RunSelection = RunSelection(), spe
         intro=INTRO,
         warnings=tuple(f"{u.path}: {u.reason}" for u in inputs.unreadable),
         sections=(matrix_section(view, results, spec), throughput_section(bench, shown),
-                  history_section(bench), curves_section(shown), metadata_section(inputs, view), spec_section(spec)),
+                  history_section(bench, list(inputs.bench_failed)), curves_section(shown), metadata_section(inputs, view), spec_section(spec)),
     )
 
 

@@ -48,5 +48,20 @@ BYTES_MOVED: dict[str, Callable[[int, int, int], int]] = {
     "copy": copy_bytes,
     "copy_all_cores": copy_bytes,
     "add": add_bytes,
+    "add_all_cores": add_bytes,
 }
-ROOFLINE_OPS = ("copy", "copy_all_cores")  # the best of these GB/s is the denominator of roofline_fraction
+# The byte model of each op in words, for a flag on a figure above the roofline (reports/roofline_flags.py).
+BYTE_MODELS: dict[str, str] = {
+    "add_rmsnorm_forward": "4·T·H + H elements",
+    "add_layernorm_forward": "4·T·H + 2·H elements",
+    "add_rmsnorm_forward_backward": "7·T·H + 3·H elements",
+    "add_layernorm_forward_backward": "7·T·H + 5·H elements",
+    "copy": "2·T·H elements",
+    "copy_all_cores": "2·T·H elements",
+    "add": "3·T·H elements",
+    "add_all_cores": "3·T·H elements",
+}
+# The streaming kernels measured on every device and shape; the best of their GB/s is the roofline, the
+# denominator of roofline_fraction. Several, because any one can under-measure the machine: a copy on one
+# thread cannot saturate memory, and under write-allocate caches an add counts more GB/s than a copy.
+ROOFLINE_OPS = ("copy", "copy_all_cores", "add", "add_all_cores")

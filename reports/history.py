@@ -17,6 +17,7 @@ from . import sections
 from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
 from .document import Cell, Figure, Paragraph, Section, Table
 from .load import BenchRow
+from .nightly import nightly_blocks
 from .plotting import colour, draw_png, legend_entries, shared_legend
 
 REGRESSION_FACTOR = 1.3  # the documented factor (docs/benchmarks.md); the one place the report reads it from
@@ -136,7 +137,7 @@ def history_figure(machine: str, device: str, op: str, rows: list[BenchRow], fou
                   draw_png(len(panels), draw))
 
 
-def history_section(rows: list[BenchRow]) -> Section:
+def history_section(rows: list[BenchRow], failed: list[BenchRow] = ()) -> Section:
     title = sections.title(sections.HISTORY)
     points = ordered_points(rows)
     if not any(len(p) > 1 for p in points.values()):
@@ -152,6 +153,7 @@ def history_section(rows: list[BenchRow]) -> Section:
     blocks: list = [Paragraph(verdict)]
     if found:
         blocks.append(regression_table(found))
+    blocks += nightly_blocks(rows, list(failed))
     backends = sorted({r.backend for r in rows})
     groups: dict[tuple[str, str, str], list[BenchRow]] = defaultdict(list)
     for r in rows:

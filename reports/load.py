@@ -45,6 +45,14 @@ class BenchRow:
     roofline_fraction: float | None
     samples: int | None = None  # how many samples time_s is the median of (1: asv --quick); None: not exported
     quartiles: tuple[float, float] | None = None  # the samples' 25th and 75th percentiles, when exported
+    flag: str | None = None  # why a figure above the roofline is there (reports/roofline_flags.py)
+    sample_times: tuple[float, ...] = ()  # every sample, when asv recorded them (--record-samples)
+    benchmark: str = ""  # asv's name, for a rerun command
+    params: str = ""  # the export's stable parameter key: "backend=torch;device=cpu;dtype=float32;shape=8192x4096"
+    bytes_moved: int | None = None
+    cache_bytes: int | None = None  # the device's last-level cache, where the suite recorded it
+    gflops: float | None = None  # a preset stack's or a matmul's (reports/flops.py)
+    matmul_fraction: float | None = None  # gflops over the best matmul's on the same machine, device and dtype
 
     @property
     def single_sample(self) -> bool:
@@ -58,6 +66,7 @@ class Inputs:
     bench: tuple[BenchRow, ...]
     sources: tuple[str, ...]  # the files read
     unreadable: tuple[Unreadable, ...]
+    bench_failed: tuple[BenchRow, ...] = ()  # combinations that failed (no time: time_s is NaN)
 
 
 def one_line(exc: BaseException, path: Path) -> str:
@@ -123,7 +132,8 @@ def _number(value: object) -> float | None:
 def _case(record: dict) -> str:
     tokens, hidden = record.get("tokens"), record.get("hidden")
     shape = f"{tokens}x{hidden}" if tokens is not None and hidden is not None else _text(record.get("shape"))
-    extra = [f"depth {record['depth']}"] if record.get("depth") is not None else []
+    extra = [record["preset"]] if record.get("preset") else []  # a preset stack's layer: gpt2, llama
+    extra += [f"depth {record['depth']}"] if record.get("depth") is not None else []
     return ", ".join([shape or "-"] + extra)
 
 
@@ -139,15 +149,21 @@ def machine_labels(records: list[dict]) -> list[str]:
 
 def bench_row(record: dict, machine: str) -> BenchRow:
     gbps = _number(record.get("gbps"))
-    if gbps is None and _number(record.get("bytes_moved")) and record["time_s"]:
+    if gbps is None and _number(record.get("bytes_moved")) and _number(record["time_s"]):
         gbps = record["bytes_moved"] / record["time_s"] / 1e9
     return BenchRow(
         machine=machine, commit=_text(record.get("commit")), date=_text(record.get("date")),
         op=_text(record["op"]), backend=_text(record["backend"]) or "-", device=_text(record.get("device")) or "-",
-        dtype=_text(record.get("dtype")) or "-", case=_case(record), time_s=float(record["time_s"]), gbps=gbps,
+        dtype=_text(record.get("dtype")) or "-", case=_case(record), time_s=_number(record["time_s"]) or math.nan,
+        gbps=gbps,
         roofline_gbps=_number(record.get("roofline_gbps")),
         roofline_fraction=_number(record.get("roofline_fraction")),
         samples=None if record.get("samples") is None else int(record["samples"]), quartiles=_quartiles(record),
+        flag=record.get("flag") or None, sample_times=tuple(record.get("time_samples_s") or ()),
+        benchmark=_text(record.get("benchmark")), params=_text(record.get("params")),
+        bytes_moved=None if record.get("bytes_moved") is None else int(record["bytes_moved"]),
+        cache_bytes=None if record.get("cache_bytes") is None else int(record["cache_bytes"]),
+        gflops=_number(record.get("gflops")), matmul_fraction=_number(record.get("matmul_fraction")),
     )
 
 
@@ -156,25 +172,28 @@ def _quartiles(record: dict) -> tuple[float, float] | None:
     return None if low is None or high is None else (low, high)
 
 
-def load_bench(path: Path) -> tuple[list[BenchRow], list[Unreadable]]:
-    """Rows with a time; rows whose time is missing (a skipped or failed benchmark) are left out."""
+def load_bench(path: Path) -> tuple[list[BenchRow], list[Unreadable], list[BenchRow]]:
+    """(rows with a time, unreadable, rows of failed combinations: no time, time_s NaN)."""
     if not path.is_file():
-        return [], [Unreadable(str(path), "no such file")]
+        return [], [Unreadable(str(path), "no such file")], []
     try:
         table = pq.read_table(path)
         missing = [c for c in BENCH_REQUIRED if c not in table.column_names]
         if missing:
             raise ValueError(f"not a benchmark export: no column {', '.join(missing)}")
-        records = [r for r in table.to_pylist() if _number(r["time_s"]) is not None]
-        rows = [bench_row(r, machine) for r, machine in zip(records, machine_labels(records))]
+        records = table.to_pylist()
+        every = [bench_row(r, machine) for r, machine in zip(records, machine_labels(records))]
     except READ_ERRORS as exc:
-        return [], [Unreadable(str(path), one_line(exc, path))]
-    return rows, [] if rows else [Unreadable(str(path), "holds no timed benchmark rows")]
+        return [], [Unreadable(str(path), one_line(exc, path))], []
+    rows = [r for r in every if not math.isnan(r.time_s)]
+    failed = [r for r in every if math.isnan(r.time_s)]
+    return rows, [] if rows else [Unreadable(str(path), "holds no timed benchmark rows")], failed
 
 
 def load_inputs(results: list[Path], bench: Path | None) -> Inputs:
     rows, read, bad = load_results(results)
-    bench_rows, bench_bad = load_bench(bench) if bench is not None else ([], [])
+    bench_rows, bench_bad, failed = load_bench(bench) if bench is not None else ([], [], [])
     if bench_rows:
         read.append(str(bench))
-    return Inputs(results=tuple(rows), bench=tuple(bench_rows), sources=tuple(read), unreadable=tuple(bad + bench_bad))
+    return Inputs(results=tuple(rows), bench=tuple(bench_rows), sources=tuple(read), unreadable=tuple(bad + bench_bad),
+                  bench_failed=tuple(failed))

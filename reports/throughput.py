@@ -1,9 +1,11 @@
-"""Throughput at each machine's latest commit: time, GB/s and % of the copy roofline measured on
-the same machine, per operation, dtype and shape, with a bar chart per shape.
+"""Throughput at each machine's latest commit: time, GB/s and % of the roofline measured on the same
+machine, per operation, dtype and shape, with a bar chart per shape.
 
-GB/s = bytes_moved / time (the formulas in reports/bytes_moved.py); the roofline is the GB/s of a plain copy
-of the same shape on the same device. The export computes both; when its columns lack them, they are
-derived here from what is there, and a figure that cannot be derived prints as "-".
+GB/s = bytes_moved / time (the formulas in reports/bytes_moved.py); the roofline is the best GB/s of the
+streaming kernels (copy, add; one thread and all cores) of the same shape on the same device. The export
+computes both and flags every figure above the roofline with the reason found (reports/roofline_flags.py);
+when its columns lack them, they are derived here from what is there, and a figure that cannot be derived
+prints as "-". No figure above the roofline goes unflagged.
 """
 from __future__ import annotations
 
@@ -21,17 +23,21 @@ from .bytes_moved import ROOFLINE_OPS
 from .document import Cell, Figure, Paragraph, Section, Table
 from .kernel_status import kernel_status
 from .load import BenchRow
+from .roofline_flags import over_roofline_flag
 from .plotting import colour, draw_png, legend_entries, shared_legend
 
 Key = tuple[str, str, str]  # (machine, device, case)
-OVER_ROOFLINE = "*"  # marks a fraction above 100 %, explained by ABOVE_COPY
-ABOVE_COPY = (
-    f"{OVER_ROOFLINE} above 100 % of the copy roofline. The roofline is a copy measured on the same machine, "
-    "not a physical limit, so a kernel can pass it. Where a store first reads its destination line "
-    "(write-allocate caches), which the byte counts leave out, a copy moves 3 bytes for every 2 counted and "
-    "an add 4 for every 3, so at the same memory bandwidth an add's counted GB/s can be up to 12.5 % above "
-    "the copy's. Caches holding part of a small shape, and the noise between separate timings (a few %), "
-    "add to it.")
+OVER_ROOFLINE = "*"  # marks a fraction above 100 %, explained by its flag under the table
+ABOVE_ROOFLINE = (
+    f"{OVER_ROOFLINE} above 100 % of the roofline, the best of the streaming kernels measured on the same "
+    "machine, device and shape: the byte model or the measurement does not hold for that case, so the figure "
+    "is not a bandwidth to compare. Each such figure is flagged with the reason found and its byte model:")
+
+ABOVE_MATMUL = (
+    f"{OVER_ROOFLINE} above 100 % of the matmul peak, the best n x n matmul measured on the same machine, device "
+    "and dtype: one timed call on either side (--quick), or a peak that one n under-measures (a library can run "
+    "a stack's matmul shapes faster than the square one). Not a compute figure to compare until a measured "
+    "run (without --quick) keeps it.")
 
 
 SINGLE_SAMPLE = (
@@ -59,14 +65,23 @@ def latest_rows(rows: list[BenchRow]) -> list[BenchRow]:
 
 
 def rooflines(rows: list[BenchRow]) -> dict[Key, float]:
-    """(machine, device, case) -> the roofline GB/s: the export's column, else the copy's own GB/s."""
+    """(machine, device, case) -> the roofline GB/s: the export's column, else the best streaming kernel's GB/s."""
     found: dict[Key, float] = {}
-    for row in sorted(rows, key=lambda r: (r.op not in ROOFLINE_OPS, r.dtype, r.backend)):
+    for row in rows:
         key = (row.machine, row.device, row.case)
         value = row.roofline_gbps if row.roofline_gbps is not None else (row.gbps if row.op in ROOFLINE_OPS else None)
-        if value is not None and key not in found:
-            found[key] = value
+        if value is not None:
+            found[key] = max(value, found.get(key, 0.0))
     return found
+
+
+def flag_of(row: BenchRow, roofline: float | None) -> str | None:
+    """The export's flag; for an export without one, the same rule applied here (no cache size: not judged)."""
+    if row.flag:
+        return row.flag
+    gbps = row.gbps if roofline is None or row.roofline_fraction is None else row.roofline_fraction * roofline
+    q75 = row.quartiles[1] if row.quartiles else None
+    return over_roofline_flag(row.op, row.bytes_moved, gbps, roofline, row.samples, q75, row.cache_bytes)
 
 
 def fraction_of(row: BenchRow, roofline: float | None) -> float | None:
@@ -82,17 +97,46 @@ def sort_key(row: BenchRow) -> tuple:
 def throughput_table(machine: str, rows: list[BenchRow], roof: dict[Key, float], results: list[ResultRow]) -> Table:
     table_rows = []
     for r in sorted(rows, key=sort_key):
-        fraction = fraction_of(r, roof.get((r.machine, r.device, r.case)))
+        roofline = roof.get((r.machine, r.device, r.case))
+        fraction = fraction_of(r, roofline)
         marked = [t + ONE_SAMPLE if r.single_sample and t != "-" else t
                   for t in (format_gbps(r.gbps), format_fraction(fraction))]
+        flag = flag_of(r, roofline)
         table_rows.append((Cell(r.device), Cell(r.op), Cell(r.dtype), Cell(r.case), Cell(r.backend),
                            Cell(format_time(r.time_s)), Cell(format_spread(r)), Cell(format_samples(r)),
-                           *(Cell(t) for t in marked), kernel_status(r.op, r.backend, r.device, r.dtype, results)))
+                           *(Cell(t) for t in marked), Cell(short_flag(flag), "fail" if flag else ""),
+                           kernel_status(r.op, r.backend, r.device, r.dtype, results)))
     commit, date = point_of(rows[0])
     return Table(f"Machine {machine or '-'}, {point_label((commit, date))} (time: the median of the samples; "
                  "spread: half their interquartile range, relative to the median)",
                  ("device", "op", "dtype", "shape", "backend", "time", "spread", "samples", "GB/s", "% of roofline",
-                  "conformance"), tuple(table_rows))
+                  "flag", "conformance"), tuple(table_rows))
+
+
+def short_flag(flag: str | None) -> str:
+    """"over-roofline cache-resident: ..." -> "cache-resident"; the note under the table has the rest."""
+    return "-" if not flag else flag.split(":", 1)[0].split(" ", 1)[-1]
+
+
+def compute_table(machine: str, rows: list[BenchRow]) -> Table | None:
+    """The compute-bound rows (preset stacks, the matmul peak): % of the matmul peak beside % of the roofline."""
+    mine = sorted((r for r in rows if r.gflops is not None), key=sort_key)
+    if not mine:
+        return None
+    return Table(f"Machine {machine or '-'}: layers against the matmul peak (FLOPs and bytes: docs/benchmarks.md, "
+                 "\"FLOPs and the matmul peak\"; the roofline of a stack is its device's at the largest shape)",
+                 ("device", "op", "dtype", "shape", "backend", "time", "GFLOP/s", "% of matmul peak", "GB/s",
+                  "% of roofline"),
+                 tuple((Cell(r.device), Cell(r.op), Cell(r.dtype), Cell(r.case), Cell(r.backend),
+                        Cell(format_time(r.time_s)), Cell(f"{r.gflops:.1f}"), Cell(format_fraction(r.matmul_fraction)),
+                        Cell(format_gbps(r.gbps)), Cell(format_fraction(r.roofline_fraction))) for r in mine))
+
+
+def flag_note(rows: list[BenchRow], roof: dict[Key, float]) -> Paragraph | None:
+    """ABOVE_ROOFLINE, then each flagged row with its whole flag; None when nothing is flagged."""
+    lines = [f"{r.op} {r.dtype} {r.case} {r.backend}: {flag}" for r in sorted(rows, key=sort_key)
+             if (flag := flag_of(r, roof.get((r.machine, r.device, r.case))))]
+    return Paragraph(" ".join([ABOVE_ROOFLINE, *(f"({i}) {line}." for i, line in enumerate(lines, 1))])) if lines else None
 
 
 def draw_bars(ax: Axes, rows: list[BenchRow], backends: list[str]) -> None:
@@ -171,12 +215,19 @@ def throughput_section(rows: list[BenchRow], results: list[ResultRow] = ()) -> S
     for machine, mine in sorted(by_machine.items()):
         table = throughput_table(machine, mine, roof, list(results))
         blocks.append(table)
-        if any(t.rstrip(ONE_SAMPLE).endswith(OVER_ROOFLINE) for t in table.column("% of roofline")):
-            blocks.append(Paragraph(ABOVE_COPY))
+        note = flag_note(mine, roof)
+        if note:
+            blocks.append(note)
+        compute = compute_table(machine, mine)
+        if compute:
+            blocks.append(compute)
+            if any((r.matmul_fraction or 0) > 1 for r in mine):
+                blocks.append(Paragraph(ABOVE_MATMUL))
         if any(r.single_sample for r in mine):
             blocks.append(Paragraph(SINGLE_SAMPLE))
         for device in sorted({r.device for r in mine}):
-            bars = [r for r in mine if r.device == device and r.gbps is not None and r.op not in ROOFLINE_OPS]
+            bars = [r for r in mine if r.device == device and r.gbps is not None and r.op not in ROOFLINE_OPS
+                    and r.gflops is None]  # compute-bound rows are judged in compute_table
             if bars:
                 blocks.append(bar_figure(machine, device, bars, roof, backends))
     if not any(r.gbps is not None for r in rows):

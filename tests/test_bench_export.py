@@ -17,13 +17,15 @@ import pytest
 
 from resconf.reports import bench_export
 from resconf.reports.bytes_moved import BYTES_MOVED
+from resconf.reports.flops import MATMUL_OP, PRESET_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "asv_results"
 RESULT_FILE = FIXTURE / "vm" / "2d1e2876-existing-py_work_venv_bin_python3.json"
 RMS_FORWARD = "bench_fused.AddRMSNormForward.time_add_rmsnorm_forward"
 BENCHMARK_MODULES = ("benchmarks.common", "benchmarks.numpy_baseline", "benchmarks.bench_fused",
-                     "benchmarks.bench_stack", "benchmarks.bench_roofline", "resconf.reports.bench_export")
+                     "benchmarks.bench_stack", "benchmarks.bench_roofline", "benchmarks.bench_presets",
+                     "benchmarks.bench_matmul", "benchmarks.slowed", "resconf.reports.bench_export")
 FRAMEWORKS = ("torch", "jax", "numba", "triton")
 
 
@@ -118,11 +120,70 @@ def test_benchmark_modules_import_no_framework():
 def test_every_bandwidth_benchmark_has_a_formula_and_the_fixture_is_current():
     names = _fresh_python(
         "import inspect, json\n"
-        "from benchmarks import bench_fused, bench_roofline, bench_stack\n"
-        "print(json.dumps([f'{m.__name__.split(\".\")[-1]}.{c}.{f}' for m in (bench_fused, bench_roofline, bench_stack)\n"
+        "from benchmarks import bench_fused, bench_matmul, bench_presets, bench_roofline, bench_stack\n"
+        "print(json.dumps([f'{m.__name__.split(\".\")[-1]}.{c}.{f}'\n"
+        "                  for m in (bench_fused, bench_matmul, bench_presets, bench_roofline, bench_stack)\n"
         "                  for c, cls in vars(m).items() if inspect.isclass(cls) and not c.startswith('_')\n"
         "                  for f in dir(cls) if f.startswith('time_')]))")
     ops = {name.rsplit(".", 1)[-1].removeprefix("time_") for name in names if not name.startswith("bench_stack.")}
-    assert ops <= set(BYTES_MOVED), f"no bytes-moved formula for {sorted(ops - set(BYTES_MOVED))}"
+    modelled = set(BYTES_MOVED) | set(PRESET_OPS) | {MATMUL_OP}  # bytes, or FLOPs and bytes (reports/flops.py)
+    assert ops <= modelled, f"no bytes-moved formula for {sorted(ops - modelled)}"
     recorded = set(json.loads(RESULT_FILE.read_text())["results"])
     assert recorded <= set(names), f"the fixture names benchmarks the suite no longer has: {recorded - set(names)}"
+
+
+def _synthetic(op: str, gbps_target: float, tokens: int = 8192, samples: int = 10, spread: float = 0.0):
+    """A row of `op` at (tokens, 4096) float32 whose time gives gbps_target GB/s; quartiles +-spread."""
+    nbytes = BYTES_MOVED[op](tokens, 4096, 4)
+    t = nbytes / gbps_target / 1e9
+    return bench_export.BenchRow(
+        machine="m", commit="c", date=None, env_name="e", benchmark=f"b.{op}", op=op, params="", backend=None,
+        device="cpu", dtype="float32", tokens=tokens, hidden=4096, depth=None, time_s=t, samples=samples,
+        time_q25_s=t * (1 - spread), time_q75_s=t * (1 + spread), bytes_moved=nbytes, gbps=gbps_target,
+        roofline_gbps=None, roofline_fraction=None)
+
+
+@pytest.mark.parametrize("tokens, samples, spread, reason", [
+    (8192, 10, 0.0, "unexplained"),  # 537 MB moved: not in a 32 MiB cache, measured, no spread
+    (128, 10, 0.0, "cache-resident"),  # 8.4 MB moved: fits
+    (8192, 1, 0.0, "one-sample"),  # asv --quick
+    (8192, 10, 0.2, "within-spread"),  # at the 75th percentile's time it is below the roofline
+])
+def test_a_figure_above_the_roofline_is_flagged_with_the_reason_found(tokens, samples, spread, reason):
+    """The roofline is the best of copy and add (one thread, all cores); a fused op 10 % above it is flagged."""
+    rows = [_synthetic("copy", 20.0, tokens), _synthetic("add_all_cores", 25.0, tokens),
+            _synthetic("add_rmsnorm_forward", 27.5, tokens, samples, spread)]
+    copy, add, fused = bench_export._with_roofline(rows, {"cpu": 32 * 2 ** 20})
+    assert (copy.roofline_gbps, add.roofline_fraction) == (25.0, 1.0)
+    assert copy.flag is None and add.flag is None, "the kernels that define the roofline are never above it"
+    assert fused.roofline_fraction == pytest.approx(1.1)
+    assert fused.flag.startswith(f"over-roofline {reason}: ")
+    assert fused.flag.endswith("byte model add_rmsnorm_forward: 4·T·H + H elements x itemsize")
+
+
+def test_a_figure_at_or_below_the_roofline_has_no_flag():
+    rows = [_synthetic("copy", 20.0), _synthetic("add_rmsnorm_forward", 20.0)]
+    assert [r.flag for r in bench_export._with_roofline(rows, {"cpu": 2 ** 40})] == [None, None]
+
+
+class _CacheResults:
+    """What _cache_bytes reads of an asv results file holding the track_ benchmark's value."""
+
+    def get_all_result_keys(self):
+        return [bench_export.CACHE_BENCHMARK]
+
+    def get_result_params(self, key):
+        return [["'cpu'"]]
+
+    def get_result_value(self, key, params):
+        return [33554432.0]
+
+
+def test_the_recorded_cache_size_reaches_the_flag():
+    assert bench_export._cache_bytes(_CacheResults()) == {"cpu": 32 * 2 ** 20}
+    assert bench_export.CACHE_BENCHMARK.rsplit(".", 1)[-1] == "track_last_level_cache_bytes"
+    from benchmarks import bench_roofline
+
+    assert hasattr(bench_roofline.LastLevelCache, "track_last_level_cache_bytes")
+    if Path("/sys/devices/system/cpu/cpu0/cache").is_dir():
+        assert bench_roofline.last_level_cache_bytes("cpu") >= 2 ** 20  # every x86 or arm server CPU's is

@@ -146,6 +146,8 @@ COMMANDS = {
     "pip install 'resconf[report]'": NotRun(INSTALLS),
     "resconf check ...": NotRun(NAMED_ONLY),
     "asv continuous --factor 1.3": NotRun(NAMED_ONLY),
+    "asv run --quick": NotRun(NAMED_ONLY),
+    "asv continuous --split -a rounds=4": NotRun(NAMED_ONLY + "; the report writes each row's whole command"),
     "resconf report: skipped PATH: reason": NotRun("a line the report prints, not a command"),
     "pytest tests/test_report.py": Parse(),  # those tests run in the suite anyway
     "python tests/fixtures/make_results_fixtures.py":

@@ -45,6 +45,12 @@ def _stack_forward_fn(static: jb.StaticBlock):
 
 
 @functools.lru_cache(maxsize=None)
+def _stack_output_fn(static: jb.StaticBlock):
+    """The stack's output alone (no trace of states): what a forward-only benchmark times."""
+    return jax.jit(lambda x, layers, final, scalars: jb.stack_output(x, layers, final, static, scalars))
+
+
+@functools.lru_cache(maxsize=None)
 def _stack_vjp_fn(static: jb.StaticBlock):
     def vjp(x, layers, final, g, scalars):
         TRACES["stack_vjp"] += 1
@@ -159,12 +165,21 @@ class JaxBackend(JaxTensorParallel, Backend):
         return _bench_fused_fn(kind, backward)  # with_bias=False: pass bias=None (jit specialises on it)
 
     def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        layers, final, scalars = self._bench_stack_args(cfg, params, dtype)
+        vjp = _stack_vjp_fn(jb.StaticBlock.of(cfg))
+        return lambda x, g: vjp(x, layers, final, g, scalars)  # (dx, dlayers, dfinal)
+
+    def bench_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        layers, final, scalars = self._bench_stack_args(cfg, params, dtype)
+        forward = _stack_output_fn(jb.StaticBlock.of(cfg))
+        return lambda x: forward(x, layers, final, scalars)
+
+    def _bench_stack_args(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        """(stacked layers, final norm, scalars) on the device, the claims and parameters checked eagerly."""
         contract.check_dtype(self, dtype)
         contract.check_blocks(self, cfg)
         check_params(cfg, params)
-        layers, final = self._stack_params(params, dtype)
-        vjp, scalars = _stack_vjp_fn(jb.StaticBlock.of(cfg)), jb.Scalars.of(cfg)
-        return lambda x, g: vjp(x, layers, final, g, scalars)  # (dx, dlayers, dfinal)
+        return (*self._stack_params(params, dtype), jb.Scalars.of(cfg))
 
     def synchronize(self, result) -> None:
         jax.block_until_ready(result)

@@ -160,6 +160,18 @@ class TorchBackend(TorchTensorParallel, Backend):
 
         return forward_backward
 
+    def bench_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        """f(x): the stack forward under no_grad; returns its output."""
+        contract.check_blocks(self, cfg)
+        stack = build_stack(cfg, params, self._dtype(dtype), self.device)
+
+        def forward(x):
+            with torch.no_grad():
+                states, _, final = stack(x)
+                return output(states, final)
+
+        return forward
+
     def synchronize(self, result) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()

@@ -1,0 +1,112 @@
+"""The nightly comparison (reports/nightly.py) on synthetic samples: nothing here is timed.
+
+The samples are seeded log-normal draws with the spread an interleaved A/A run measured on the 2-core VM
+(docs/benchmarks.md, "Regression detection"); a slowed mutant's are the same draws times 1.5.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resconf.reports import nightly as nt
+from resconf.reports.load import BenchRow
+
+ASV_FIXTURE = Path(__file__).parent / "fixtures" / "asv_results" / "benchmarks.json"
+SPREAD = 0.08  # log-normal sigma of one sample: above what the A/A run measured, so the test is not lenient
+COMMITS = [f"{i:040x}" for i in range(1, 13)]
+
+
+def samples(median: float, seed: int, count: int = 10) -> tuple[float, ...]:
+    return tuple(median * np.random.default_rng(seed).lognormal(0.0, SPREAD, count))
+
+
+def row(commit: int, times: tuple[float, ...] | None, backend: str = "numpy") -> BenchRow:
+    """One point of add_rmsnorm_forward; times None: it failed there."""
+    return BenchRow(machine="vm", commit=COMMITS[commit], date=f"2026-12-{commit + 1:02d}", op="add_rmsnorm_forward",
+                    backend=backend, device="cpu", dtype="float32", case="8192x4096",
+                    time_s=math.nan if times is None else float(np.median(times)), gbps=None, roofline_gbps=None,
+                    roofline_fraction=None, samples=None if times is None else len(times), sample_times=times or (),
+                    benchmark="bench_fused.AddRMSNormForward.time_add_rmsnorm_forward",
+                    params=f"backend={backend};device=cpu;dtype=float32;shape=8192x4096")
+
+
+def verdict_of(*points: tuple[float, ...] | None) -> nt.Verdict:
+    rows = [row(i, times) for i, times in enumerate(points)]
+    found = nt.nightly([r for r in rows if not math.isnan(r.time_s)], [r for r in rows if math.isnan(r.time_s)])
+    assert len(found) == 1
+    return found[0]
+
+
+def test_a_mutant_one_and_a_half_times_slower_is_slower():
+    v = verdict_of(samples(0.1, 1), tuple(1.5 * t for t in samples(0.1, 2)))
+    assert v.verdict == nt.SLOWER, v.why
+    assert v.ratio == pytest.approx(1.5, rel=0.1) and v.p_value < nt.ALPHA
+
+
+def test_a_twice_as_fast_kernel_is_faster():
+    assert verdict_of(samples(0.1, 1), samples(0.05, 2)).verdict == nt.FASTER
+
+
+def test_the_same_kernel_twice_is_the_same_over_many_seeds():
+    """A/A on synthetic samples: no false alarm in 200 pairs at the documented thresholds."""
+    verdicts = [verdict_of(samples(0.1, 2 * i), samples(0.1, 2 * i + 1)).verdict for i in range(200)]
+    assert verdicts.count(nt.SAME) == 200, {v: verdicts.count(v) for v in set(verdicts)}
+
+
+def test_a_failed_benchmark_is_errored_never_slower():
+    assert verdict_of(samples(0.1, 1), None).verdict == nt.ERRORED
+    assert verdict_of(None, samples(0.1, 1)).verdict == nt.ERRORED
+    # even with a slower history behind it, a failure at the newest point reads as errored
+    v = verdict_of(samples(0.1, 1), samples(0.3, 2), None)
+    assert v.verdict == nt.ERRORED and v.ratio is None and "newest point" in v.why
+
+
+def test_one_sample_a_side_is_ambiguous_not_slower():
+    v = verdict_of(samples(0.1, 1, count=1), samples(0.3, 2, count=1))
+    assert v.verdict == nt.AMBIGUOUS and "samples" in v.why
+
+
+def test_a_machine_history_that_swings_as_much_makes_a_change_ambiguous():
+    """The U test says 1.5x slower, but the last nights' medians swung from 0.1 to 0.15: not a regression yet."""
+    swinging = [samples(0.1 if i % 2 else 0.15, i) for i in range(8)]
+    v = verdict_of(*swinging, samples(0.1, 20), tuple(1.5 * t for t in samples(0.1, 21)))
+    assert v.verdict == nt.AMBIGUOUS and v.z_score is not None and abs(v.z_score) < nt.Z_LIMIT, v.why
+    steady = [samples(0.1, i) for i in range(8)]
+    v = verdict_of(*steady, samples(0.1, 20), tuple(1.5 * t for t in samples(0.1, 21)))
+    assert v.verdict == nt.SLOWER and v.z_score > nt.Z_LIMIT, v.why
+
+
+def test_the_rerun_command_selects_exactly_one_asv_parameter_combination():
+    """asv's --bench matches `name(param, ...)` with the values as benchmarks.json spells them."""
+    listed = json.loads(ASV_FIXTURE.read_text())
+    for name, info in listed.items():
+        if not isinstance(info, dict) or not info["params"]:
+            continue
+        for combo in itertools.product(*info["params"]):
+            values = [_export_value(v) for v in combo]
+            key = ";".join(f"{k}={v}" for k, v in zip(info["param_names"], values))
+            selector = nt.asv_selector(name, key)
+            matched = [c for c in itertools.product(*info["params"]) if re.search(selector, f"{name}({', '.join(c)})")]
+            assert matched == [combo], (selector, matched)
+    v = verdict_of(samples(0.1, 1), samples(0.1, 2))
+    assert v.rerun().startswith("asv continuous ") and v.rerun().endswith(f"{COMMITS[0][:12]} {COMMITS[1][:12]}")
+
+
+def _export_value(asv_value: str) -> str:
+    """What the export writes for asv's repr(): 'torch' -> torch, (8192, 4096) -> 8192x4096, 4 -> 4."""
+    value = eval(asv_value)  # noqa: S307  benchmarks.json's own repr() strings
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def test_without_scipy_a_change_is_ambiguous_not_a_crash(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails as if scipy were not installed
+    v = verdict_of(samples(0.1, 1), tuple(1.5 * t for t in samples(0.1, 2)))
+    assert v.verdict == nt.AMBIGUOUS and "scipy" in v.why
