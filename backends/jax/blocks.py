@@ -268,7 +268,8 @@ def update(x: jax.Array, p: LayerParams, kinds: tuple[str, ...], static: StaticB
     s = p.sub(kinds[0])
     w = write(kinds[0], s, h, static, sc).astype(x.dtype)  # every other placement feeds the raw stream to the branch
     if static.placement in ("post", "deepnorm"):
-        return layer_norm(narrowed(sx + w, static), s, static, sc).astype(x.dtype), w  # N(s x + w(x)); deepnorm's s is alpha
+        # N(s x + w(x)); deepnorm's s is alpha
+        return layer_norm(narrowed(sx + w, static), s, static, sc).astype(x.dtype), w
     if static.placement == "rezero":
         return sx + s.gate * w, w
     return w, w  # plain: no skip

@@ -223,7 +223,8 @@ class Layer(nn.Module):
         return self.scaled(x) + w, w
 
     def update(self, sub: Sublayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = sub.write(self.narrow(x)).to(x.dtype)  # (B, T, C): every placement but pre feeds the raw stream to the branch
+        # every placement but pre feeds the raw stream to the branch
+        w = sub.write(self.narrow(x)).to(x.dtype)  # (B, T, C)
         if self.placement in ("post", "deepnorm"):
             return sub.norm(self.narrow(self.scaled(x) + w)).to(x.dtype), w  # N(s x + w(x)); deepnorm's s is alpha
         if self.placement == "rezero":
