@@ -26,6 +26,7 @@ class Mode:
     contract: str  # where it rounds, one line (docs/spec.md restates it)
     dtypes: frozenset[str] | None = None  # the case dtypes it changes anything for; None: every dtype
     devices: tuple[str, ...] = ("cpu", "cuda")
+    device_reason: str = ""  # why it runs on `devices` only
     domains: tuple[str, ...] = BLOCKS_AND_FUSED  # catalogue domains whose properties run in it
     low: str | None = None  # the dtype `low_ops` read and write (values of `low` kept in the case dtype)
     low_ops: frozenset[str] | None = None  # None with `low`: every operation
@@ -61,9 +62,11 @@ MODES = {m.name: m for m in (
          parameters="bfloat16"),
     Mode("tf32", "torch matmuls with TF32 on (torch.backends.cuda.matmul.allow_tf32): float32 operands "
          "rounded to TF32 (10 significand bits), float32 accumulation", dtypes=claims("float32"),
-         devices=("cuda",), domains=BLOCKS_ONLY, matmul_operands={"cuda": "tf32"}),
+         devices=("cuda",), device_reason="TF32 is a format of NVIDIA tensor cores (Ampere and later)",
+         domains=BLOCKS_ONLY, matmul_operands={"cuda": "tf32"}),
     Mode("cuda_graph", "forward and backward captured once into a CUDA graph and replayed: the eager "
-         "contract", devices=("cuda",), domains=BLOCKS_ONLY),
+         "contract", devices=("cuda",), device_reason="a CUDA graph replays captured CUDA kernel launches",
+         domains=BLOCKS_ONLY),
 )}
 DEFAULT_MODE = "eager"
 ALL = "all"  # `resconf check --mode all`: every mode each backend claims
@@ -80,7 +83,7 @@ def why_not(name: str, claimed: frozenset[str], backend: str, device: str, dtype
     """None when a case in `dtype` of a property over `domains` runs in mode `name`, else the skip reason."""
     mode = check_mode(name)
     if device not in mode.devices:
-        return f"mode {name} runs on {', '.join(mode.devices)} only, not on {device} ({mode.contract})"
+        return f"mode {name} runs on {', '.join(mode.devices)} only, not on {device}: {mode.device_reason}"
     if name not in claimed:
         return f"{backend} on {device} does not claim mode {name}"
     if mode.dtypes is not None and dtype not in mode.dtypes:
