@@ -7,6 +7,7 @@ framework tensor, so any framework, or none, can be plugged in.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from abc import ABC
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 from resconf.backends import contract
 from resconf.backends.config import BRANCHES, FEATURES, NORMS, PLACEMENTS, BlockConfig
 from resconf.backends.dtypes import claims
+from resconf.backends.modes import DEFAULT_MODE, check_mode
 from resconf.backends.contract import dtype_error  # noqa: F401  re-exported: adapters outside backends/ use it
 from resconf.backends.params import LayerParams
 
@@ -49,6 +51,8 @@ class Capabilities:
     layers: frozenset[tuple[str, ...]] | None = None
     requires: frozenset[str] = frozenset()
     tensor_parallel: frozenset[int] = frozenset()  # rank counts P its tensor-parallel layer runs on (TP-1, TP-2)
+    # execution modes it runs (backends/modes.py); the suite runs each case in every one claimed and selected
+    modes: frozenset[str] = frozenset({DEFAULT_MODE})
 
     def supports(self, cfg: BlockConfig) -> bool:
         return self.why_not(cfg) is None
@@ -144,6 +148,8 @@ class Backend(ABC):
     # The built-in backend whose expected failures (conformance/xfails/<name>.toml) this adapter inherits,
     # because it runs that framework's ops: "torch" for a torch module's adapter. None: only its own.
     inherits_xfails: str | None = None
+    # The execution mode its hooks run in (backends/modes.py): set on a copy by in_mode, read by the hooks.
+    mode: str = DEFAULT_MODE
 
     def __init__(self, device: str = "cpu") -> None:
         if device not in DEVICES:
@@ -159,6 +165,16 @@ class Backend(ABC):
     def versions(self) -> dict[str, str]:
         """Framework name -> version, recorded in every result row."""
         return {}
+
+    def in_mode(self, mode: str) -> Backend:
+        """A shallow copy of this backend that runs its hooks in execution mode `mode` (one it claims)."""
+        check_mode(mode)
+        if mode not in self.capabilities.modes:
+            raise ValueError(f"backend {self.name!r} does not claim mode {mode!r}; it claims "
+                             f"{', '.join(sorted(self.capabilities.modes))} (Capabilities.modes)")
+        moded = copy.copy(self)
+        moded.mode = mode
+        return moded
 
     # --- The public API: the calling contract checked once (backends/contract.py), then the adapter's hook ---
     def stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from resconf.backends.modes import DEFAULT_MODE
 from resconf.backends.oracle.controls import Baseline
 from resconf.conformance.phase_times import phase
 from resconf.conformance.reference_cache import Store, cached_call
@@ -34,16 +35,20 @@ class Baselines:
     """The Backend API's methods, each returning Draws instead of a result. With a `store`, a case's draws are
     computed once for every backend and run that draws it (conformance/reference_cache.py)."""
 
-    def __init__(self, draws: int = DRAWS, store: Store | None = None) -> None:
-        self.backends = tuple(Baseline(seed=seed) for seed in range(draws))
+    def __init__(self, draws: int = DRAWS, store: Store | None = None, mode: str = DEFAULT_MODE,
+                 target: str = "cpu") -> None:
+        """`mode`, `target`: the execution mode and device whose rounding the draws emulate (backends/modes.py)."""
+        self.backends = tuple(Baseline(seed=seed, mode=mode, target=target) for seed in range(draws))
         self.store = store
+        rounding = self.backends[0].rounding if self.backends else {}
+        self.role = f"baseline{draws}" + ("" if not any(rounding.values()) else f"-{mode}-{target}")
 
     def __getattr__(self, method: str) -> Callable[..., Draws]:
         def call(*args, **kwargs) -> Draws:
             def compute() -> list[Any]:
                 with phase("baseline"):
                     return [getattr(b, method)(*args, **kwargs) for b in self.backends]
-            role = f"baseline{len(self.backends)}"  # draw k runs with seed k
-            return Draws(lambda: cached_call(self.store, role, method, compute, args, kwargs))
+            # draw k runs with seed k; a mode that rounds otherwise keeps its draws apart
+            return Draws(lambda: cached_call(self.store, self.role, method, compute, args, kwargs))
         return call
 

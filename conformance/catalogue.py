@@ -28,7 +28,7 @@ class Property:
     statement: str  # one line, plain text; docs/spec.md's statement starts with it
     domains: tuple[str, ...]  # BLOCKS, FUSED, TENSOR_PARALLEL
     tests: tuple[str, ...]  # "module.function" in conformance/, each marked @pytest.mark.property(id)
-    mutants: tuple[str, ...]  # classes of tests/mutants.py or tests/tp_mutants.py that this property flags
+    mutants: tuple[str, ...]  # classes of tests/mutants.py, tests/tp_mutants.py or tests/mode_mutants.py it flags
 
     @property
     def family(self) -> str:
@@ -55,7 +55,8 @@ _B, _BF = (BLOCKS,), (BLOCKS, FUSED)
 PROPERTIES = (
     Property("ID-1", "a pre or rezero block with zero init (output projection 0) or rezero init (a = 0) returns x "
              "bitwise", _B, ("test_identity.test_identity_block", "test_identity.test_identity_subnormal"),
-             ("SkipDropped", "ResidualAddedTwice", "ResidualScaled", "GateIgnored", "RezeroInitTiny")),
+             ("SkipDropped", "ResidualAddedTwice", "ResidualScaled", "GateIgnored", "RezeroInitTiny",
+              "DropsResidualWhenCompiling")),
     Property("ID-2", "a stack of L such blocks, L in {2, 8, 32, 128}, is bitwise the identity at every state", _B,
              ("test_identity.test_identity_stack",), ("SkipDropped", "ResidualAddedTwice", "ResidualScaled")),
     Property("ID-3", "at zero branch the input VJP is bitwise g; for rezero, dL/da_l = <g, F_l(x)>", _B,
@@ -78,7 +79,8 @@ PROPERTIES = (
     Property("GR-4", "a backend's float64 VJP agrees with central finite differences of its own forward", _B,
              ("test_gradient.test_vjp_finite_differences",), ("SkipDetached", "GradientScaled")),
     Property("VG-1", "pre stack: x_L == x_0 + sum_l F_l up to summation rounding", _B,
-             ("test_variance.test_stream_is_sum_of_writes",), ("SkipDropped", "ResidualAddedTwice", "ResidualScaled")),
+             ("test_variance.test_stream_is_sum_of_writes",), ("SkipDropped", "ResidualAddedTwice", "ResidualScaled",
+                                                               "RoundsStreamToBfloat16")),
     Property("VG-2", "uncorrelated growth, the seeds' example: unit-variance x_0, 192 writes of variance 0.01, "
              "Var(x_L) ~= 2.92; on the layer presets, Var(x_U) - Var(x_0) = the writes' expected variances", _B,
              ("test_variance.test_uncorrelated_growth", "test_variance.test_uncorrelated_growth_on_presets"),
@@ -100,13 +102,13 @@ PROPERTIES = (
              ("Float32Outputs", "WrongGelu", "FastVariance", "BlockwiseSoftmaxNoRescale", "RopeOnValues",
               "QkNormAfterRope", "GqaWrongGroup", "SwigluGateUpSwapped", "BidirectionalWhenCausal",
               "LayerScaleIgnored", "ParallelNormsSwapped", "SandwichPostNormMissing", "RopeHalfSplitWhenInterleaved",
-              "CrossAttentionReadsStream")),
+              "CrossAttentionReadsStream", "DropsResidualWhenCompiling", "RoundsStreamToBfloat16")),
     Property("XB-2", "VJPs w.r.t. x_0 and every parameter of every block match the oracle", _B,
              ("test_agreement.test_vjp_matches_oracle", "test_agreement.test_long_sequence_vjp",
               "test_agreement.test_realistic_vjp"),
              ("WrongGelu", "Bfloat16WeightGradient", "RopeOnValues", "QkNormAfterRope", "GqaWrongGroup",
               "SwigluGateUpSwapped", "LayerScaleIgnored", "KeyBiasGradientFromValue", "Float32Outputs",
-              "RopeHalfSplitWhenInterleaved", "CrossAttentionReadsStream")),
+              "RopeHalfSplitWhenInterleaved", "CrossAttentionReadsStream", "RoundsStreamToBfloat16")),
     Property("XB-3", "fused_add_norm(x, residual, weight, bias, eps, kind) = (norm(x + residual) weight (+ bias), "
              "x + residual)", (FUSED,), ("test_fused.test_fused_add_norm",), ("FusedStaleResidual",)),
     Property("XB-4", "the same call twice is bitwise identical", _BF,

@@ -290,7 +290,8 @@ def _guard(name: str, opts: CheckOptions, run_id: str, manifest: guard.Manifest,
                      f"some claimed dtype (a run without -k/-m fails on that)")
     elif gaps:
         out += [harness_row(name, opts, run_id, "GUARD", gap.describe(), config=f"covers={gap.property}",
-                            dtype=gap.dtypes[0] if len(gap.dtypes) == 1 else "-") for gap in gaps]
+                            dtype=gap.dtypes[0] if len(gap.dtypes) == 1 else "-",
+                            mode=gap.modes[0] if len(gap.modes) == 1 else "-") for gap in gaps]
     nothing = guard.tested_nothing(rows)
     if nothing:
         out.append(harness_row(name, opts, run_id, "GUARD", nothing, config="covers=*"))

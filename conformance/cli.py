@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from resconf.backends.base import DEVICES
+from resconf.backends.modes import ALL, DEFAULT_MODE, MODES
 from resconf.backends.registry import DEFAULT_BACKENDS, DEFAULT_GPU_BACKENDS, default_backends
 from resconf.conformance.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 
@@ -59,6 +60,13 @@ def at_least(minimum: int) -> Callable[[str], int]:
 def workers(text: str) -> int:
     """-n: 'auto' (one per CPU) or a number of processes."""
     return (os.cpu_count() or 1) if text == "auto" else at_least(0)(text)
+
+
+def mode_name(text: str) -> str:
+    """--mode: an execution mode's name (backends/modes.py) or `all`."""
+    if text != ALL and text not in MODES:
+        raise argparse.ArgumentTypeError(f"unknown mode {text!r}; expected one of {', '.join(MODES)} or {ALL}")
+    return text
 
 
 def keyword(text: str) -> str:
@@ -130,6 +138,10 @@ def check_main(argv: list[str]) -> int:
                         help="ci: fast, derandomised, a failure's first example (default); nightly: 300 examples, "
                              "saved database replayed first; dev: 25 examples; smoke: 4 examples; calibrate: fresh "
                              "random seeds")
+    parser.add_argument("--mode", dest="modes", action="append", default=[], type=mode_name, metavar="NAME",
+                        help="execution mode to run every case in, where the backend claims it (repeatable): "
+                             f"{', '.join(MODES)}, or {ALL} for every mode each backend claims; default "
+                             f"{DEFAULT_MODE} (docs/spec.md, Execution modes)")
     parser.add_argument("--max-examples", type=at_least(1), metavar="N",
                         help="examples per property, overriding the profile's")
     parser.add_argument("--shrink", action="store_true",
@@ -170,6 +182,7 @@ def check_main(argv: list[str]) -> int:
     pytest_args = (("-k", args.keyword) if args.keyword else ()) + tuple(passthrough)
     require_device = args.device is not None if args.require_device is None else args.require_device
     return run_check(CheckOptions(backends=backends, device=device, profile=args.profile,
+                                  modes=tuple(dict.fromkeys(args.modes)) or (DEFAULT_MODE,),
                                   max_examples=args.max_examples, shrink=args.shrink,
                                   reference_cache=args.reference_cache, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,

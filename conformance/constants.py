@@ -6,7 +6,7 @@ from __future__ import annotations
 
 WORKER_LOAD_FAILED = 6  # exit status of a worker whose backend cannot be loaded (conformance/backend_part.py reads it)
 WORKER_NO_DEVICE = 7  # ... and of one whose backend does not run on the device asked for (a skip, not a failure)
-JUNIT_PROPERTIES = ("property", "backend", "device", "dtype", "config")  # a JUnit testcase's <properties>
+JUNIT_PROPERTIES = ("property", "backend", "device", "dtype", "config", "mode")  # a JUnit testcase's <properties>
 
 
 def junit_suite_name(backend: str) -> str:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import pytest
 
+from resconf.backends.modes import DEFAULT_MODE
 from resconf.conformance.results import ResultRow
 
 
@@ -29,6 +30,7 @@ class Case:
     dtype: str  # "-" when the case has no dtype parameter
     config: str
     rerun: str
+    mode: str = DEFAULT_MODE  # the execution mode (backends/modes.py); older manifests had none: eager
 
 
 @dataclass(frozen=True)
@@ -150,28 +152,32 @@ class Gap:
     dtypes: tuple[str, ...]
     collected: int
     selected: int
+    modes: tuple[str, ...] = (DEFAULT_MODE,)
 
     def describe(self) -> str:
         why = "deselected" if self.selected == 0 else "selected but never ran"
-        return (f"no result for {self.property} in {', '.join(self.dtypes)} (the backend claims "
+        modes = "" if self.modes == (DEFAULT_MODE,) else f" in mode {', '.join(self.modes)}"
+        return (f"no result for {self.property} in {', '.join(self.dtypes)}{modes} (the backend claims "
                 f"{'it' if len(self.dtypes) == 1 else 'them'}): {self.collected} cases collected, "
                 f"{self.selected} selected ({why})")
 
 
 def coverage_gaps(manifest: Manifest, rows: list[ResultRow]) -> list[Gap]:
-    """Every (property, dtype) the suite collected for a dtype the backend claims needs at least one row;
-    a skipped row counts (it says why). The catalogue is what the suite collected before any
-    deselection, so it follows the properties implemented in conformance/ without a list to keep."""
-    have = {(r.property, r.dtype) for r in rows}
+    """Every (property, dtype, mode) the suite collected for a dtype the backend claims, in each mode the run
+    selected, needs at least one row; a skipped row counts (it says why: an unclaimed mode is skipped, not
+    missing). The catalogue is what the suite collected before any deselection, so it follows the properties
+    implemented in conformance/ without a list to keep."""
+    have = {(r.property, r.dtype, r.mode) for r in rows}
     claimed = set(manifest.claimed_dtypes) | {"-"}
     missing: dict[str, list[Case]] = {}
     for case in manifest.cases:
-        if case.dtype in claimed and (case.property, case.dtype) not in have:
+        if case.dtype in claimed and (case.property, case.dtype, case.mode) not in have:
             missing.setdefault(case.property, []).append(case)
     gaps = []
     for prop, cases in sorted(missing.items()):
         dtypes = tuple(dict.fromkeys(c.dtype for c in cases))
-        gaps.append(Gap(prop, dtypes, len(cases), sum(c.test in manifest.selected for c in cases)))
+        modes = tuple(dict.fromkeys(c.mode for c in cases))
+        gaps.append(Gap(prop, dtypes, len(cases), sum(c.test in manifest.selected for c in cases), modes))
     return gaps
 
 

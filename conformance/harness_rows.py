@@ -11,6 +11,7 @@ import dataclasses
 import shlex
 from datetime import datetime, timezone
 
+from resconf.backends.modes import DEFAULT_MODE
 from resconf.conformance.guard import Case
 from resconf.conformance.options import CheckOptions
 from resconf.conformance.results import ResultRow
@@ -25,6 +26,7 @@ def rerun_line(name: str, opts: CheckOptions) -> str:
     expected-failure files, shell-quoted."""
     args = ["resconf", "check", "--backend", name, "--device", opts.device, "--profile", opts.profile]
     args += ["--max-examples", str(opts.max_examples)] if opts.max_examples else []
+    args += [arg for mode in opts.modes for arg in ("--mode", mode)] if opts.modes != (DEFAULT_MODE,) else []
     args += [arg for path in opts.xfails for arg in ("--xfails", str(path))]
     args += ["--skip-xfails"] if opts.skip_xfails else []
     rest = list(opts.pytest_args)
@@ -34,12 +36,13 @@ def rerun_line(name: str, opts: CheckOptions) -> str:
 
 
 def harness_row(name: str, opts: CheckOptions, run_id: str, prop: str, message: str, *, dtype: str = "-",
-                config: str = "-") -> ResultRow:
-    """A failed row about the backend's run as a whole (RUN: it could not run; GUARD: it covered too little)."""
+                config: str = "-", mode: str = "-") -> ResultRow:
+    """A failed row about the backend's run as a whole (RUN: it could not run; GUARD: it covered too little);
+    dtype and mode "-" where it is about no one dtype or mode."""
     return ResultRow(run_id=run_id, backend=name, device=opts.device, dtype=dtype, property=prop, test="-",
                      config=config, outcome="failed", measured=None, bound=None, comparison="", worst_config="",
                      counterexample="", message=message, rerun=rerun_line(name, opts),
-                     seed="", examples=0, duration_s=0.0, timestamp=now())
+                     seed="", examples=0, duration_s=0.0, timestamp=now(), mode=mode)
 
 
 def case_row(case: Case, name: str, opts: CheckOptions, run_id: str, message: str) -> ResultRow:
@@ -47,7 +50,7 @@ def case_row(case: Case, name: str, opts: CheckOptions, run_id: str, message: st
     return ResultRow(run_id=run_id, backend=name, device=opts.device, dtype=case.dtype, property=case.property,
                      test=case.test, config=case.config, outcome="failed", measured=None, bound=None,
                      comparison="", worst_config="", counterexample="", message=message, rerun=case.rerun,
-                     seed="", examples=0, duration_s=0.0, timestamp=now())
+                     seed="", examples=0, duration_s=0.0, timestamp=now(), mode=case.mode)
 
 
 def as_backend(run, spelled: str, own: str):

@@ -75,7 +75,8 @@ def _junit_suite(rows: tuple[ResultRow, ...]) -> ET.Element:
         case = ET.SubElement(suite, "testcase", classname=f"resconf.{row.backend}.{row.property}", name=name,
                              time=f"{row.duration_s:.3f}")
         properties = ET.SubElement(case, "properties")
-        for key, value in zip(JUNIT_PROPERTIES, (row.property, row.backend, row.device, row.dtype, row.config)):
+        values = (row.property, row.backend, row.device, row.dtype, row.config, row.mode)
+        for key, value in zip(JUNIT_PROPERTIES, values):
             ET.SubElement(properties, "property", name=key, value=value)
         if row.outcome in summary.UNEXPECTED:
             ET.SubElement(case, "failure", message=row.message).text = row.rerun

@@ -12,6 +12,7 @@ class CheckOptions:
     backends: tuple[str, ...]
     device: str = "cpu"
     profile: str = "ci"
+    modes: tuple[str, ...] = ("eager",)  # execution modes (backends/modes.py), or ("all",): --mode
     max_examples: int | None = None  # overrides the profile's
     shrink: bool = False  # shrink failing examples in a profile that does not (profiles.SHRINKING)
     reference_cache: bool = True  # derandomised profiles keep the references under .resconf/cache/

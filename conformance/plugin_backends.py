@@ -1,13 +1,15 @@
 """The session's backends, loaded once before collection, and the fixtures that hand them to the properties."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 
+from resconf.backends import modes
 from resconf.backends.base import Backend, DeviceUnavailable
 from resconf.backends.registry import load_backend
-from resconf.conformance import phase_times, profiles
+from resconf.conformance import catalogue, phase_times, profiles
 from resconf.conformance.baseline import Baselines
 from resconf.conformance.home import HOME
 from resconf.conformance.reference_cache import Cached, Store
@@ -92,11 +94,18 @@ def backend(backend_name: str):
 
 
 @pytest.fixture
-def subject(backend, dtype: str):
-    """The backend, after checking it claims the dtype (else the case is skipped, and recorded so)."""
+def subject(request: pytest.FixtureRequest, backend, dtype: str, mode: str):
+    """The backend in the case's execution mode, after checking it claims the dtype and the mode for this
+    property (else the case is skipped, and recorded so)."""
     if dtype not in backend.capabilities.dtypes:
         pytest.skip(f"{backend.name} on {backend.device} does not claim {dtype}")
-    checked = Checked(backend)  # every result held to the dtype asked (conformance/output_dtypes.py)
+    marker = request.node.get_closest_marker("property")
+    domains = catalogue.BY_ID[marker.args[0]].domains if marker and marker.args[0] in catalogue.BY_ID else ()
+    why = modes.why_not(mode, backend.capabilities.modes, backend.name, backend.device, dtype, domains)
+    if why:
+        pytest.skip(why)
+    moded = backend if mode == modes.DEFAULT_MODE else backend.in_mode(mode)
+    checked = Checked(moded)  # every result held to the dtype asked (conformance/output_dtypes.py)
     return phase_times.Timed(checked, "framework calls") if phase_times.ON else checked
 
 
@@ -116,8 +125,14 @@ def oracle(references: Store | None):
     return phase_times.Timed(oracle, "oracle") if phase_times.ON else oracle
 
 
-@pytest.fixture(scope="session")
-def baseline(references: Store | None):
-    """The oracle's maths in the working dtype, another order (backends/oracle/controls.py), in a few lazily run
-    draws (conformance/baseline.py): it measures each comparison's error budget (conformance/budgets.py)."""
-    return Baselines(store=references)
+@pytest.fixture
+def baseline(request: pytest.FixtureRequest, references: Store | None, mode: str):
+    """The oracle's maths in the working dtype, another order (backends/oracle/controls.py), rounding where the
+    case's execution mode rounds (backends/modes.py), in a few lazily run draws (conformance/baseline.py): it
+    measures each comparison's error budget (conformance/budgets.py)."""
+    return _baselines(references, mode, request.config.getoption("--resconf-device"))
+
+
+@functools.cache
+def _baselines(references: Store | None, mode: str, device: str) -> Baselines:
+    return Baselines(store=references, mode=mode, target=device)

@@ -1,5 +1,5 @@
-"""The suite's parameters: backend (by its own name) and dtype are pytest parameters, so an expected
-failure can name one; each case's structure number; each case's JUnit properties."""
+"""The suite's parameters: backend (by its own name), dtype and execution mode are pytest parameters, so an
+expected failure can name one; each case's structure number; each case's JUnit properties."""
 from __future__ import annotations
 
 import zlib
@@ -7,9 +7,11 @@ import zlib
 import pytest
 
 from resconf.backends.config import DTYPES
+from resconf.backends.modes import DEFAULT_MODE
 from resconf.conformance.plugin_active import active
 from resconf.conformance.plugin_backends import NAME_OF
 from resconf.conformance.plugin_cases import junit_properties, params_of
+from resconf.conformance.plugin_options import selected_modes
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -20,16 +22,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend_name", names, ids=names, scope="session")
     if "dtype" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("dtypes")
-        metafunc.parametrize("dtype", marker.args if marker else DTYPES)
+        dtypes = marker.args if marker else DTYPES
+        if "mode" not in metafunc.fixturenames:
+            metafunc.parametrize("dtype", dtypes)
+            return
+        pairs = [(d, m) for d in dtypes for m in selected_modes(metafunc.config)]
+        metafunc.parametrize(("dtype", "mode"), pairs, ids=[case_id(d, m) for d, m in pairs])
+
+
+def case_id(dtype: str, mode: str) -> str:
+    """`float32` in eager mode, as before modes were an axis (ids, rerun lines and results keep their
+    meaning); `float32-compile` in another mode."""
+    return dtype if mode == DEFAULT_MODE else f"{dtype}-{mode}"
 
 
 @pytest.fixture
 def case(request: pytest.FixtureRequest) -> int:
     """A stable number per case, the backend left out: every backend gets the same fixed structure.
-    It is len(DTYPES) * (the number of the case's family: its parameters but dtype) + the dtype's index, so the
-    dtypes of one family rotate through consecutive structures (hypothesis_helpers.fixed_structure)."""
+    It is len(DTYPES) * (the number of the case's family: its parameters but dtype and mode) + the dtype's
+    index, so the dtypes of one family rotate through consecutive structures (hypothesis_helpers.fixed_structure)
+    and every mode of a case draws the same structure as eager."""
     params = params_of(request.node)
-    family = sorted((k, str(v)) for k, v in params.items() if k not in ("backend_name", "dtype"))
+    family = sorted((k, str(v)) for k, v in params.items() if k not in ("backend_name", "dtype", "mode"))
     dtype = DTYPES.index(params["dtype"]) if params.get("dtype") in DTYPES else 0
     return len(DTYPES) * zlib.crc32(f"{request.node.originalname}{family}".encode()) + dtype
 
@@ -39,3 +53,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     for item in items:
         item.user_properties.extend(junit_properties(item))
+        mode = params_of(item).get("mode")
+        if mode == DEFAULT_MODE:  # its id leaves eager out; -k eager still selects it
+            item.extra_keyword_matches.add(mode)

@@ -4,6 +4,17 @@ from __future__ import annotations
 import pytest
 
 from resconf.backends.base import DEVICES
+from resconf.backends.modes import ALL, DEFAULT_MODE, MODES
+
+
+def selected_modes(config: pytest.Config) -> tuple[str, ...]:
+    """The modes --resconf-mode asks for, in the catalogue's order (backends/modes.MODES); eager by default."""
+    asked = set(config.getoption("--resconf-mode") or [DEFAULT_MODE])
+    unknown = sorted(asked - set(MODES) - {ALL})
+    if unknown:
+        raise pytest.UsageError(f"--resconf-mode {unknown[0]}: unknown mode; expected one of {', '.join(MODES)} "
+                                f"or {ALL}")
+    return tuple(m for m in MODES if ALL in asked or m in asked)
 from resconf.conformance import profiles
 from resconf.conformance.shards import DURATIONS_FILE
 
@@ -14,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="backend to check: a built-in name, an entry point, or package.module:attr (repeatable)")
     group.addoption("--resconf-device", default="cpu", choices=DEVICES,
                     help="device the backends run on (default cpu)")
+    group.addoption("--resconf-mode", action="append", default=[], metavar="NAME",
+                    help=f"execution mode to run each case in, if the backend claims it: one of {', '.join(MODES)}, "
+                         f"or {ALL} for every mode (repeatable; default {DEFAULT_MODE}; backends/modes.py)")
     group.addoption("--resconf-max-examples", type=int, default=None, metavar="N",
                     help="examples per property, overriding the profile's (heavy properties run a fraction)")
     group.addoption("--resconf-profile", default=profiles.DEFAULT, choices=profiles.PROFILES,

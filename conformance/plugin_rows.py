@@ -8,10 +8,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
+from resconf.backends.modes import MODES
 from resconf.conformance import xfails
 from resconf.conformance.phase_times import phase
 from resconf.conformance.plugin_backends import VERSIONS
-from resconf.conformance.plugin_cases import fixed_config, params_of, property_of, rerun_of, subject_of
+from resconf.conformance.plugin_cases import fixed_config, mode_of, params_of, property_of, rerun_of, subject_of
 from resconf.conformance.recorder import PropertyRecorder
 from resconf.conformance.results import OUTCOMES, ResultRow
 
@@ -22,7 +23,8 @@ OUTCOME = pytest.StashKey[dict]()
 @pytest.fixture
 def prop(request: pytest.FixtureRequest) -> PropertyRecorder:
     item = request.node
-    recorder = PropertyRecorder(property_id=property_of(item), subject=subject_of(item), rerun=rerun_of(item))
+    recorder = PropertyRecorder(property_id=property_of(item), subject=subject_of(item), rerun=rerun_of(item),
+                                held_in=MODES[mode_of(item)].parameters)
     item.stash[RECORDER] = recorder
     return recorder
 
@@ -119,6 +121,7 @@ def _write_row(item: pytest.Item, report: pytest.TestReport, duration: float) ->
         counterexample=counterexample, message=_first_line(report) if outcome != "passed" else "",
         rerun=rerun_of(item), seed=blob, examples=recorder.examples if recorder else 0, duration_s=duration,
         curve_x=[c[1] for c in curves], curve_y=[c[2] for c in curves], curve_label=[c[0] for c in curves],
+        mode=mode_of(item),
         suite_version=_suite_version(), backend_versions=VERSIONS.get(str(params.get("backend_name")), "{}"),
         python_version=platform.python_version(), machine=f"{platform.node()} {platform.machine()}",
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),

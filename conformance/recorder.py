@@ -34,6 +34,13 @@ class PropertyRecorder:
     comparison: str = ""
     worst_config: str = ""
     curves: list[tuple[str, float, float]] = field(default_factory=list)
+    held_in: str | None = None  # the dtype the case's execution mode holds parameters in, if not the case's
+
+    def parameter_dtype(self, dtype: str) -> str:
+        """The dtype a parameter's gradient is a value of, whose unit roundoff its budget's floor counts in:
+        the mode's (fp32_residual holds parameters in bfloat16, so their gradients end in one bfloat16
+        rounding that a baseline draw may happen to round exactly), else the case's."""
+        return self.held_in or dtype
 
     def __repr__(self) -> str:  # hypothesis prints fixtures in its falsifying example: keep it short
         return f"<{self.property_id} {self.subject}>"

@@ -5,6 +5,8 @@ import pytest
 
 from resconf.backends.base import Backend
 from resconf.backends.config import BlockConfig
+from resconf.backends.modes import MODES
+from resconf.conformance.catalogue import FUSED
 
 
 def require_placement(backend: Backend, *placements: str) -> None:
@@ -30,6 +32,9 @@ def require_cpu(backend: Backend) -> None:
 def require_fused(backend: Backend, kind: str) -> None:
     if kind not in backend.capabilities.fused_kinds:
         pytest.skip(f"{backend.name} does not claim fused add+{kind}")
+    mode = MODES[backend.mode]
+    if FUSED not in mode.domains:  # a property over blocks and fused ops runs its block cases in the mode
+        pytest.skip(f"mode {mode.name} is not applied to fused add+norm (it applies to {', '.join(mode.domains)})")
 
 
 def require_config(backend: Backend, cfg: BlockConfig) -> None:

@@ -1,4 +1,4 @@
-"""The results table: one row per (run, backend, device, dtype, property, configuration).
+"""The results table: one row per (run, backend, device, dtype, mode, property, configuration).
 
 This schema is a public interface (docs/results.md). Bump SCHEMA_VERSION on any change; readers
 upgrade older versions in `read_results`.
@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3  # 2: provenance, a typed timestamp; 3: suite_commit, ci_job (older files upgraded on reading)
+from resconf.backends.modes import DEFAULT_MODE
+
+SCHEMA_VERSION = 4  # 2: provenance, a typed timestamp; 3: suite_commit, ci_job; 4: mode (older files upgraded on reading)
 SPEC_VERSION = "2026.11"  # the property catalogue (docs/spec.md) these IDs refer to
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
 # File metadata: per backend, every (property, dtype) the whole selection covers; `resconf merge` checks
@@ -49,6 +51,7 @@ class ResultRow:
     curve_x: list[float] = field(default_factory=list)  # recorded curves (GR-3, VG-3): depth
     curve_y: list[float] = field(default_factory=list)  # ... and value
     curve_label: list[str] = field(default_factory=list)  # ... and which series each point belongs to
+    mode: str = DEFAULT_MODE  # the execution mode (backends/modes.py): eager, compile, autocast, ...
     suite_version: str = ""  # resconf's version (from git: setuptools-scm)
     spec_version: str = SPEC_VERSION
     schema_version: int = SCHEMA_VERSION
@@ -78,7 +81,7 @@ SCHEMA = pa.schema([
     ("worst_config", pa.string()), ("counterexample", pa.string()), ("message", pa.string()),
     ("rerun", pa.string()), ("seed", pa.string()), ("examples", pa.int64()), ("duration_s", pa.float64()),
     ("curve_x", pa.list_(pa.float64())), ("curve_y", pa.list_(pa.float64())),
-    ("curve_label", pa.list_(pa.string())),
+    ("curve_label", pa.list_(pa.string())), ("mode", pa.string()),
     ("suite_version", pa.string()), ("spec_version", pa.string()), ("schema_version", pa.int64()),
     ("backend_versions", pa.string()), ("python_version", pa.string()), ("machine", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
@@ -146,7 +149,7 @@ def read_results(path: Path) -> pa.Table:
     """Read a results file in the current schema; an older version's file is upgraded (docs/results.md)."""
     table = pq.read_table(path)
     version = int((table.schema.metadata or {}).get(b"resconf_schema_version", b"0"))
-    if version in (1, 2):
+    if version in (1, 2, 3):
         return upgrade(table, version)
     if version != SCHEMA_VERSION:
         raise ValueError(f"{path}: results schema version {version}; this resconf reads versions 1 to "
@@ -155,13 +158,14 @@ def read_results(path: Path) -> pa.Table:
 
 
 def upgrade(table: pa.Table, version: int) -> pa.Table:
-    """Version 1 -> current: the ISO 8601 timestamp string becomes a typed timestamp. Versions 1 and 2 -> current:
-    the columns they did not record (provenance; suite_commit and ci_job) are empty; schema_version keeps
-    saying what the file was written as."""
+    """Version 1 -> current: the ISO 8601 timestamp string becomes a typed timestamp. Versions 1 to 3 -> current:
+    the columns they did not record (provenance; suite_commit and ci_job) are empty, and mode is eager (the
+    only mode there was); schema_version keeps saying what the file was written as."""
     columns = {name: table[name] for name in table.column_names if name in SCHEMA.names}
     if version == 1:
         text = table["timestamp"]
         columns["timestamp"] = pc.if_else(pc.equal(text, ""), None, text).cast(pa.timestamp("us", tz="UTC"))
+    columns.setdefault("mode", pa.array([DEFAULT_MODE] * table.num_rows, pa.string()))
     for name in SCHEMA.names:
         columns.setdefault(name, pa.array([""] * table.num_rows, pa.string()))
     return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import textwrap
 from collections import Counter, defaultdict
 
+from resconf.backends.modes import DEFAULT_MODE
 from resconf.conformance.catalogue import FAMILIES, property_order
 from resconf.conformance.results import ResultRow
 
@@ -23,8 +24,8 @@ def matrix(rows: list[ResultRow]) -> str:
     A cell: 'ok 12' all passed, 'FAIL 2/12', 'xf 1/12' expected failures, '-' all skipped."""
     cells: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for row in rows:
-        cells[(row.property, row.backend)][row.outcome] += 1
-    backends = sorted({r.backend for r in rows})
+        cells[(row.property, column(row))][row.outcome] += 1
+    backends = sorted({column(r) for r in rows})
     props = sorted({r.property for r in rows}, key=property_order)
     labels = {b: b if len(b) <= LABEL else f"B{i}" for i, b in enumerate(backends, 1)}
     width = max([len(p) for p in props] + [8])
@@ -39,6 +40,11 @@ def matrix(rows: list[ResultRow]) -> str:
     lines += [f"{label} = {b}" for b, label in labels.items() if label != b]
     lines += textwrap.wrap(LEGEND, WIDTH)
     return "\n".join(lines)
+
+
+def column(row: ResultRow) -> str:
+    """A matrix column: the backend, and the execution mode when not eager ("torch/compile")."""
+    return row.backend if row.mode in (DEFAULT_MODE, "-") else f"{row.backend}/{row.mode}"
 
 
 def _cell(counts: Counter) -> str:
@@ -59,7 +65,7 @@ def failures(rows: list[ResultRow]) -> str:
     lines = []
     for row in sorted((r for r in rows if r.outcome in UNEXPECTED), key=lambda r: (r.backend, r.property, r.test)):
         lines.append(f"{row.outcome.upper()} {row.property} backend={row.backend} device={row.device} "
-                     f"dtype={row.dtype} config={row.config}")
+                     f"dtype={row.dtype} mode={row.mode} config={row.config}")
         lines.append(f"    {row.message}")
         if row.counterexample:
             lines.append(f"    counterexample: {row.counterexample}")

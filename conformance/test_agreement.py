@@ -141,8 +141,8 @@ def vjp_within_budget(prop, cfg, params, x, g, dtype, got, want, base) -> None:
             scale = _with_kinks(scales.get((index, name)), b, kinks.get((index, name)), dtype, cfg)
             if not hh.resolvable(b, dtype, scale) or _beyond_range(a, base.pick(_param(index, name))):
                 continue
-            prop.within_budget(f"d {name} in layer {index}", a, b, base.pick(_param(index, name)), "gradient", dtype,
-                               cfg.n_updates, scale=scale)
+            prop.within_budget(f"d {name} in layer {index}", a, b, base.pick(_param(index, name)), "gradient",
+                               prop.parameter_dtype(dtype), cfg.n_updates, scale=scale)
 
 
 def _beyond_range(got: np.ndarray, base) -> bool:

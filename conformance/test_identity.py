@@ -88,7 +88,7 @@ def test_identity_gradient(subject, case, dtype, placement, init, layer, prop, d
             name = f"{kinds[0]}.gate"  # rezero layers are sequential: one sublayer, one gate per update
             prop.within_budget(f"dL/da against <g, F> of {name} in layer {index}", grads.dparams[index][name],
                                np.sum(g * f), base.pick(lambda gr, i=index, n=name: gr.dparams[i][n]), "gradient",
-                               dtype, cfg.n_updates, scale=float(np.sum(np.abs(g * f))) or 1.0)
+                               prop.parameter_dtype(dtype), cfg.n_updates, scale=float(np.sum(np.abs(g * f))) or 1.0)
 
 
 @pytest.mark.property("ID-4")

@@ -86,6 +86,7 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
            "--resconf-events-jsonl", str(events), "--resconf-run-id", run_id, "--junitxml", str(junit),
            "-o", f"junit_suite_name={junit_suite_name(name)}",
            f"--timeout={opts.test_timeout_s:g}", "-W", "ignore::RuntimeWarning"]
+    cmd += [arg for mode in opts.modes for arg in ("--resconf-mode", mode)]
     cmd += ["--resconf-already-run", str(already)] if already else []
     cmd += ["--resconf-shard", shard] if shard else []
     cmd += ["--resconf-durations-file", str(opts.durations_file)] if opts.durations_file else []

@@ -6,6 +6,8 @@ TOML, one [[xfail]] table per entry:
     property = "ID-1"                        # required: a property ID the suite checks (docs/spec.md)
     test = "test_identity_subnormal"         # optional: the test function (prefix of the test name)
     dtype = "float32"                        # optional: one dtype
+    mode = "compile"                         # optional: one execution mode (backends/modes.py); without it
+                                             #   the entry covers the case in every mode
     config = "branch=attention"              # optional: key=value pairs (comma-separated) the case's
                                              #   parameters must have
     backend = "jax"                          # optional in a backend's own file, required in --xfails files
@@ -35,11 +37,12 @@ from typing import Callable
 import pytest
 
 from resconf.backends.config import DTYPES
+from resconf.backends.modes import DEFAULT_MODE, MODES
 from resconf.conformance import catalogue
 
 SUITE_DIR = Path(__file__).parent
 BUILTIN_DIR = SUITE_DIR / "xfails"
-KEYS = ("property", "reason", "test", "dtype", "backend", "config", "strict")
+KEYS = ("property", "reason", "test", "dtype", "mode", "backend", "config", "strict")
 INHERITED = "inherited from "  # how an inherited entry's reason starts: "inherited from torch: ..."
 
 
@@ -50,6 +53,7 @@ class XfailEntry:
     source: str
     test: str | None = None
     dtype: str | None = None
+    mode: str | None = None
     backend: str | None = None
     config: str | None = None
     inherited_from: str = ""  # the framework whose built-in file it comes from (`inherits_xfails`); "" if its own
@@ -60,7 +64,7 @@ class XfailEntry:
         return self.declared_strict and not self.inherited_from
 
     def describe(self) -> str:
-        keys = ("backend", "property", "test", "dtype", "config")
+        keys = ("backend", "property", "test", "dtype", "mode", "config")
         return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k) is not None)
 
     def matches(self, backend_names: frozenset[str], prop: str, test_name: str, params: dict) -> bool:
@@ -70,6 +74,7 @@ class XfailEntry:
         return (self.property == prop and (self.backend is None or self.backend in backend_names)
                 and (self.test is None or test_name.startswith(self.test))
                 and (self.dtype is None or self.dtype == params.get("dtype"))
+                and (self.mode is None or self.mode == params.get("mode", DEFAULT_MODE))
                 and all(str(params.get(k)) == v for k, v in wanted.items()))
 
 
@@ -108,6 +113,8 @@ def _entry(raw, where: str, source: str, backend: str | None) -> XfailEntry:
                                 f"catalogue (docs/spec.md): {', '.join(sorted(property_ids()))}")
     if raw.get("dtype", DTYPES[0]) not in DTYPES:
         raise pytest.UsageError(f"{where}: dtype {raw['dtype']!r} is not a dtype; expected one of {', '.join(DTYPES)}")
+    if raw.get("mode", DEFAULT_MODE) not in MODES:
+        raise pytest.UsageError(f"{where}: mode {raw['mode']!r} is not a mode; expected one of {', '.join(MODES)}")
     if "config" in raw:
         config_pairs(raw["config"], where)
     return XfailEntry(source=source, backend=raw.get("backend", backend), declared_strict=raw.get("strict", True),

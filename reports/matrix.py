@@ -7,6 +7,7 @@ from collections import Counter
 from resconf.conformance import catalogue
 from resconf.conformance.catalogue import FAMILY_NAMES
 from resconf.conformance.results import ResultRow
+from resconf.conformance.summary import column
 
 from . import sections
 from .document import Cell, Detail, Paragraph, Section, Table
@@ -32,7 +33,8 @@ def empty_family_text(fam: str, spec: Spec) -> str:
 def matrix_table(rows: list[ResultRow], spec: Spec) -> Table:
     counts: dict[tuple[str, str, str], Counter] = {}
     for row in rows:
-        counts.setdefault((row.backend, row.device, family(row.property)), Counter())[row.outcome] += 1
+        # a backend's cases in another execution mode than eager get their own line ("torch/compile")
+        counts.setdefault((column(row), row.device, family(row.property)), Counter())[row.outcome] += 1
     present = {f for _, _, f in counts}
     families = list(FAMILIES) + sorted(present - set(FAMILIES))
     table_rows = []

@@ -56,6 +56,12 @@ COMMANDS = {
     "resconf check --backend liger": Parse(),
     # docs/scaling.md
     "resconf check -n": NotRun(NAMED_ONLY),
+    # docs/spec.md, docs/adapter.md, docs/results.md: execution modes
+    "resconf check --mode": NotRun(NAMED_ONLY),
+    "resconf check --mode NAME": NotRun(NAMED_ONLY),
+    "resconf check --mode compile --backend torch": Parse(),  # compiles every block structure: many minutes
+    "resconf check --mode default_precision --backend jax": Parse(),
+    "resconf check --backend torch --mode autocast -k 'test_identity_gradient and float32' --skip-xfails": Parse(),
     "resconf check --worker-timeout 7200": Parse(),
     "python tools/profile_check.py --cold --backend numpy --backend torch --backend jax":
         NotRun("a cold check of three backends (minutes); tests/test_phase_times.py runs the tool on a subset"),

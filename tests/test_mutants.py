@@ -23,17 +23,24 @@ from tests import mutant_pairs
 from tests.mutants import EXPECTED, SELECTION
 
 ROOT = Path(__file__).resolve().parents[1]
+TORCH = importlib.util.find_spec("torch") is not None
+if TORCH:
+    from tests.mode_mutants import MUTANTS as MODE_MUTANTS
+else:
+    MODE_MUTANTS = ()
 # the long-sequence, preset and encoder-decoder cases run only for the mutants that need them (SELECTION)
 FLOAT64 = "(float64 or silent_downcast) and not long_sequence and not preset and not encdec"
 
 
-def _failed_properties(mutants: list[type], selection: str, rows: Path, targeted: bool) -> dict[str, set[str]]:
-    backends = [arg for m in mutants for arg in ("--resconf-backend", f"tests.mutants:{m.__name__}")]
+def _failed_properties(mutants: list[type], selection: str, rows: Path, targeted: bool,
+                       module: str = "tests.mutants", mode: str | None = None) -> dict[str, set[str]]:
+    backends = [arg for m in mutants for arg in ("--resconf-backend", f"{module}:{m.__name__}")]
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-p", "no:cacheprovider", "-q",
            "--resconf-profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning",
            "--resconf-results-jsonl", str(rows),
-           *backends]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+           *backends, *(["--resconf-mode", mode] if mode else [])]
+    # ROOT first (tests.mutants), then the caller's path: a worktree's import shim keeps resolving `resconf`
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if targeted:
         cmd += ["-p", "tests.mutant_pairs"]
         env[mutant_pairs.ENV] = json.dumps({m.__name__: sorted(flagged_by(m.__name__)) for m in mutants})
@@ -70,6 +77,19 @@ def test_mutant_is_caught(mutant, failed_properties):
                          f"flagged by {sorted(failed_properties[mutant.__name__])}")
 
 
+@pytest.mark.skipif(not TORCH, reason="the mode mutants are torch backends")
+@pytest.mark.parametrize("mutant", MODE_MUTANTS, ids=lambda m: m.__name__)
+def test_mode_mutant_is_caught(mutant, tmp_path):
+    """A backend broken in one execution mode only (tests/mode_mutants.py) is flagged, run in that mode."""
+    from tests import mode_mutants
+    failed = _failed_properties([mutant], mode_mutants.SELECTION[mutant], tmp_path / "rows.jsonl", targeted=True,
+                                module="tests.mode_mutants", mode=mode_mutants.MODES[mutant])
+    missing = flagged_by(mutant.__name__) - failed[mutant.__name__]
+    assert not missing, (f"{mutant.__name__} ({mutant.__doc__.strip()}) was not flagged in mode "
+                         f"{mode_mutants.MODES[mutant]} by {sorted(missing)}; "
+                         f"flagged by {sorted(failed[mutant.__name__])}")
+
+
 def test_every_property_has_a_mutant():
     """Each property of the catalogue is proven sensitive by at least one mutant: a new property without one
     fails here."""
@@ -80,7 +100,7 @@ def test_every_property_has_a_mutant():
 def test_every_mutant_is_named_by_the_catalogue_and_every_named_mutant_exists():
     """EXPECTED is the catalogue's (catalogue.caught_by): a mutant no row names would prove nothing, and a row
     naming a mutant that no mutant file defines would be a claim never run."""
-    mutants = list(EXPECTED)
+    mutants = list(EXPECTED) + list(MODE_MUTANTS)
     if importlib.util.find_spec("torch"):
         from tests.tp_mutants import EXPECTED as TP_EXPECTED
         mutants += list(TP_EXPECTED)

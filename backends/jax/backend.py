@@ -12,6 +12,7 @@ TRACES counts traces (each one is a compile) per function; tests and measurement
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from typing import Sequence
@@ -32,6 +33,8 @@ from resconf.backends.jax.dtypes import to_jax, to_numpy
 from resconf.backends.jax.tp import JaxTensorParallel
 from resconf.backends.params import LayerParams, check_params
 
+# The execution modes it claims, as what each changes of the traced program (jax/blocks.StaticBlock)
+MODE_STATICS = {"eager": {}, "default_precision": {"precision": "default"}, "mixed": {"compute": "bfloat16"}}
 TRACES: Counter[str] = Counter()  # function name -> times traced (a Python side effect runs only then)
 
 
@@ -117,7 +120,8 @@ class JaxBackend(JaxTensorParallel, Backend):
     def capabilities(self) -> Capabilities:
         return Capabilities(features=frozenset(FEATURES), dtypes=claims("float64", "float32", "bfloat16", "float16"),
                             fused_kinds=frozenset(FUSED_KINDS),
-                            tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset())
+                            tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset(),
+                            modes=frozenset(MODE_STATICS))
 
     def versions(self) -> dict[str, str]:
         return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
@@ -125,7 +129,7 @@ class JaxBackend(JaxTensorParallel, Backend):
     # --- stacks of layers ---
     def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         layers, final = self._stacked(cfg, params, x, dtype)
-        states, writes, out = _stack_forward_fn(jb.StaticBlock.of(cfg))(
+        states, writes, out = _stack_forward_fn(self._static(cfg))(
             self.to_native(x, dtype), layers, final, jb.Scalars.of(cfg))
         return StackTrace(states=to_numpy(states), writes=to_numpy(writes),
                           final=None if out is None else to_numpy(out))
@@ -133,7 +137,7 @@ class JaxBackend(JaxTensorParallel, Backend):
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                    dtype: str) -> StackGrads:
         layers, final = self._stacked(cfg, params, x, dtype)
-        dx, dlayers, dfinal = _stack_vjp_fn(jb.StaticBlock.of(cfg))(
+        dx, dlayers, dfinal = _stack_vjp_fn(self._static(cfg))(
             self.to_native(x, dtype), layers, final, self.to_native(g, dtype), jb.Scalars.of(cfg))
         return StackGrads(dx=to_numpy(dx), dparams=_unstack(params, dlayers, dfinal))
 
@@ -183,6 +187,10 @@ class JaxBackend(JaxTensorParallel, Backend):
 
     def synchronize(self, result) -> None:
         jax.block_until_ready(result)
+
+    def _static(self, cfg: BlockConfig) -> jb.StaticBlock:
+        """The jit cache key of cfg in this backend's execution mode (backends/modes.py)."""
+        return dataclasses.replace(jb.StaticBlock.of(cfg), **MODE_STATICS[self.mode])
 
     # --- conversion ---
     def _stack_params(self, params: Sequence[LayerParams], dtype: str) -> tuple[LayerParams, LayerParams | None]:

@@ -13,6 +13,7 @@ takes its softmax in float32).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ jax.tree_util.register_dataclass(
     LayerParams, data_fields=[f.name for f in dataclasses.fields(LayerParams)], meta_fields=[])
 
 HIGHEST = lax.Precision.HIGHEST  # no TF32 / bf16 passes for float32 matmuls on GPU; no effect on CPU
+# The matmul precision of what is being traced: HIGHEST, or None (JAX's default, as users run it: the
+# default_precision mode, backends/modes.py). Set by `stack` from StaticBlock.precision, read at trace time.
+_PRECISION: contextvars.ContextVar = contextvars.ContextVar("resconf_matmul_precision", default=HIGHEST)
+PRECISIONS = {"highest": HIGHEST, "default": None}
 FINAL = "final."  # names of the final norm's tensors, in the last layer's record only
 
 
@@ -64,6 +69,8 @@ class StaticBlock:
     rope_base: float = 0.0  # 0.0 without RoPE; static because the angles are computed at trace time
     rope_dim: int = 0  # rotated dims of each head, 0 for all (widths come from the tensors, as in a TP shard)
     rope_interleaved: bool = False
+    precision: str = "highest"  # of every matmul (PRECISIONS): "default" in the default_precision mode
+    compute: str = ""  # the dtype sublayers compute in when not the stream's: "bfloat16" in the mixed mode
 
     @classmethod
     def of(cls, cfg: BlockConfig) -> "StaticBlock":
@@ -120,7 +127,7 @@ def scaled(a: jax.Array, scale: jax.Array) -> jax.Array:
 
 def linear(h: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
     """h @ w (+ b), accumulated in float32 or wider, rounded once to h's dtype."""
-    y = jnp.matmul(h, w, precision=HIGHEST, preferred_element_type=accumulator(h.dtype))
+    y = jnp.matmul(h, w, precision=_PRECISION.get(), preferred_element_type=accumulator(h.dtype))
     return (y if b is None else y + b).astype(h.dtype)
 
 
@@ -238,13 +245,13 @@ def attend(h: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, s, static: St
     # recompute x * scale in two fusions and contract one into an FMA: exp(+1e3) = inf, then NaN, for
     # |logits| above ~1e18 in float64.)
     q = q.astype(acc) / math.sqrt(hd)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(acc), precision=HIGHEST)  # (B, nkv, G, T, S)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(acc), precision=_PRECISION.get())  # (B, nkv, G, T, S)
     if causal:
         logits = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), logits, -jnp.inf)  # query t sees s <= t
     probs = jax.nn.softmax(logits, axis=-1)
     # probs @ v over all keys, as dot_product_attention does: a masked 0 times a later token's NaN is NaN
     # (conformance/xfails/jax.toml, BI-3)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(acc), precision=HIGHEST).astype(h.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(acc), precision=_PRECISION.get()).astype(h.dtype)
     return linear(out.reshape(B, T, static.n_heads * hd), s.wo, s.bo)  # (B, T, C)
 
 
@@ -266,21 +273,31 @@ def write(kind: str, s, h: jax.Array, static: StaticBlock, sc: Scalars) -> jax.A
 def update(x: jax.Array, p: LayerParams, kinds: tuple[str, ...], static: StaticBlock, sc: Scalars
            ) -> tuple[jax.Array, jax.Array]:
     """(y, w): the new stream state and the write next to the skip (before any ReZero gate). The skip
-    product and the residual add are in x's dtype."""
+    product and the residual add are in x's dtype; sublayers read it in static.compute when set (mixed)."""
     sx = scaled(x, sc.skip)  # (B, T, C)
+    p, h = narrowed(p, static), narrowed(x, static)
     if static.placement == "pre":  # s x + sum_k w_k(N_owner(k)(x)); a shared norm is computed once
-        normed = {owner: layer_norm(x, p.sub(owner), static, sc) if static.input_norm else x
+        normed = {owner: layer_norm(h, p.sub(owner), static, sc) if static.input_norm else h
                   for owner in dict.fromkeys(static.norm_owner(k) for k in kinds)}
-        writes = [write(k, p.sub(k), normed[static.norm_owner(k)], static, sc) for k in kinds]
+        writes = [write(k, p.sub(k), normed[static.norm_owner(k)], static, sc).astype(x.dtype) for k in kinds]
         w = sum(writes[1:], writes[0])
         return sx + w, w
     s = p.sub(kinds[0])
-    w = write(kinds[0], s, x, static, sc)  # every other placement feeds the raw stream to the branch
+    w = write(kinds[0], s, h, static, sc).astype(x.dtype)  # every other placement feeds the raw stream to the branch
     if static.placement in ("post", "deepnorm"):
-        return layer_norm(sx + w, s, static, sc), w  # N(s x + w(x)); deepnorm's s is alpha
+        # N(s x + w(x)); deepnorm's s is alpha
+        return layer_norm(narrowed(sx + w, static), s, static, sc).astype(x.dtype), w
     if static.placement == "rezero":
         return sx + s.gate * w, w
     return w, w  # plain: no skip
+
+
+def narrowed(a, static: StaticBlock):
+    """An array, or every tensor of a LayerParams, in static.compute (unchanged without one)."""
+    if not static.compute:
+        return a
+    dtype = jnp.dtype(static.compute)
+    return a.map(lambda t: t.astype(dtype)) if isinstance(a, LayerParams) else a.astype(dtype)
 
 
 def layer(x: jax.Array, p: LayerParams, static: StaticBlock, sc: Scalars):
@@ -304,8 +321,13 @@ def stack(x: jax.Array, layers: LayerParams, final: LayerParams | None, static: 
         nxt, states, writes = layer(carry, p, static, sc)
         return nxt, ((states, writes) if trace else None)
 
-    x_last, ys = lax.scan(step, x, layers)
-    out = layer_norm(x_last, final.sub("final"), static, sc) if static.final_norm else None
+    token = _PRECISION.set(PRECISIONS[static.precision])  # read while this traces
+    try:
+        x_last, ys = lax.scan(step, x, layers)
+        out = (layer_norm(narrowed(x_last, static), narrowed(final, static).sub("final"), static, sc).astype(x.dtype)
+               if static.final_norm else None)
+    finally:
+        _PRECISION.reset(token)
     if not trace:
         return x_last if out is None else out, None, None, out
     states, writes = (a.reshape((a.shape[0] * a.shape[1],) + x.shape) for a in ys)  # (L, k, B, T, C) -> (L k, B, T, C)

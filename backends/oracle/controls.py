@@ -21,7 +21,9 @@ from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.base import FusedGrads, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.oracle.emulated import Arithmetic, using
+from resconf.backends.dtypes import round_to
 from resconf.backends.fused_args import residual_dtype
+from resconf.backends.modes import DEFAULT_MODE, check_mode
 from resconf.backends import contract
 from resconf.backends.oracle.numpy_ref import NumpyReference, _checked_stream
 from resconf.backends.params import LayerParams
@@ -41,12 +43,15 @@ class EmulatedReference(NumpyReference):
     wide = False
     faithful = False
 
-    def __init__(self, device: str = "cpu", seed: int = 0) -> None:
+    def __init__(self, device: str = "cpu", seed: int = 0, mode: str = DEFAULT_MODE, target: str = "cpu") -> None:
         super().__init__(device)
         self.seed = seed  # of the faithful perturbations: another seed is another legitimate draw
+        # round as a backend in execution mode `mode` does on device `target` (backends/modes.py)
+        self.rounding = check_mode(mode).arithmetic_fields(target)
+        self.parameters = check_mode(mode).parameters  # held in this dtype (bfloat16 sublayers), or None
 
     def arithmetic(self, dtype: str) -> Arithmetic:
-        return Arithmetic(dtype, self.order, self.fma, self.wide, self.faithful, self.seed)
+        return Arithmetic(dtype, self.order, self.fma, self.wide, self.faithful, self.seed, **self.rounding)
 
     def versions(self) -> dict[str, str]:
         return {"numpy": np.__version__, "arithmetic": f"{self.order}{'+fma' if self.fma else ''}"
@@ -55,7 +60,7 @@ class EmulatedReference(NumpyReference):
     def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         x = _checked_stream(cfg, params, x)
         with using(self.arithmetic(dtype)) as cast:
-            trace = ref.stack_forward(cfg, cast(params), cast(x))
+            trace = ref.stack_forward(cfg, cast(self._held(params)), cast(x))
         return StackTrace(states=_f64(trace.states), writes=_f64(trace.writes),
                           final=None if trace.final is None else _f64(trace.final))
 
@@ -63,8 +68,15 @@ class EmulatedReference(NumpyReference):
                    dtype: str) -> StackGrads:
         x = _checked_stream(cfg, params, x)
         with using(self.arithmetic(dtype)) as cast:
-            grads = ref.stack_vjp(cfg, cast(params), cast(x), cast(np.asarray(g, dtype=np.float64)))
-        return StackGrads(dx=_f64(grads.dx), dparams=tuple(p.map(_f64) for p in grads.dparams))
+            grads = ref.stack_vjp(cfg, cast(self._held(params)), cast(x), cast(np.asarray(g, dtype=np.float64)))
+        return StackGrads(dx=_f64(grads.dx), dparams=tuple(self._held(p.map(_f64) for p in grads.dparams)))
+
+    def _held(self, params):
+        """Parameters (or their gradients) rounded to the dtype the mode holds parameters in, if it has one: a
+        parameter's gradient has the parameter's dtype."""
+        if self.parameters is None:
+            return tuple(params)
+        return tuple(p.map(lambda t: round_to(t, self.parameters)) for p in params)
 
     def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
         contract.check_fused_shapes(x, residual, weight, bias)  # NumPy would broadcast: the control's own guard

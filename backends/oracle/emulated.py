@@ -58,10 +58,24 @@ class Arithmetic:
     wide: bool = False
     faithful: bool = False
     seed: int = 0  # of the faithful perturbations
+    # An execution mode's rounding (backends/modes.py): the operations named in low_ops (None: every one) read
+    # their operands rounded to `low` and round their outputs to it, values kept in the working dtype; matmul
+    # operands in float32 rounded to `matmul_operands` ("tf32") first.
+    low: str | None = None
+    low_ops: frozenset[str] | None = None
+    matmul_operands: str | None = None
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order={self.order!r} is not one of {ORDERS}")
+        if self.matmul_operands not in (None, "tf32"):
+            raise ValueError(f"matmul_operands={self.matmul_operands!r} is not None or 'tf32'")
+
+    def low_for(self, operation: str) -> np.dtype | None:
+        """The NumPy dtype `operation` computes in under this mode's rounding, or None (the working dtype)."""
+        if self.low is None or (self.low_ops is not None and operation not in self.low_ops):
+            return None
+        return numpy_dtype(self.low)
 
     def accumulator(self, dtype: np.dtype) -> np.dtype:
         """A narrow dtype's accumulation dtype, float32 (float64 when wide), else the dtype itself."""
@@ -100,13 +114,18 @@ def op(fn: Callable) -> Callable:
         if state is None or state.inside_op:
             return fn(*args, **kwargs)
         ar = state.arithmetic
-        working, accumulator = numpy_dtype(ar.dtype), ar.accumulator(numpy_dtype(ar.dtype))
+        working, low = numpy_dtype(ar.dtype), ar.low_for(fn.__name__)
+        accumulator = ar.accumulator(low if low is not None else working)
+        if low is not None:
+            args = _cast(args, low)  # a mode's low-precision operation: its operands rounded on the way in
         token = _ACTIVE.set(_State(ar, state.rng, inside_op=True))
         try:
             run_as = EMULATED_AS.get(fn.__name__) if ar.order == "sequential" else None
             result = (functools.partial(run_as, ar) if run_as else fn)(*_cast(args, accumulator), **kwargs)
         finally:
             _ACTIVE.reset(token)
+        if low is not None:
+            result = _cast(result, low)  # ... and its output rounded to `low`, then held in the working dtype
         return _cast(result, working)  # one rounding per output
 
     return run
@@ -191,6 +210,8 @@ def _matmul(ar: Arithmetic, a: np.ndarray, b: np.ndarray, initial: np.ndarray | 
     accumulator's starting value, as a GEMM with beta = 1 starts from the bias."""
     out_dtype = np.result_type(a, b)
     acc = ar.accumulator(out_dtype)
+    if ar.matmul_operands == "tf32" and out_dtype == np.float32:
+        a, b = round_tf32(a), round_tf32(b)
     a, b = a.astype(acc), b.astype(acc)
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] == 0:
         s = np.matmul(a, b)
@@ -209,6 +230,14 @@ def _matmul(ar: Arithmetic, a: np.ndarray, b: np.ndarray, initial: np.ndarray | 
         else:  # blocked
             s = functools.reduce(np.add, [terms(k, k + BLOCK) for k in range(0, a.shape[-1], BLOCK)])
     return (s if initial is None else s + initial.astype(acc)).astype(out_dtype)
+
+
+def round_tf32(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to nearest even at TF32's 10 significand bits (what a tensor core reads)."""
+    a = np.asarray(a, dtype=np.float32)
+    bits = a.view(np.uint32)
+    kept = (bits + np.uint32(0x0FFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return np.where(np.isfinite(a), kept.view(np.float32), a)
 
 
 def _sequential(a: np.ndarray, b: np.ndarray, initial: np.ndarray | None) -> np.ndarray:

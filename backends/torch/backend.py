@@ -18,8 +18,9 @@ from resconf.backends.config import FEATURES, FUSED_KINDS, BlockConfig
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
 from resconf.backends.params import LayerParams
-from resconf.backends.torch.blocks import ADD_NORMS, build_stack, grads_as_params, output
+from resconf.backends.torch.blocks import ADD_NORMS, Stack, build_stack, grads_as_params, output
 from resconf.backends.torch.dtypes import TORCH_DTYPES, to_numpy, to_tensor, torch_dtype
+from resconf.backends.torch import modes as torch_modes
 from resconf.backends.torch.tp import TorchTensorParallel
 
 
@@ -48,7 +49,8 @@ class TorchBackend(TorchTensorParallel, Backend):
     def capabilities(self) -> Capabilities:
         return Capabilities(features=frozenset(FEATURES), dtypes=self._device_dtypes(),
                             fused_kinds=frozenset(FUSED_KINDS),
-                            tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset())
+                            tensor_parallel=frozenset({2, 4}) if self.device == "cpu" else frozenset(),
+                            modes=torch_modes.CUDA_MODES if self.device == "cuda" else torch_modes.MODES)
 
     def _device_dtypes(self) -> frozenset[str]:
         # Checked on torch 2.13 CPU: SDPA (enable_gqa too), rms_norm, layer_norm, gelu, relu and silu run
@@ -63,27 +65,34 @@ class TorchBackend(TorchTensorParallel, Backend):
     # --- blocks ---
     def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         td = torch_dtype(dtype)
-        stack = build_stack(cfg, params, td, self.device)
+        stack = self._build(cfg, params, td)
         with torch.no_grad():
-            states, writes, final = stack(self._tensor(x, td))
+            states, writes, final = torch_modes.run_stack(stack, self._tensor(x, td), self.mode)
         return StackTrace(states=to_numpy(torch.stack(states)), writes=to_numpy(_stack_or_empty(writes, states[0])),
                           final=None if final is None else to_numpy(final))
 
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                    dtype: str) -> StackGrads:
         td = torch_dtype(dtype)
-        stack = build_stack(cfg, params, td, self.device)
+        stack = self._build(cfg, params, td)
         x0 = self._tensor(x, td).requires_grad_()
-        states, _, final = stack(x0)
+        states, _, final = torch_modes.run_stack(stack, x0, self.mode)
         named = dict(stack.named_parameters())
-        dx, *dweights = torch.autograd.grad(output(states, final), [x0, *named.values()], self._tensor(g, td),
-                                            allow_unused=True)
+        with torch_modes.grad_context(self.mode, self.device):
+            dx, *dweights = torch.autograd.grad(output(states, final), [x0, *named.values()], self._tensor(g, td),
+                                                allow_unused=True)
         dparams = grads_as_params(cfg, params, stack, dict(zip(named, dweights)))
         return StackGrads(dx=to_numpy(_or_zeros(dx, x0)), dparams=dparams)
 
+    def _build(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: torch.dtype) -> Stack:
+        """The stack of params for a case in `dtype`, its parameters in the mode's dtype (torch/modes.py)."""
+        return build_stack(cfg, params, torch_modes.parameter_dtype(self.mode, dtype), self.device)
+
     # --- fused add+norm ---
     def _add_norm(self, kind: str, with_bias: bool, residual_in_fp32: bool) -> AddNorm:
-        """The add+norm function to run; the eager backend runs the plain composition."""
+        """The add+norm function to run: the plain composition, compiled in compile mode."""
+        if self.mode == "compile":
+            return _compiled_add_norm(kind)
         return ADD_NORMS[kind]
 
     def _fused_add_norm(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -231,6 +240,12 @@ def _loud_recompiles(fn: AddNorm, limit: int) -> AddNorm:
         seen.add(signature)
         return out
     return call
+
+
+@functools.cache
+def _compiled_add_norm(kind: str) -> AddNorm:
+    """The composition compiled once per kind for every shape (dynamic=True), loud past the recompile limit."""
+    return _loud_recompiles(torch.compile(ADD_NORMS[kind], dynamic=True), torch_modes.RECOMPILE_LIMIT)
 
 
 def _residual_dtype(dtype: str, residual_in_fp32: bool) -> torch.dtype:

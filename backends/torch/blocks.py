@@ -208,6 +208,11 @@ class Sublayer(nn.Module):
         return f if self.branch_scale == 1.0 else self.branch_scale * f
 
 
+def narrowed(x: torch.Tensor, compute: torch.dtype | None) -> torch.Tensor:
+    """What a sublayer reads: the stream in the compute dtype (the stream itself without one)."""
+    return x if compute is None else x.to(compute)
+
+
 class Layer(nn.Module):
     """One layer: its sublayers in order, each its own update, or all in one update when parallel.
     forward returns the stream state after each update and each update's write w (before a ReZero gate)."""
@@ -219,6 +224,12 @@ class Layer(nn.Module):
         self.owner = {kind: cfg.norm_owner(kind) for kind in cfg.sublayers}
         self.placement = cfg.placement
         self.skip = cfg.skip  # s: 1, deepnorm's alpha, or skip_scale
+        # The dtype sublayers compute in when it is not the stream's (fp32_residual: bfloat16 sublayers on a
+        # float32 stream, torch/modes.py); None: the stream's own.
+        self.compute: torch.dtype | None = None
+
+    def narrow(self, x: torch.Tensor) -> torch.Tensor:
+        return narrowed(x, self.compute)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         states, writes = [], []
@@ -234,15 +245,16 @@ class Layer(nn.Module):
     def pre(self, kinds: tuple[str, ...], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x = s x + sum_k w_k(N_k(x)): one sublayer, or a parallel layer's together (GPT-J, PaLM)."""
         owners = dict.fromkeys(self.owner[k] for k in kinds)  # a shared norm (GPT-J) runs once
-        h = {owner: self.sublayers[owner].normed(x) for owner in owners}  # each (B, T, C)
-        writes = [self.sublayers[k].write(h[self.owner[k]]) for k in kinds]
+        h = {owner: self.sublayers[owner].normed(self.narrow(x)) for owner in owners}  # each (B, T, C)
+        writes = [self.sublayers[k].write(h[self.owner[k]]).to(x.dtype) for k in kinds]
         w = sum(writes[1:], writes[0])
         return self.scaled(x) + w, w
 
     def update(self, sub: Sublayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = sub.write(x)  # (B, T, C): every placement but pre feeds the raw stream to the branch
+        # every placement but pre feeds the raw stream to the branch
+        w = sub.write(self.narrow(x)).to(x.dtype)  # (B, T, C)
         if self.placement in ("post", "deepnorm"):
-            return sub.norm(self.scaled(x) + w), w  # N(s x + w(x)); deepnorm's s is alpha
+            return sub.norm(self.narrow(self.scaled(x) + w)).to(x.dtype), w  # N(s x + w(x)); deepnorm's s is alpha
         if self.placement == "rezero":
             return self.scaled(x) + sub.gate * w, w  # s x + a w(x), no norm
         return w, w  # plain: no skip
@@ -267,14 +279,26 @@ class Stack(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.depth))
         self.final = FinalNorm(cfg) if cfg.final_norm else None
+        self.compute: torch.dtype | None = None  # as Layer.compute
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, call: Callable = lambda module, x: module(x)
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+        """`call(module, x)` runs each layer and the final norm: torch.compile'd per block in compile mode."""
         states, writes = [x], []
         for layer in self.layers:
-            layer_states, layer_writes = layer(states[-1])  # e.g. pre: x = x + branch(norm(x)), per sublayer
+            layer_states, layer_writes = call(layer, states[-1])  # e.g. pre: x = x + branch(norm(x)), per sublayer
             states += layer_states
             writes += layer_writes
-        return states, writes, None if self.final is None else self.final(states[-1])
+        if self.final is None:
+            return states, writes, None
+        return states, writes, call(self.final, narrowed(states[-1], self.compute)).to(x.dtype)
+
+    def compute_in(self, dtype: torch.dtype) -> Stack:
+        """Every sublayer and the final norm compute in `dtype`, the stream stays in its own (fp32_residual)."""
+        self.compute = dtype
+        for layer in self.layers:
+            layer.compute = dtype
+        return self
 
 
 def output(states: list[torch.Tensor], final: torch.Tensor | None) -> torch.Tensor:
