@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 
+from resconf.backends.config import PLACEMENTS
+from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.calibrate import ratio, render, table
+from resconf.conformance.test_agreement import ENCDEC_PLACEMENTS
 from tests.test_check_cli import resconf
 
 
@@ -15,8 +18,9 @@ def test_correct_backends_calibrate_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     lines = [line.split() for line in proc.stdout.splitlines() if line.startswith(("numpy ", "control_pairwise "))
              and " XB-1 " in line]
+    cases = len(PLACEMENTS) * len(hh.LAYERS) + len(ENCDEC_PLACEMENTS)  # each with 3 seeds
     assert {(cols[0], cols[3], cols[4], cols[5]) for cols in lines} == {
-        ("numpy", "10", "30", "0"), ("control_pairwise", "10", "30", "0")}, proc.stdout  # 5 placements x 2 layers x 3 seeds
+        (name, str(cases), str(3 * cases), "0") for name in ("numpy", "control_pairwise")}, proc.stdout
     worst = {cols[0]: float(cols[7]) for cols in lines}
     assert worst["numpy"] == 0.0 and 0.0 < worst["control_pairwise"] < 1.0, "the oracle is exact; a control rounds"
     assert "false failures: 0" in proc.stdout
@@ -24,7 +28,7 @@ def test_correct_backends_calibrate_clean(tmp_path):
 
 def test_a_broken_backend_calibrates_with_false_failures(tmp_path):
     proc = resconf("calibrate", "--backend", "tests.mutants:ResidualScaled", "--seeds", "2",
-                   "-k", "test_forward_matches_oracle and float64 and pre and not preset", "--output", str(tmp_path / "c.parquet"))
+                   "-k", "test_forward_matches_oracle and float64 and pre and block", "--output", str(tmp_path / "c.parquet"))
     assert proc.returncode == 1, proc.stdout[-3000:]
     row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("ResidualScaled")
                and " XB-1 " in line)

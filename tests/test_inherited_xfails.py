@@ -49,7 +49,8 @@ def collect(monkeypatch, *backends) -> list[Item]:
     monkeypatch.setattr(plugin_xfails, "LOADED", {b.name: b() for b in backends})
     monkeypatch.setattr(plugin_xfails, "NAME_OF", {f"tests:{b.__name__}": b.name for b in backends})
     config = SimpleNamespace(stash=pytest.Stash(), getoption=lambda name: {
-        "--resconf-skip-xfails": False, "keyword": "", "markexpr": "", "--resconf-xfails": []}[name])
+        "--resconf-skip-xfails": False, "keyword": "", "markexpr": "", "--resconf-xfails": [],
+        "--resconf-mode": []}[name])
     config.stash[ACTIVE] = True
     items = [layernorm_backward_case(b.name) for b in backends]
     plugin_xfails.pytest_collection_modifyitems(None, config, items)  # no stale-entry error: none are strict

@@ -22,7 +22,7 @@ xmlschema = pytest.importorskip("xmlschema", reason="validating JUnit needs xmls
 ROOT = Path(__file__).resolve().parents[1]
 XSD = ROOT / "tests" / "fixtures" / "junit-10.xsd"
 XS = "{http://www.w3.org/2001/XMLSchema}"
-CASE_PROPERTIES = ["property", "backend", "device", "dtype", "config"]
+CASE_PROPERTIES = ["property", "backend", "device", "dtype", "config", "mode"]
 
 
 @pytest.fixture(scope="module")
