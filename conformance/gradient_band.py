@@ -15,7 +15,6 @@ from resconf.backends.oracle import numpy_ref as ref
 from resconf.backends.params import expected_std
 from resconf.conformance import stream_theory
 
-OUTPUT_PROJECTION = {"linear": ("w_out", "b_out"), "mlp": ("w_down", "b_down"), "attention": ("wo", "bo")}
 TOKEN_LOCAL = ("linear", "mlp")  # token t of a reads only token t of x
 
 
@@ -49,7 +48,7 @@ def _sublayer_jacobian(cfg: BlockConfig, p, kind: str, x: np.ndarray) -> np.ndar
     sub = _with_identity_projection(kind, p.sub(kind))
     norm_sub = p.sub(cfg.norm_owner(kind))
     B, T, C = x.shape
-    H = getattr(sub, OUTPUT_PROJECTION[kind][0]).shape[0]
+    H = getattr(sub, ref.OUTPUT_PROJECTION[kind][0]).shape[0]
     if kind in TOKEN_LOCAL:  # every (probe, token) one row of a single long sequence: one matmul per op
         probes = np.repeat(np.eye(H), B * T, axis=0).reshape(1, H * B * T, H)
         xs = np.tile(x.reshape(1, B * T, C), (1, H, 1))
@@ -65,7 +64,7 @@ def _sublayer_jacobian(cfg: BlockConfig, p, kind: str, x: np.ndarray) -> np.ndar
 
 def _with_identity_projection(kind: str, sub) -> types.SimpleNamespace:
     """The sublayer with its output projection replaced by the identity: its VJP is then a's."""
-    weight, bias = OUTPUT_PROJECTION[kind]
+    weight, bias = ref.OUTPUT_PROJECTION[kind]
     return types.SimpleNamespace(**{**vars(sub), weight: np.eye(getattr(sub, weight).shape[0]), bias: None})
 
 

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resconf.backends.dtypes import NARROW_DTYPES, max_finite, round_to
+from resconf.backends.oracle import numpy_ref as ref
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.requirements import require_branch, require_fused, require_placement
 
@@ -50,7 +51,6 @@ def _check_rejected(prop, what: str, call, shapes) -> None:
                  f"shapes not named", len(unnamed), 0)
 
 
-OUTPUT_PROJECTION = {"linear": ("w_out", "b_out"), "mlp": ("w_down", "b_down"), "attention": ("wo", "bo")}
 INPUT_PROJECTION = {"mlp": "w_up", "attention": "wq"}  # the query projection: see the torch BI-3 finding
 
 
@@ -64,7 +64,7 @@ def test_block_shape_mismatch(subject, case, dtype, placement, prop):
     prop.example(cfg=cfg.describe(), shape=shape)
     (p,) = hh.params_for(subject, cfg, 0, dtype)
     kind = cfg.sublayers[-1]
-    w_name, b_name = (f"{kind}.{name}" for name in OUTPUT_PROJECTION[kind])
+    w_name, b_name = (f"{kind}.{name}" for name in ref.OUTPUT_PROJECTION[kind])
     wider = {w_name: np.zeros(p[w_name].shape[:-1] + (cfg.d_model + 3,))}
     if cfg.bias:
         wider[b_name] = np.zeros(cfg.d_model + 3)
@@ -162,7 +162,8 @@ def test_nan_in_a_weight_surfaces(subject, oracle, case, dtype, placement, where
         pytest.skip("the linear branch has no input projection")
     shape, cfg = data.draw(hh.structures(subject, case, placement, "standard", branches=(branch,)), label="structure")
     (p,) = hh.params_for(subject, cfg, 0, dtype, perturb=True)
-    name = {"norm_weight": "norm_weight", "w_in": INPUT_PROJECTION.get(branch), "w_out": OUTPUT_PROJECTION[branch][0]}
+    name = {"norm_weight": "norm_weight", "w_in": INPUT_PROJECTION.get(branch),
+            "w_out": ref.OUTPUT_PROJECTION[branch][0]}
     name = f"{branch}.{name[where]}"
     weight = p[name].copy()
     element = data.draw(st.integers(0, weight.size - 1), label="element")

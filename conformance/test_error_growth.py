@@ -35,7 +35,6 @@ from resconf.conformance.requirements import require_placement
 
 DEPTH, SHAPE, SEED = 64, (4, 16, 64), 20261207
 WRITE_ULPS = 64  # each write's RMS in ulps (2u) of the stream's
-OUTPUT_PROJECTION = {"linear": ("w_out", "b_out"), "mlp": ("w_down", "b_down"), "attention": ("wo", "bo")}
 
 
 def growth_config(backend) -> BlockConfig | None:
@@ -58,7 +57,7 @@ def growth_case(cfg: BlockConfig, seed: int, dtype: str):
     for p in draw_params(cfg, seed, perturb=True):
         for kinds in cfg.updates:
             scale = target / _rms(ref.update_forward(cfg, p, kinds, x)[1])
-            names = [f"{k}.{n}" for k in kinds for n in OUTPUT_PROJECTION[k] if f"{k}.{n}" in p]
+            names = [f"{k}.{n}" for k in kinds for n in ref.OUTPUT_PROJECTION[k] if f"{k}.{n}" in p]
             p = p.replace({n: p[n] * scale for n in names})
         params.append(p.map(lambda t: round_to(t, dtype)))
     return tuple(params), x

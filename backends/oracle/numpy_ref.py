@@ -212,6 +212,9 @@ BRANCH = {"linear": linear_branch, "mlp": mlp, "attention": attention, "cross_at
 # What each branch's output projection multiplies (VG-2, VG-3 band a write's variance over that projection).
 PROJECTION_INPUT = {"linear": lambda cfg, s, h: h, "mlp": mlp_hidden, "attention": attention_context,
                     "cross_attention": cross_attention_context}
+# Each branch's output projection (weight, bias): what multiplies PROJECTION_INPUT into the write.
+OUTPUT_PROJECTION = {"linear": ("w_out", "b_out"), "mlp": ("w_down", "b_down"), "attention": ("wo", "bo"),
+                     "cross_attention": ("wo", "bo")}
 BRANCH_VJP = {"linear": linear_branch_vjp, "mlp": mlp_vjp, "attention": attention_vjp,
               "cross_attention": cross_attention_vjp}
 
