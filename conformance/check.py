@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from resconf.backends.registry import BUILTIN, entry_point_names, known_names
-from resconf.conformance import guard, profiles, provenance, shards, summary, worker, xfails
+from resconf.conformance import gate, guard, profiles, provenance, shards, summary, worker, xfails
 from resconf.conformance.backend_part import NOTHING_RAN, PartRun, run_part
 from resconf.conformance.harness_rows import as_backend, harness_row
 from resconf.conformance.interrupt import Interrupt
@@ -52,6 +52,7 @@ class BackendRun:
     logs: tuple[Path, ...] = ()
     coverage: dict | None = None  # what the whole suite covers for it: `resconf merge` checks shards against it
     backend: str = ""  # its own name (its rows' backend), where a worker loaded it
+    gated_out: int = 0  # cases the gate left out (conformance/gate.py)
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -156,7 +157,9 @@ def run_check(opts: CheckOptions) -> int:
                                {shards.duration_key(r.test): r.duration_s for r in rows if r.test != "-"
                                 and r.duration_s > 0})  # a case that died or never ran has no duration
     notes = [note for run in runs.values() for note in run.notes] + kept
-    text = _summary_text(rows, notes, output, shrunk=opts.shrink or opts.profile in profiles.SHRINKING)
+    text = _summary_text(rows, notes, output, shrunk=opts.shrink or opts.profile in profiles.SHRINKING,
+                         gated=(sum(run.gated_out for run in runs.values()),
+                                opts.cover or gate.DEFAULT.get(opts.profile, gate.ALL)))
     try:
         write_text_atomic(summary_path(output), f"{SUMMARY_HEADER}, run {run_id}\n{text}\n")
     except OSError as exc:
@@ -258,8 +261,9 @@ def _join(name: str, opts: CheckOptions, run_id: str, parts: list[PartRun]) -> B
             notes += guard_notes
             junit.append(JunitPart(None, tuple(guard_rows)))
     own = next((p.backend for p in parts if p.backend), name)  # rows are keyed by the backend's own name
+    gated_out = manifests[0].gated_out if manifests else 0
     return as_backend(BackendRun(tuple(rows), tuple(junit), tuple(notes), logs=logs, coverage=coverage,
-                                 backend=own), name, own)
+                                 backend=own, gated_out=gated_out), name, own)
 
 
 def _once(rows: list[ResultRow]) -> list[ResultRow]:
@@ -315,7 +319,8 @@ def _keep_failed_logs(runs: dict[str, BackendRun], output: Path) -> list[str]:
     return notes
 
 
-def _summary_text(rows: list[ResultRow], notes: list[str], output: Path, shrunk: bool = True) -> str:
+def _summary_text(rows: list[ResultRow], notes: list[str], output: Path, shrunk: bool = True,
+                  gated: tuple[int, str] = (0, "")) -> str:
     outcomes = {o: sum(r.outcome == o for r in rows) for o in ("passed", "failed", "skipped", "xfailed", "xpassed")}
     parts = [summary.matrix(rows), ""]
     if notes:
@@ -327,6 +332,9 @@ def _summary_text(rows: list[ResultRow], notes: list[str], output: Path, shrunk:
             parts += ["Each counterexample is the first failing example, not shrunk: add --shrink to its rerun line "
                       "for a minimal one.", ""]
     parts.append("cases: " + ", ".join(f"{v} {k}" for k, v in outcomes.items()))
+    if gated[0]:
+        parts.append(f"gate:  {gated[0]} more cases left out by --cover {gated[1]}: {gate.MEANING[gated[1]]} ran "
+                     "(--cover all runs every one; docs/scaling.md)")
     parts.append(f"results: {output}")
     parts.append(f"report:  resconf report {output} --out .resconf/report")
     return "\n".join(parts)

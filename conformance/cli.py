@@ -120,6 +120,7 @@ def version_text() -> str:
 
 def check_main(argv: list[str]) -> int:
     from resconf.conformance.check import run_check
+    from resconf.conformance.gate import STRENGTHS
     from resconf.conformance.options import CheckOptions
     from resconf.conformance.shards import DURATIONS_FILE, Shard
 
@@ -144,6 +145,10 @@ def check_main(argv: list[str]) -> int:
                              f"{DEFAULT_MODE} (docs/spec.md, Execution modes)")
     parser.add_argument("--max-examples", type=at_least(1), metavar="N",
                         help="examples per property, overriding the profile's")
+    parser.add_argument("--cover", choices=STRENGTHS, metavar="{pairs,each,all}",
+                        help="which cases run: every pair of parameter values (pairs: ci and smoke's default), "
+                             "every value once (each: the fastest gate), or every case (all: the other profiles' "
+                             "default); every property and dtype runs in each (docs/scaling.md)")
     parser.add_argument("--shrink", action="store_true",
                         help="shrink each failing example to a minimal one (dev and nightly always do; ci, smoke "
                              "and calibrate stop at the first failing example)")
@@ -183,7 +188,7 @@ def check_main(argv: list[str]) -> int:
     require_device = args.device is not None if args.require_device is None else args.require_device
     return run_check(CheckOptions(backends=backends, device=device, profile=args.profile,
                                   modes=tuple(dict.fromkeys(args.modes)) or (DEFAULT_MODE,),
-                                  max_examples=args.max_examples, shrink=args.shrink,
+                                  max_examples=args.max_examples, shrink=args.shrink, cover=args.cover,
                                   reference_cache=args.reference_cache, output=args.output,
                                   junitxml=args.junitxml, xfails=tuple(args.xfails), skip_xfails=args.skip_xfails,
                                   test_timeout_s=args.timeout, worker_timeout_s=args.worker_timeout,

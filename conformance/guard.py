@@ -43,6 +43,7 @@ class Manifest:
     cases: tuple[Case, ...]
     selected: frozenset[str]  # node ids that survived -k, -m, --deselect and other plugins
     skipped_modules: tuple[tuple[str, str], ...]  # (module, reason): skipped whole at collection
+    gated_out: int = 0  # cases the gate left out (conformance/gate.py), counted among the not selected
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self) | {"selected": sorted(self.selected)}
@@ -51,7 +52,8 @@ class Manifest:
     def from_json(cls, m: dict) -> Manifest:
         return cls(backend=m["backend"], claimed_dtypes=tuple(m["claimed_dtypes"]), filtered=m["filtered"],
                    cases=tuple(Case(**c) for c in m["cases"]), selected=frozenset(m["selected"]),
-                   skipped_modules=tuple((s[0], s[1]) for s in m["skipped_modules"]))
+                   skipped_modules=tuple((s[0], s[1]) for s in m["skipped_modules"]),
+                   gated_out=m.get("gated_out", 0))
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class EventWriter:
                             filtered=bool(config.getoption("keyword") or config.getoption("markexpr")),
                             cases=tuple(self.describe(item) for item in everything),
                             selected=frozenset(item.nodeid for item in items),
-                            skipped_modules=tuple(self.skipped_modules))
+                            skipped_modules=tuple(self.skipped_modules),
+                            gated_out=getattr(config.pluginmanager.get_plugin("resconf-selection"), "gated_out", 0))
         self.emit("collected", manifest=manifest.to_json())
         if self.already_run:  # a resumed worker: leave out what the crashed one finished (exact ids)
             done = [item for item in items if item.nodeid in self.already_run]

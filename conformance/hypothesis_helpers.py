@@ -91,11 +91,17 @@ def fixed_structure(backend: Backend, case: int, placement: str, init: str, shap
     if not combos:
         raise ValueError(f"{backend.name} claims no norm/branch among norms={norms}, branches={branches}; "
                          f"the test should have skipped (conformance.requirements)")
-    family, dtype_index = divmod(case, len(DTYPES))  # plugin_collection.case: the dtypes of a family take consecutive structures
     if layer == "block":
-        return combos[(family + dtype_index) % len(combos)]
-    _, preset_combos = combos[(family + dtype_index) % len(combos)]
-    return preset_combos[family % len(preset_combos)]
+        return combos[rotation(case, len(combos))]
+    _, preset_combos = combos[rotation(case, len(combos))]
+    return preset_combos[(case // len(DTYPES)) % len(preset_combos)]
+
+
+def rotation(case: int, count: int) -> int:
+    """Which of `count` structures a case takes: the dtypes of a family (plugin_collection.case_number) take
+    consecutive ones, so a property's cases meet (nearly) every structure; conformance/gate.py reads it too."""
+    family, dtype_index = divmod(case, len(DTYPES))
+    return (family + dtype_index) % count
 
 
 def structures(backend: Backend, case: int, placement: str, init: str, shapes=SHAPES, depths=(1,),

@@ -15,6 +15,7 @@ class CheckOptions:
     modes: tuple[str, ...] = ("eager",)  # execution modes (backends/modes.py), or ("all",): --mode
     max_examples: int | None = None  # overrides the profile's
     shrink: bool = False  # shrink failing examples in a profile that does not (profiles.SHRINKING)
+    cover: str | None = None  # which cases run (conformance/gate.py); None: the profile's default
     reference_cache: bool = True  # derandomised profiles keep the references under .resconf/cache/
     output: Path | None = None
     junitxml: Path | None = None

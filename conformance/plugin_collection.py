@@ -42,10 +42,14 @@ def case(request: pytest.FixtureRequest) -> int:
     It is len(DTYPES) * (the number of the case's family: its parameters but dtype and mode) + the dtype's
     index, so the dtypes of one family rotate through consecutive structures (hypothesis_helpers.fixed_structure)
     and every mode of a case draws the same structure as eager."""
-    params = params_of(request.node)
+    return case_number(request.node.originalname, params_of(request.node))
+
+
+def case_number(function: str, params: dict) -> int:
+    """The `case` fixture's value for a test function's case with these parameters."""
     family = sorted((k, str(v)) for k, v in params.items() if k not in ("backend_name", "dtype", "mode"))
     dtype = DTYPES.index(params["dtype"]) if params.get("dtype") in DTYPES else 0
-    return len(DTYPES) * zlib.crc32(f"{request.node.originalname}{family}".encode()) + dtype
+    return len(DTYPES) * zlib.crc32(f"{function}{family}".encode()) + dtype
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

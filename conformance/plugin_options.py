@@ -15,7 +15,7 @@ def selected_modes(config: pytest.Config) -> tuple[str, ...]:
         raise pytest.UsageError(f"--resconf-mode {unknown[0]}: unknown mode; expected one of {', '.join(MODES)} "
                                 f"or {ALL}")
     return tuple(m for m in MODES if ALL in asked or m in asked)
-from resconf.conformance import profiles
+from resconf.conformance import gate, profiles
 from resconf.conformance.shards import DURATIONS_FILE
 
 
@@ -32,6 +32,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="examples per property, overriding the profile's (heavy properties run a fraction)")
     group.addoption("--resconf-profile", default=profiles.DEFAULT, choices=profiles.PROFILES,
                     help=f"hypothesis profile (default {profiles.DEFAULT}, as for resconf check)")
+    group.addoption("--resconf-cover", default=None, choices=gate.STRENGTHS,
+                    help="which cases run: every pair of parameter values (pairs, the ci profile's default), every "
+                         "value once (each), or every case (all, every other profile's default); conformance/gate.py")
     group.addoption("--resconf-shrink", action="store_true",
                     help="shrink each failing example to a minimal one (ci, smoke and calibrate report the first "
                          "failing example; dev and nightly always shrink)")

@@ -43,8 +43,7 @@ def structures(backend, case: int, ranks: int, init: str, depths=(1, 2)):
     combos = [(shape, cfg) for shape, cfg in combos if tp.why_not(cfg, ranks) is None]
     if hh.STRUCTURE_PER_EXAMPLE:
         return st.sampled_from(combos)
-    family, dtype_index = divmod(case, len(DTYPES))
-    return st.just(combos[(family + dtype_index) % len(combos)])
+    return st.just(combos[hh.rotation(case, len(combos))])
 
 
 def _draw_structure(data, backend, case, ranks, init):

@@ -92,6 +92,7 @@ def worker_command(name: str, opts: CheckOptions, run_id: str, rows: Path, event
     cmd += ["--resconf-durations-file", str(opts.durations_file)] if opts.durations_file else []
     cmd += ["--resconf-max-examples", str(opts.max_examples)] if opts.max_examples else []
     cmd += ["--resconf-shrink"] if opts.shrink else []
+    cmd += ["--resconf-cover", opts.cover] if opts.cover else []
     cmd += [] if opts.reference_cache else ["--resconf-no-reference-cache"]
     cmd += [arg for path in opts.xfails for arg in ("--resconf-xfails", str(path))]
     cmd += ["--resconf-skip-xfails"] if opts.skip_xfails else []

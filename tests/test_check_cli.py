@@ -24,7 +24,8 @@ def resconf(*args: str, cwd: Path = ROOT, extra_path: str = "") -> subprocess.Co
 
 def test_mutant_fails_with_property_counterexample_and_rerun(tmp_path):
     out = tmp_path / "r.parquet"
-    proc = resconf("check", "--backend", "tests.mutants:SkipDropped", "--output", str(out), "-k", "test_identity_block")
+    proc = resconf("check", "--backend", "tests.mutants:SkipDropped", "--output", str(out), "-k", "test_identity_block",
+                   "--cover", "all")  # every case: which ones fail is the point
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED ID-1 backend=SkipDropped" in proc.stdout  # its own name; the rerun keeps the spelling
     assert "counterexample: Failing test case: test_identity_block(" in proc.stdout

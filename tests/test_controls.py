@@ -22,7 +22,7 @@ IMPLEMENTED = {f"{f}-{i}" for f, n in (("ID", 4), ("GR", 4), ("VG", 4), ("XB", 7
 def test_control_passes_every_property(name, tmp_path):
     out = tmp_path / "r.parquet"
     proc = subprocess.run([sys.executable, "-m", "resconf.conformance.cli", "check", "--backend", name,
-                           "--profile", "smoke", "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "--profile", "smoke", "--cover", "all", "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     passed = {r["property"] for r in pq.read_table(out).to_pylist() if r["outcome"] == "passed"}

@@ -49,6 +49,7 @@ COMMANDS = {
     "resconf check --device cuda": Parse(),
     "resconf check --max-examples 50": Parse(),
     "resconf check --shrink": Parse(),
+    "resconf check --cover all": Parse(),
     "resconf check -n 4": Parse(),
     "resconf check --shard 2/3 --output shard-2.parquet": Parse(),
     'pip install -e ".[real]"': NotRun(INSTALLS),

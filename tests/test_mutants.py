@@ -4,7 +4,8 @@ names at least one mutant. One pytest run covers the mutants that show in float6
 that shows in another dtype only runs apart, on the cases named in SELECTION.
 
 A plain `pytest` runs each mutant only on the cases of the properties that must flag it (tests/mutant_pairs.py);
-`pytest -m heavy` runs every mutant through every selected case, as a backend author's run would."""
+(under smoke's gate, conformance/gate.py, so a mutant caught there is caught by a user's gated ci run);
+`pytest -m heavy` runs every mutant through every selected case, the gate off."""
 from __future__ import annotations
 
 import importlib.util
@@ -38,7 +39,8 @@ def _failed_properties(mutants: list[type], selection: str, rows: Path, targeted
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance"), "-p", "no:cacheprovider", "-q",
            "--resconf-profile", "smoke", "-k", selection, "-W", "ignore::RuntimeWarning",
            "--resconf-results-jsonl", str(rows),
-           *backends, *(["--resconf-mode", mode] if mode else [])]
+           *backends, *(["--resconf-mode", mode] if mode else []),
+           *([] if targeted else ["--resconf-cover", "all"])]  # targeted: under the gate a user's ci run has
     # ROOT first (tests.mutants), then the caller's path: a worktree's import shim keeps resolving `resconf`
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if targeted:
