@@ -129,6 +129,14 @@ class FusedGrads:
     dbias: np.ndarray | None  # (C,) or None without bias
 
 
+@dataclass(frozen=True)
+class OpCall:
+    """One torch.library op a fused add+norm runs, with the arguments it would get (XB-8 runs opcheck on it)."""
+
+    op: object  # a torch.library custom op (CustomOpDef) or an OpOverload
+    args: tuple  # framework tensors (differentiable ones requiring grad) and the op's other arguments
+
+
 class Backend(ABC):
     """Base class of every backend: a template. The public methods check the call once (the dtype, the
     configuration and the fused kind claimed in `capabilities`; the shapes: backends/contract.py), then call
@@ -218,6 +226,13 @@ class Backend(ABC):
         return self._fused_add_norm_vjp(x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
                                         residual_in_fp32)
 
+    def fused_add_norm_ops(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                           eps: float, kind: str, dtype: str, residual_in_fp32: bool = False) -> tuple[OpCall, ...]:
+        """Optional: the torch.library ops that fused_add_norm runs on these inputs, each with the arguments it
+        would call it with. XB-8 runs torch.library.opcheck on each; () (the default) skips it."""
+        contract.check_fused_call(self, x, residual, weight, bias, eps, kind, dtype)
+        return self._fused_add_norm_ops(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
+
     def init_params(self, cfg: BlockConfig, seed: int) -> tuple[LayerParams, ...]:
         """Optional: the backend's own initializer for scheme cfg.init. When offered, the suite runs the
         identity and variance properties on these parameters, so the scheme itself is under test."""
@@ -249,6 +264,10 @@ class Backend(ABC):
                             eps: float, kind: str, dtype: str, g_out: np.ndarray, g_residual: np.ndarray,
                             residual_in_fp32: bool = False) -> FusedGrads:
         raise NotImplementedError(f"backend {self.name!r} does not implement fused_add_norm_vjp")
+
+    def _fused_add_norm_ops(self, x: np.ndarray, residual: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                            eps: float, kind: str, dtype: str, residual_in_fp32: bool = False) -> tuple[OpCall, ...]:
+        return ()
 
     # --- Optional hooks for the asv benchmarks: native arrays, no NumPy round trip in the timed region ---
     def to_native(self, a: np.ndarray, dtype: str):

@@ -28,7 +28,7 @@ class Property:
     statement: str  # one line, plain text; docs/spec.md's statement starts with it
     domains: tuple[str, ...]  # BLOCKS, FUSED, TENSOR_PARALLEL
     tests: tuple[str, ...]  # "module.function" in conformance/, each marked @pytest.mark.property(id)
-    mutants: tuple[str, ...]  # classes of tests/mutants.py, tests/tp_mutants.py or tests/mode_mutants.py it flags
+    mutants: tuple[str, ...]  # classes of tests/mutants.py, tp_mutants.py, mode_mutants.py or opcheck_mutants.py
 
     @property
     def family(self) -> str:
@@ -123,6 +123,9 @@ PROPERTIES = (
              "bitwise as it was, and return none of them (no output shares memory with an input)", _BF,
              ("test_aliasing.test_block_calls_leave_inputs_alone", "test_aliasing.test_fused_calls_leave_inputs_alone"),
              ("CotangentOverwritten", "FusedResidualInPlace")),
+    Property("XB-8", "torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch static and "
+             "dynamic) passes on every torch op a backend's fused add+norm runs", (FUSED,),
+             ("test_opcheck.test_fused_ops_pass_opcheck",), ("FakeResidualInComputeDtype",)),
     Property("BI-1", "a branch writing d_model + 3 features, a (1, C) residual, a weight of C + 1 values: an error "
              "whose message names the offending shape and the expected one", _BF,
              ("test_bad_input.test_block_shape_mismatch", "test_bad_input.test_fused_shape_mismatch"),

@@ -22,11 +22,11 @@ VARIANTS = [("rmsnorm", False, False), ("rmsnorm", True, False), ("layernorm", T
 VARIANT_IDS = ["rms", "rms+bias", "layer+bias", "layer", "rms-res32", "layer+bias-res32"]
 
 
-def _fused_case(data, backend, case, dtype, kind, with_bias, residual_in_fp32, prop):
+def _fused_case(data, backend, case, dtype, kind, with_bias, residual_in_fp32, prop, shapes=FUSED_SHAPES):
     if residual_in_fp32 and dtype not in NARROW_DTYPES:
         pytest.skip("residual_in_fp32 changes only narrower dtypes than float32")
     require_fused(backend, kind)
-    shapes = FUSED_SHAPES if hh.STRUCTURE_PER_EXAMPLE else (FUSED_SHAPES[case % len(FUSED_SHAPES)],)
+    shapes = shapes if hh.STRUCTURE_PER_EXAMPLE else (shapes[case % len(shapes)],)
     shape = data.draw(st.sampled_from(shapes), label="shape")
     seed, scale = data.draw(hh.seeds, label="seed"), data.draw(hh.scales, label="scale")
     prop.example(kind=kind, bias=with_bias, residual_in_fp32=residual_in_fp32, shape=shape, seed=seed, scale=scale)

@@ -277,3 +277,22 @@ def test_the_bridge_puts_everything_back(backends):
         assert interpreter._implicit_cvt is not before[0] and rms_ops.rsqrt is not before[1]
     assert (interpreter._implicit_cvt, rms_ops.rsqrt) == before
     assert rms_ops.rsqrt.__module__ == "triton.language.extra.libdevice"
+
+
+@interpreted
+@pytest.mark.parametrize("mode", ["llama", "none"])
+def test_the_wrapped_op_is_liger_function_bitwise(backends, mode):
+    """resconf::liger_fused_add_rms_norm (what XB-8 opchecks) gives LigerFusedAddRMSNormFunction's outputs and
+    gradients bit for bit: it wraps the same kernels, it is not a second implementation."""
+    x, r, w, _, g, gr = make_inputs((2, 3), 33, "float16", "rmsnorm", seed=3)
+    backend = backends[mode]
+    (call,) = backend.fused_add_norm_ops(x, r, w, None, EPS, "rmsnorm", "float16")
+    y, s, _ = call.op(*call.args)
+    cot = [backend._tensor(a, "float16") for a in (g, gr)]
+    op_grads = torch.autograd.grad([y, s], call.args[:3], cot)
+    inputs = [t.detach().clone().requires_grad_() for t in call.args[:3]]
+    with backend._bridge():
+        want = backend.rms_ops.LigerFusedAddRMSNormFunction.apply(*inputs, EPS, 0.0, mode, False)
+        want_grads = torch.autograd.grad(want, inputs, cot)
+    for got, expected in zip((y, s, *op_grads), (*want, *want_grads)):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)

@@ -42,7 +42,7 @@ import torch
 import triton
 
 from resconf.backends import contract
-from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads
+from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads, OpCall
 from resconf.backends.config import FUSED_KINDS
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
@@ -145,6 +145,15 @@ class LigerFusedBackend(Backend):
         dx, dres, dw = grads[:3]
         return FusedGrads(dx=_numpy(dx, shape), dresidual=_numpy(dres, shape), dweight=_numpy(dw, weight.shape),
                           dbias=_numpy(grads[3], weight.shape) if bias is not None else None)
+
+    def _fused_add_norm_ops(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        """Liger's fused add + RMSNorm as the op we wrap it in (liger_op.py); no op for LayerNorm (not fused)."""
+        if kind != "rmsnorm":
+            return ()
+        from resconf.backends.kernels import liger_op  # imports liger_kernel: after _load_ops' checks
+        args = [self._tensor(a, d, grad=True)
+                for a, d in ((x, dtype), (residual, residual_dtype(dtype, residual_in_fp32)), (weight, dtype))]
+        return (OpCall(liger_op.fused_add_rms_norm, (*args, eps, 0.0, self.casting_mode)),)
 
     # --- benchmark hooks: torch tensors on our device ---
     def to_native(self, a: np.ndarray, dtype: str) -> torch.Tensor:

@@ -3,6 +3,10 @@
 device="cuda" compiles the kernels for the GPU. device="cpu" runs them in Triton's interpreter, which is
 how the tests check them on a machine without a GPU; it needs TRITON_INTERPRET=1 in the environment
 before the kernels module is first imported, because triton.jit picks compile or interpret there.
+
+fused_add_norm and its VJP call the kernels through the torch op they are registered as (triton_op.py), the
+VJP through torch autograd, so what XB-3 checks is what opcheck (XB-8) checks. The benchmark hooks launch the
+kernels directly.
 """
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ import torch
 import triton
 
 from resconf.backends import contract
-from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads
+from resconf.backends.base import BENCH_EPS, Backend, Capabilities, DeviceUnavailable, FusedGrads, OpCall
 from resconf.backends.config import FUSED_KINDS
 from resconf.backends.dtypes import claims
 from resconf.backends.fused_args import residual_dtype
+from resconf.backends.kernels import triton_op
 from resconf.backends.torch.dtypes import to_numpy, torch_dtype
-KERNELS_MODULE = "resconf.backends.kernels.triton_kernels"
+
+KERNELS_MODULE = triton_op.KERNELS_MODULE
 
 
 def _load_kernels(device: str):
@@ -44,6 +50,7 @@ def _load_kernels(device: str):
 class TritonFusedBackend(Backend):
     name = "triton_fused"
     devices = ("cuda", "cpu")
+    op = triton_op.fused_add_norm  # tests/opcheck_mutants.py swaps in one with a wrong fake kernel
 
     def __init__(self, device: str = "cuda") -> None:
         super().__init__(device)
@@ -63,30 +70,35 @@ class TritonFusedBackend(Backend):
         """float64 values representable in dtype -> a tensor in dtype on our device (exact)."""
         return torch.from_numpy(np.ascontiguousarray(a, np.float64)).to(self.device, torch_dtype(dtype))
 
-    def _forward(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32):
+    def _inputs(self, x, residual, weight, bias, dtype, residual_in_fp32, grad=False):
+        """[x, residual, weight, bias or None] as tensors; the residual in its dtype (float32 for residual_in_fp32)."""
         contract.check_fused_shapes(x, residual, weight, bias)  # the kernel would read past a short residual
-        w = self._tensor(weight, dtype)
-        res_name = residual_dtype(dtype, residual_in_fp32)  # the incoming residual is already in that dtype
-        res_dtype = torch_dtype(res_name)
-        fwd = self.kernels.add_norm_forward(self._tensor(x, dtype), self._tensor(residual, res_name), w,
-                                            None if bias is None else self._tensor(bias, dtype), eps,
-                                            kind == "rmsnorm", res_dtype, self.max_block)
-        return w, fwd
+        dtypes = (dtype, residual_dtype(dtype, residual_in_fp32), dtype, dtype)
+        return [None if a is None else self._tensor(a, d).requires_grad_(grad)
+                for a, d in zip((x, residual, weight, bias), dtypes)]
+
+    def _call(self, inputs, eps, kind):
+        """(out, new_residual, mean, rstd) from the registered op."""
+        return self.op(*inputs, eps, kind == "rmsnorm", self.max_block)
 
     def _fused_add_norm(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
-        _, fwd = self._forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
-        return _numpy(fwd.out, x.shape), _numpy(fwd.new_residual, x.shape)
+        out, new_residual, _, _ = self._call(self._inputs(x, residual, weight, bias, dtype, residual_in_fp32), eps, kind)
+        return _numpy(out, x.shape), _numpy(new_residual, x.shape)
 
     def _fused_add_norm_vjp(self, x, residual, weight, bias, eps, kind, dtype, g_out, g_residual,
                             residual_in_fp32=False) -> FusedGrads:
         contract.check_fused_shapes(x, residual, weight, bias, ("g_out", g_out), ("g_residual", g_residual))
-        w, fwd = self._forward(x, residual, weight, bias, eps, kind, dtype, residual_in_fp32)
-        dx, dres, dw, db = self.kernels.add_norm_backward(
-            self._tensor(g_out, dtype), self._tensor(g_residual, residual_dtype(dtype, residual_in_fp32)), fwd, w,
-            bias is not None,
-            kind == "rmsnorm", torch_dtype(dtype), self.max_block)
-        return FusedGrads(dx=_numpy(dx, x.shape), dresidual=_numpy(dres, x.shape).copy(),
-                          dweight=_numpy(dw, weight.shape), dbias=None if db is None else _numpy(db, weight.shape))
+        inputs = self._inputs(x, residual, weight, bias, dtype, residual_in_fp32, grad=True)
+        out, new_residual, _, _ = self._call(inputs, eps, kind)
+        cotangents = [self._tensor(g_out, dtype), self._tensor(g_residual, residual_dtype(dtype, residual_in_fp32))]
+        grads = torch.autograd.grad([out, new_residual], [t for t in inputs if t is not None], cotangents)
+        return FusedGrads(dx=_numpy(grads[0], x.shape), dresidual=_numpy(grads[1], x.shape),
+                          dweight=_numpy(grads[2], weight.shape),
+                          dbias=None if bias is None else _numpy(grads[3], weight.shape))
+
+    def _fused_add_norm_ops(self, x, residual, weight, bias, eps, kind, dtype, residual_in_fp32=False):
+        inputs = self._inputs(x, residual, weight, bias, dtype, residual_in_fp32, grad=True)
+        return (OpCall(self.op, (*inputs, eps, kind == "rmsnorm", self.max_block)),)
 
     # --- benchmark hooks: torch tensors on our device ---
     def to_native(self, a: np.ndarray, dtype: str) -> torch.Tensor:
