@@ -6,6 +6,7 @@ backend is not correct), which the table says where.
 
     resconf calibrate --backend numpy --backend torch --seeds 200 -k "XB or GR"
     OMP_NUM_THREADS=2 resconf calibrate --backend torch --seeds 50     # another BLAS blocking
+    resconf calibrate --backend torch --mode autocast --mode fp32_residual --seeds 200
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from resconf.backends.modes import ALL, DEFAULT_MODE
 from resconf.conformance.catalogue import property_order
 from resconf.conformance.home import HOME
 
 
 @dataclass
 class Cell:
-    """One (backend, property, dtype): what ran, what failed, and the closest call."""
+    """One (backend, property, dtype, mode): what ran, what failed, and the closest call."""
 
     cases: int = 0
     examples: int = 0
@@ -46,12 +48,12 @@ def ratio(row: dict) -> float | None:
     return measured / bound
 
 
-def table(rows: list[dict]) -> dict[tuple[str, str, str], Cell]:
-    cells: dict[tuple[str, str, str], Cell] = defaultdict(Cell)
+def table(rows: list[dict]) -> dict[tuple[str, str, str, str], Cell]:
+    cells: dict[tuple[str, str, str, str], Cell] = defaultdict(Cell)
     for row in rows:
         if row["outcome"] == "skipped":
             continue
-        cell = cells[(row["backend"], row["property"], row["dtype"])]
+        cell = cells[(row["backend"], row["property"], row["dtype"], row.get("mode") or DEFAULT_MODE)]
         cell.cases += 1
         cell.examples += row["examples"]
         # A case the harness never ran (a killed worker, an interrupt) says nothing about the budgets.
@@ -65,14 +67,14 @@ def table(rows: list[dict]) -> dict[tuple[str, str, str], Cell]:
     return cells
 
 
-def render(cells: dict[tuple[str, str, str], Cell]) -> str:
-    lines = [f"{'backend':<16} {'property':<8} {'dtype':<9} {'cases':>5} {'examples':>8} {'false':>5} "
+def render(cells: dict[tuple[str, str, str, str], Cell]) -> str:
+    lines = [f"{'backend':<16} {'property':<8} {'dtype':<9} {'mode':<13} {'cases':>5} {'examples':>8} {'false':>5} "
              f"{'xfail':>5} {'worst':>6}  worst case"]
-    for (backend, prop, dtype), c in sorted(cells.items(), key=lambda kv: (kv[0][0], property_order(kv[0][1]),
-                                                                          kv[0][2])):
+    for (backend, prop, dtype, mode), c in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][3],
+                                                                                property_order(kv[0][1]), kv[0][2])):
         worst = "exact" if c.worst == -math.inf else f"{c.worst:.3g}"
-        lines.append(f"{backend:<16} {prop:<8} {dtype:<9} {c.cases:>5} {c.examples:>8} {c.false_failures:>5} "
-                     f"{c.expected_failures:>5} {worst:>6}  {c.worst_case[:60]}")
+        lines.append(f"{backend:<16} {prop:<8} {dtype:<9} {mode:<13} {c.cases:>5} {c.examples:>8} "
+                     f"{c.false_failures:>5} {c.expected_failures:>5} {worst:>6}  {c.worst_case[:60]}")
     lines.append("worst: the largest measured/allowed over all examples (1 = at the edge of the allowance; "
                  "'exact': bitwise properties)")
     return "\n".join(lines)
@@ -81,7 +83,7 @@ def render(cells: dict[tuple[str, str, str], Cell]) -> str:
 def main(argv: list[str]) -> int:
     from resconf.backends.registry import DEFAULT_BACKENDS, default_backends
     from resconf.conformance.check import run_check
-    from resconf.conformance.cli import Parser, at_least, keyword
+    from resconf.conformance.cli import Parser, at_least, keyword, mode_name
     from resconf.conformance.options import CheckOptions
 
     parser = Parser(prog="resconf calibrate", description=__doc__.split("\n\n")[0])
@@ -90,6 +92,9 @@ def main(argv: list[str]) -> int:
                              f"of {', '.join(DEFAULT_BACKENDS)})")
     parser.add_argument("--seeds", type=at_least(1), default=100, metavar="N",
                         help="examples per case (default 100)")
+    parser.add_argument("--mode", dest="modes", action="append", default=[], type=mode_name, metavar="NAME",
+                        help=f"execution mode to calibrate, where the backend claims it (repeatable; {ALL}: every "
+                             f"mode; default {DEFAULT_MODE})")
     parser.add_argument("-k", dest="keyword", type=keyword, metavar="EXPR",
                         help="only tests matching this pytest -k expression")
     parser.add_argument("--output", type=Path, metavar="FILE",
@@ -98,6 +103,7 @@ def main(argv: list[str]) -> int:
     backends = tuple(args.backend) or default_backends()
     output = args.output or HOME / "calibration" / "latest.parquet"
     status = run_check(CheckOptions(backends=backends, profile="calibrate", max_examples=args.seeds, output=output,
+                                    modes=tuple(dict.fromkeys(args.modes)) or (DEFAULT_MODE,),
                                     pytest_args=("-k", args.keyword) if args.keyword else ()))
     if status == 2 or not output.is_file():  # refused before any work, or the results could not be written
         return status or 1

@@ -19,9 +19,9 @@ def test_correct_backends_calibrate_clean(tmp_path):
     lines = [line.split() for line in proc.stdout.splitlines() if line.startswith(("numpy ", "control_pairwise "))
              and " XB-1 " in line]
     cases = len(PLACEMENTS) * len(hh.LAYERS) + len(ENCDEC_PLACEMENTS)  # each with 3 seeds
-    assert {(cols[0], cols[3], cols[4], cols[5]) for cols in lines} == {
-        (name, str(cases), str(3 * cases), "0") for name in ("numpy", "control_pairwise")}, proc.stdout
-    worst = {cols[0]: float(cols[7]) for cols in lines}
+    assert {(cols[0], cols[3], cols[4], cols[5], cols[6]) for cols in lines} == {
+        (name, "eager", str(cases), str(3 * cases), "0") for name in ("numpy", "control_pairwise")}, proc.stdout
+    worst = {cols[0]: float(cols[8]) for cols in lines}
     assert worst["numpy"] == 0.0 and 0.0 < worst["control_pairwise"] < 1.0, "the oracle is exact; a control rounds"
     assert "false failures: 0" in proc.stdout
 
@@ -32,7 +32,7 @@ def test_a_broken_backend_calibrates_with_false_failures(tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:]
     row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("ResidualScaled")
                and " XB-1 " in line)
-    assert row[1:3] == ["XB-1", "float64"] and int(row[5]) == 1 and float(row[7]) > 1.0, proc.stdout
+    assert row[1:4] == ["XB-1", "float64", "eager"] and int(row[6]) == 1 and float(row[8]) > 1.0, proc.stdout
 
 
 def _row(**kw) -> dict:
@@ -45,10 +45,10 @@ def test_the_table_counts_cases_and_keeps_the_worst_ratio():
     cells = table([_row(), _row(measured=3.0), _row(comparison=">=", measured=8.0, bound=2.0),
                    _row(outcome="skipped", measured=99.0), _row(outcome="xfailed", measured=99.0),
                    _row(comparison="==", measured=0.0, bound=0.0, property="XB-4")])
-    cell = cells[("b", "XB-1", "float32")]
+    cell = cells[("b", "XB-1", "float32", "eager")]
     assert (cell.cases, cell.examples, cell.false_failures, cell.expected_failures) == (4, 12, 0, 1)
     assert cell.worst == 0.75, "the >= row (bound 2 over measured 8) and the xfailed one do not count"
-    assert cells[("b", "XB-4", "float32")].worst == -math.inf and "exact" in render(cells)
+    assert cells[("b", "XB-4", "float32", "eager")].worst == -math.inf and "exact" in render(cells)
     assert ratio(_row(measured=1.0, bound=0.0)) == math.inf
 
 
@@ -57,5 +57,12 @@ def test_cases_the_harness_never_ran_are_not_false_failures():
     they say nothing about the budgets (they had been counted as false failures)."""
     cells = table([_row(), _row(outcome="failed", measured=None, bound=None, message="not run: the worker was "
                                 "killed at its 900 s limit"), _row(outcome="failed", measured=5.0)])
-    cell = cells[("b", "XB-1", "float32")]
+    cell = cells[("b", "XB-1", "float32", "eager")]
     assert (cell.false_failures, cell.not_run) == (1, 1)
+
+
+def test_each_mode_is_a_cell_of_its_own():
+    cells = table([_row(measured=3.0), _row(mode="autocast", measured=1.0), _row(mode=None, measured=2.0)])
+    assert cells[("b", "XB-1", "float32", "eager")].worst == 0.75, "a row without a mode is eager"
+    assert cells[("b", "XB-1", "float32", "autocast")].worst == 0.25
+    assert "autocast" in render(cells)
