@@ -15,8 +15,9 @@ TOML, one [[xfail]] table per entry:
                                              #   `name`), or the spelling given to --backend
     reason = "XLA:CPU flushes subnormals"    # required: why this is expected
     strict = false                           # optional, default true: the deviation shows on some machines
-                                             #   only (the reason says which): a pass there is recorded
-                                             #   xpassed instead of failing the run
+                                             #   or draws only (the reason says which): a pass there is
+                                             #   recorded passed, its message saying the entry did not
+                                             #   occur, instead of failing the run as stale
 
 Every value is a string but `strict`, a boolean. Built-in backends ship theirs as conformance/xfails/<name>.toml, by the backend's
 own name, so it applies whichever spelling selected the backend. Matched cases run as strict xfails: a
@@ -25,7 +26,7 @@ case that starts passing fails the run (the entry is stale), and so does an entr
 An adapter that wraps a framework says so (`inherits_xfails = "torch"` on its Backend class) and gets that
 built-in file's entries, inherited: their reasons say where they come from, and since the adapter may not hit
 the framework's deviation (its own kernel) or claim that feature at all, an inherited entry is not strict
-(a pass is recorded xpassed) and is never stale.
+(a pass is recorded passed, its message saying so) and is never stale.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def test_wrong_values_name_the_entry(tmp_path, line, expected):
 
 
 def test_strict_false_marks_a_machine_dependent_entry_not_strict(tmp_path):
-    """`strict = false`: a deviation some machines show and others not (a pass is xpassed, not a stale entry)."""
+    """`strict = false`: a deviation some machines show and others not (a pass is a pass, not a stale entry)."""
     path = tmp_path / "x.toml"
     path.write_text(f"[[xfail]]\n{GOOD}strict = false\n\n[[xfail]]\n{GOOD}")
     assert [e.strict for e in xfails.load([], [path])] == [False, True]
