@@ -324,6 +324,12 @@ def timed_rows() -> list[dict]:
     return [r for r in pq.read_table(BENCH).to_pylist() if r["time_s"] is not None]
 
 
+def small(r: dict) -> bool:
+    """A row the report gives as latency: its bytes fit in the recorded last-level cache."""
+    return r.get("flops") is None and None not in (r["bytes_moved"], r.get("cache_bytes")) and (
+        r["bytes_moved"] <= r["cache_bytes"])
+
+
 def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document):
     rows = timed_rows()
     latest = max(r["date"] for r in rows)
@@ -331,11 +337,15 @@ def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document)
     expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
                        "-" if r["gbps"] is None else f"{r['gbps']:.1f}{one(r)}",
                        fraction_text(r["roofline_fraction"]) + ("" if r["roofline_fraction"] is None else one(r)))
-                      for r in rows if r["date"] == latest)
+                      for r in rows if r["date"] == latest and not small(r))
     section = document.section("2.")
     table = section.tables()[0]
     got = sorted(zip(*(table.column(h) for h in ("op", "dtype", "shape", "backend", "GB/s", "% of roofline"))))
     assert got == expected
+    latency = next(t for t in section.tables() if "small shapes" in t.caption)  # reported apart, by time only
+    assert sorted(zip(latency.column("op"), latency.column("shape"), latency.column("backend"))) == sorted(
+        (r["op"], shape(r), r["backend"] or "-") for r in rows if r["date"] == latest and small(r))
+    assert "GB/s" not in latency.headers
     assert len(section.figures()) == 1  # one machine, one device: one figure, a panel per shape
     over = [r for r in rows if r["date"] == latest and (r["roofline_fraction"] or 0) > 1]
     assert {r["backend"] for r in over} == {"numba_fused"}, "the fixture's numba_fused passes the roofline"
@@ -343,16 +353,18 @@ def test_throughput_table_gbps_and_roofline_fraction_match_the_fixture(document)
 
 def test_every_figure_above_the_roofline_is_flagged_with_its_reason_and_byte_model(document):
     """No unflagged figure above the roofline: the flag column names the reason and the note under the table
-    gives each flag whole (the fixture's numba_fused: cache-resident at 512x1024, unexplained at 2048x4096)."""
+    gives each flag whole (the fixture's numba_fused: unexplained at 2048x4096; at 512x1024 its bytes fit the
+    cache, so it is reported as latency, by time only, with no GB/s to flag)."""
     table = document.section("2.").tables()[0]
     cells = list(zip(*(table.column(h) for h in ("op", "shape", "backend", "% of roofline", "flag"))))
     over = [c for c in cells if c[3].rstrip("†").endswith("*")]
-    assert sorted((shape, flag) for _, shape, _, _, flag in over) == [
-        ("2048x4096", "unexplained"), ("512x1024", "cache-resident")]
+    assert sorted((shape, flag) for _, shape, _, _, flag in over) == [("2048x4096", "unexplained")]
     assert all(flag == "-" for *_, fraction, flag in cells if not fraction.rstrip("†").endswith("*"))
     note = next(b.text for b in document.section("2.").blocks if hasattr(b, "text") and b.text.startswith("*"))
-    assert "8.4 MB moved fit the 33.6 MB last-level cache" in note
-    assert note.count("byte model add_rmsnorm_forward: 4·T·H + H elements") == 2
+    assert note.count("byte model add_rmsnorm_forward: 4·T·H + H elements") == 1
+    latency = next(t for t in document.section("2.").tables() if "small shapes" in t.caption)
+    assert ("512x1024", "numba_fused", "8.4 MB", "33.6 MB") in zip(*(latency.column(h) for h in (
+        "shape", "backend", "bytes moved", "cache")))
 
 
 def test_layers_show_their_share_of_the_matmul_peak_beside_the_roofline(document):
@@ -396,7 +408,7 @@ def test_single_sample_times_are_marked_and_the_spread_shown(document):
     expected = sorted((r["op"], r["dtype"], shape(r), r["backend"] or "-",
                        "-" if r["time_q25_s"] is None
                        else f"±{50 * (r['time_q75_s'] - r['time_q25_s']) / r['time_s']:.1f}%",
-                       f"{r['samples']}" + (" † (--quick)" if r["samples"] == 1 else "")) for r in rows)
+                       f"{r['samples']}" + (" † (--quick)" if r["samples"] == 1 else "")) for r in rows if not small(r))
     assert got == expected
     assert any(r["samples"] == 1 for r in rows) and any(spread == "±3.0%" for *_, spread, _ in got)
     assert any(b.text.startswith("† one sample") for b in section.blocks if hasattr(b, "text"))
@@ -418,7 +430,8 @@ def test_bar_charts_are_scaled_by_the_roofline_not_the_tallest_bar(monkeypatch):
     monkeypatch.setattr(throughput, "draw_png", spy)
     build_document(load_inputs([], BENCH))
     rows = [r for r in pq.read_table(BENCH).to_pylist() if r["op"] == "copy"]
-    roof = {shape(r): r["roofline_gbps"] for r in rows if r["date"] == max(x["date"] for x in rows)}
+    roof = {shape(r): r["roofline_gbps"] for r in rows if r["date"] == max(x["date"] for x in rows)
+            and not small(r)}  # a small shape has no bars: it is reported as latency
     assert sorted(title.rsplit("shape ", 1)[1] for title, *_ in panels) == sorted(roof)
     for title, top, tallest, hatches in panels:
         roofline = roof[title.rsplit("shape ", 1)[1]]
