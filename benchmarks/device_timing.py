@@ -11,10 +11,12 @@
   (`python -m benchmarks.device_timing asv-machine`: asv copies its keys into every result's params) and for
   tools/gpu_bench.py's export.
 
-torch is imported only where a sample is timed on a GPU, never when asv imports the suite.
+torch is imported only where a sample is timed on a GPU, never when asv imports the suite. Without torch
+installed (a jax-only GPU machine) the clock is perf_counter and nothing is flushed: asked without importing it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -54,9 +56,13 @@ class CudaEventClock:
         return self._seconds
 
 
+def _torch_installed() -> bool:
+    return "torch" in sys.modules or importlib.util.find_spec("torch") is not None
+
+
 def clock(device: str) -> Callable[[], float]:
     """The clock asv's `timer` reads on `device`."""
-    return CudaEventClock() if device == "cuda" else time.perf_counter
+    return CudaEventClock() if device == "cuda" and _torch_installed() else time.perf_counter
 
 
 @lru_cache(maxsize=1)
@@ -70,7 +76,7 @@ def _flush_buffer():
 def flush_l2(device: str) -> None:
     """Evict the GPU's L2 (zero a buffer twice its size) and wait for it; nothing on the CPU (its caches are
     not flushed: the CPU grid's shapes are far beyond them, and the export flags a cache-resident figure)."""
-    if device != "cuda":
+    if device != "cuda" or not _torch_installed():
         return
     import torch
 
@@ -81,7 +87,7 @@ def flush_l2(device: str) -> None:
 def sample_seconds(device: str, run: Callable[[], None]) -> float:
     """Seconds `run` takes: perf_counter on the CPU; on a GPU the L2 flushed first, then CUDA events around it
     (run's own synchronisation included, as asv's time_ bodies synchronise)."""
-    if device != "cuda":
+    if device != "cuda" or not _torch_installed():
         start = time.perf_counter()
         run()
         return time.perf_counter() - start

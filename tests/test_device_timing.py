@@ -105,6 +105,13 @@ def test_the_cpu_is_never_flushed_and_times_with_perf_counter(torch):
     assert dt.sample_seconds("cpu", lambda: None) >= 0 and torch.log == []
 
 
+def test_a_gpu_machine_without_torch_times_with_perf_counter_and_flushes_nothing(torch, monkeypatch):
+    monkeypatch.setattr(dt, "_torch_installed", lambda: False)
+    dt.flush_l2("cuda")
+    assert dt.clock("cuda") is time.perf_counter and dt.sample_seconds("cuda", lambda: None) >= 0
+    assert torch.log == []
+
+
 def test_the_factories_flush_before_every_sample_on_a_gpu_run_only(monkeypatch):
     """asv re-runs setup before each sample; setup's factory call is where the flush happens."""
     flushed, built = [], []
