@@ -22,6 +22,7 @@ class _FusedAddNorm:
     rounds = 1  # a second round would repeat the compile in a fresh process for little gain
     warmup_time = 0.0  # setup's untimed call is the warm-up
     timeout = 180  # per parameter combination, setup included: torch.compile's first compile takes ~20 s
+    timer = cm.TIMER  # CUDA events on a GPU (benchmarks/device_timing.py)
 
     def setup(self, backend, device, dtype, shape):
         case = cm.fused_case(backend, device, self.kind, dtype, shape, self.backward)

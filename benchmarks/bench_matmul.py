@@ -6,14 +6,13 @@ the same machine, commit, device and dtype, as the bandwidth figures divide by t
 from __future__ import annotations
 
 import operator
-from functools import lru_cache
 
 from . import common as cm
 
 MATMUL_BACKENDS = ("torch", "jax")
 
 
-@lru_cache(maxsize=1)
+@cm.per_sample
 def matmul_case(backend_name: str, device: str, dtype: str, n: int) -> cm.Case:
     """a @ b on random (n, n) arrays, native to the backend (torch tensors; jax arrays: a compiled primitive)."""
     backend = cm.load(backend_name, device)
@@ -30,6 +29,7 @@ class MatmulPeak:
     rounds = 1
     warmup_time = 0.0
     timeout = 60
+    timer = cm.TIMER  # CUDA events on a GPU (benchmarks/device_timing.py)
 
     def setup(self, backend, device, dtype, n):
         case = matmul_case(backend, device, dtype, n)

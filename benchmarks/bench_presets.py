@@ -18,6 +18,7 @@ class _PresetStack:
     rounds = 1
     warmup_time = 0.0
     timeout = 180
+    timer = cm.TIMER  # CUDA events on a GPU (benchmarks/device_timing.py)
 
     def setup(self, backend, device, dtype, preset, shape, depth):
         case = cm.preset_case(backend, device, dtype, preset, shape, depth, self.backward)

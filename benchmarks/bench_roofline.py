@@ -26,7 +26,7 @@ def _no_sync(result) -> None:
     """NumPy has finished when the call returns."""
 
 
-@lru_cache(maxsize=1)
+@cm.per_sample
 def roofline_case(op: str, device: str, dtype: str, shape: tuple[int, int]) -> cm.Case:
     """dst = src (op "copy") or out = a + b (op "add") on random (tokens, hidden) arrays, warmed up."""
     a, b = (cm.random_array(shape, dtype, cm.SEED + i) for i in range(2))
@@ -64,6 +64,7 @@ class _Roofline:
     rounds = 2  # cheap to set up, so a second process is affordable and catches placement noise
     warmup_time = 0.0
     timeout = 60
+    timer = cm.TIMER  # CUDA events on a GPU (benchmarks/device_timing.py)
 
     def setup(self, device, dtype, shape):
         case = roofline_case(self.op, device, dtype, shape)

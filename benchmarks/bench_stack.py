@@ -15,6 +15,7 @@ class PreLNMLPStack:
     rounds = 1
     warmup_time = 0.0
     timeout = 180
+    timer = cm.TIMER  # CUDA events on a GPU (benchmarks/device_timing.py)
 
     def setup(self, backend, device, dtype, shape, depth):
         case = cm.stack_case(backend, device, dtype, shape, depth)

@@ -19,6 +19,14 @@ F = the MLP's hidden width (d_ff), and depth L:
                                                         the stream's traffic three times over
 Both are lower bounds: the intermediate activations (attention scores, the MLP's hidden) are left out, as a
 fused kernel keeps them on chip. The two fractions are read side by side; neither is a limit on its own.
+
+The same models hold for every backend timed on a preset, the real modules (backends/modules: torch_nn,
+hf_gpt2, hf_llama, flax_block, equinox_block, named in RESCONF_BENCH_BACKENDS) included: each runs exactly
+the preset's configuration (conformance checks it computes the same function), so its matrices are these.
+What a module does beyond them is elementwise or a lookup and is left out as the norms are: GPT2Model adds
+its position embedding (T·C, zeros), nn.TransformerEncoder builds a T x T causal mask per call; the
+embedding tables users feed `inputs_embeds` past are never read. torch_nn's forward-only call takes its
+inference fast path where it applies (one fused op per layer): the same matrices, so the same FLOPs.
 """
 from __future__ import annotations
 

@@ -1,42 +1,29 @@
-"""Time per backend across commits/dates, with regressions marked.
+"""Time per backend across commits/dates, with the nightly verdicts marked.
 
-A regression is a time more than REGRESSION_FACTOR times the same case's time at the previous point on the
-same machine: asv continuous's rule (a commit against its parent) applied along the whole series. A time of one
-sample (asv --quick) is not a measurement, so a pair of points with one is not compared; the page says how many.
+The one judgement of a change is the nightly view's (reports/nightly.py: a U test on the recorded samples, a
+minimum effect, the machine's history): its table follows the sentence counting the verdicts, and each
+benchmark it calls slower is circled in red at the newest point. A ratio of two medians is no verdict on a
+machine whose load moves (an A/A run read 2.2x there, docs/benchmarks.md), so the ratio is only a column of
+that table, described as such; the x1.3 table of asv continuous's rule is not drawn beside it.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter
 
 from . import sections
-from .bench_points import backend_label, case_order, format_time, ordered_points, point_label, point_of, short_op
-from .document import Cell, Figure, Paragraph, Section, Table
+from .bench_points import backend_label, case_order, format_time, ordered_points, point_of, short_op
+from .document import Figure, Paragraph, Section
 from .load import BenchRow
-from .nightly import nightly_blocks
+from .nightly import SLOWER, Verdict, nightly, nightly_blocks
 from .plotting import colour, draw_png, legend_entries, shared_legend
 
-REGRESSION_FACTOR = 1.3  # the documented factor (docs/benchmarks.md); the one place the report reads it from
 MAX_TICKS = 6  # commit labels that fit under a panel; a longer series labels every k-th point
 
 Series = tuple[str, str, str, str, str, str]  # (machine, device, op, dtype, case, backend)
-
-
-@dataclass(frozen=True)
-class Regression:
-    series: Series
-    before: tuple[str, str]  # (commit, date)
-    after: tuple[str, str]
-    time_before: float
-    time_after: float
-
-    @property
-    def ratio(self) -> float:
-        return self.time_after / self.time_before
 
 
 def series_of(rows: list[BenchRow]) -> dict[Series, dict[tuple[str, str], float]]:
@@ -52,41 +39,10 @@ def series_order(s: Series) -> tuple:
     return (*s[:4], case_order(s[4]), s[5])
 
 
-def single_sampled(rows: list[BenchRow]) -> set[tuple[Series, tuple[str, str]]]:
-    """(series, point) whose time is one sample (asv --quick)."""
-    return {((r.machine, r.device, r.op, r.dtype, r.case, r.backend), point_of(r)) for r in rows if r.single_sample}
-
-
-def consecutive(rows: list[BenchRow]) -> list[tuple[Series, tuple[str, str], tuple[str, str], dict]]:
-    """Every (series, point before, point after, its times) along each machine's points."""
-    points = ordered_points(rows)
-    pairs = []
-    for series, times in sorted(series_of(rows).items(), key=lambda item: series_order(item[0])):
-        seen = [p for p in points[series[0]] if p in times]
-        pairs += [(series, before, after, times) for before, after in zip(seen, seen[1:])]
-    return pairs
-
-
-def regressions(rows: list[BenchRow], factor: float = REGRESSION_FACTOR) -> list[Regression]:
-    single = single_sampled(rows)
-    return [Regression(series, before, after, times[before], times[after])
-            for series, before, after, times in consecutive(rows)
-            if times[after] > factor * times[before] and not {(series, before), (series, after)} & single]
-
-
-def uncompared(rows: list[BenchRow]) -> int:
-    """How many consecutive pairs hold a single-sample time, and so were not compared."""
-    single = single_sampled(rows)
-    return sum(bool({(s, before), (s, after)} & single) for s, before, after, _ in consecutive(rows))
-
-
-def regression_table(found: list[Regression]) -> Table:
-    rows = tuple((*(Cell(t) for t in r.series), Cell(point_label(r.before)), Cell(point_label(r.after)),
-                  Cell(format_time(r.time_before)), Cell(format_time(r.time_after)), Cell(f"x{r.ratio:.2f}", "fail"))
-                 for r in found)
-    return Table(f"Regressions: slower than x{REGRESSION_FACTOR} the previous point",
-                 ("machine", "device", "op", "dtype", "shape", "backend", "from", "to", "time before", "time after",
-                  "ratio"), rows)
+def slower_points(verdicts: list[Verdict]) -> set[tuple[Series, tuple[str, str]]]:
+    """(series, newest point) of every benchmark the nightly view calls slower."""
+    return {((v.machine, v.row.device, v.row.op, v.row.dtype, v.row.case, v.row.backend), v.after)
+            for v in verdicts if v.verdict == SLOWER}
 
 
 def tick_indices(count: int) -> list[int]:
@@ -101,12 +57,11 @@ def axis_label(point: tuple[str, str]) -> str:
     return "\n".join(p for p in (commit[:7], date[5:10]) if p) or "-"
 
 
-def history_figure(machine: str, device: str, op: str, rows: list[BenchRow], found: list[Regression],
+def history_figure(machine: str, device: str, op: str, rows: list[BenchRow], marked: set,
                    backends: list[str], points: list[tuple[str, str]]) -> Figure:
-    """Panels per (dtype, shape): time against point, a line per backend, regressions circled in red."""
+    """Panels per (dtype, shape): time against point, a line per backend, nightly "slower" circled in red."""
     series = series_of(rows)
     panels = sorted({(s[3], s[4]) for s in series}, key=lambda p: (p[0], case_order(p[1])))
-    marked = {(r.series, r.after) for r in found}
 
     def draw(fig: MplFigure, axes: list[Axes]) -> None:
         for ax, (dtype, case) in zip(axes, panels):
@@ -120,7 +75,7 @@ def history_figure(machine: str, device: str, op: str, rows: list[BenchRow], fou
                 if bad:
                     ax.plot(bad, [times[points[i]] for i in bad], "o", markersize=10, markerfacecolor="none",
                             markeredgecolor="red", markeredgewidth=1.5,
-                            label=f"regression: > x{REGRESSION_FACTOR} the previous point")
+                            label="slower: the nightly verdict")
             ax.set_ylim(bottom=0)  # linear from zero: a x1.5 step looks like one
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: format_time(y) if y > 0 else "0"))
             shown = tick_indices(len(points))
@@ -129,8 +84,8 @@ def history_figure(machine: str, device: str, op: str, rows: list[BenchRow], fou
             ax.set_title(f"{dtype}, shape {case}", fontsize=10)
             ax.tick_params(axis="y", labelsize=8)
             ax.grid(True, alpha=0.3)
-        entries = legend_entries(axes)  # backends in name order, the regression marker last
-        shared_legend(fig, {k: entries[k] for k in sorted(entries, key=lambda k: (k.startswith("regression"), k))})
+        entries = legend_entries(axes)  # backends in name order, the verdict's marker last
+        shared_legend(fig, {k: entries[k] for k in sorted(entries, key=lambda k: (k.startswith("slower"), k))})
         fig.suptitle(f"{short_op(op)} on {machine} ({device})", fontsize=11)
 
     return Figure(f"{op}: time per call across commits on {machine} ({device}), lower is better.",
@@ -143,22 +98,15 @@ def history_section(rows: list[BenchRow], failed: list[BenchRow] = ()) -> Sectio
     if not any(len(p) > 1 for p in points.values()):
         return Section(title, (Paragraph("The benchmark data holds one commit per machine: nothing to compare "
                                          "over time yet."),))
-    found = regressions(rows)
-    verdict = (f"{len(found)} regression{'s' * (len(found) != 1)}" if found else "No regression") + (
-        f" beyond x{REGRESSION_FACTOR} the previous point (commit or date) on the same machine.")
-    skipped = uncompared(rows)
-    if skipped:
-        verdict += (f" {skipped} pair{'s' * (skipped != 1)} of points not compared: one of the two times is a single "
-                    "sample (asv run --quick), a smoke test rather than a measurement.")
-    blocks: list = [Paragraph(verdict)]
-    if found:
-        blocks.append(regression_table(found))
-    blocks += nightly_blocks(rows, list(failed))
+    verdicts = nightly(rows, list(failed))
+    blocks: list = nightly_blocks(verdicts) or [Paragraph("No benchmark is timed at a machine's newest point or the "
+                                                          "one before: nothing to judge.")]
     backends = sorted({r.backend for r in rows})
     groups: dict[tuple[str, str, str], list[BenchRow]] = defaultdict(list)
     for r in rows:
         groups[(r.machine, r.device, r.op)].append(r)
     for (machine, device, op), mine in sorted(groups.items()):
         if any(len(times) > 1 for times in series_of(mine).values()):
-            blocks.append(history_figure(machine, device, op, mine, found, backends, points[machine]))
+            blocks.append(history_figure(machine, device, op, mine, slower_points(verdicts), backends,
+                                         points[machine]))
     return Section(title, tuple(blocks))

@@ -119,12 +119,11 @@ def _asv_repr(value: str) -> str:
 VERDICT_STATUS = {SLOWER: "fail", FASTER: "pass", SAME: "", AMBIGUOUS: "skip", ERRORED: "xfail"}
 
 
-def nightly_blocks(rows: list[BenchRow], failed: list[BenchRow] = ()) -> list:
-    """A sentence counting the verdicts, then the table with a rerun command per row (none: no blocks)."""
+def nightly_blocks(found: list[Verdict]) -> list:
+    """A sentence counting the verdicts (`nightly`'s), then the table with a rerun command per row (none: no blocks)."""
     from .bench_points import point_label
     from .document import Cell, Paragraph, Table
 
-    found = nightly(rows, failed)
     if not found:
         return []
     counts = ", ".join(f"{sum(v.verdict == k for v in found)} {k}" for k in (SLOWER, FASTER, SAME, AMBIGUOUS, ERRORED))
@@ -132,8 +131,11 @@ def nightly_blocks(rows: list[BenchRow], failed: list[BenchRow] = ()) -> list:
                       f"Slower or faster needs a Mann-Whitney U test on the recorded samples at p < {ALPHA:g}, "
                       f"medians apart by more than x{1 + MIN_EFFECT:g}, and, where the machine has {HISTORY_MIN} "
                       f"earlier points, |z| >= {Z_LIMIT:g} against its last {HISTORY_RUNS}; thresholds from an A/A "
-                      "run (docs/benchmarks.md). A failed benchmark is errored, never slower.")
-    table = Table("Nightly comparison (ratio: median time after / before; rerun: the two commits, interleaved)",
+                      "run (docs/benchmarks.md). A failed benchmark is errored, never slower. The ratio column "
+                      "describes the change; it is no verdict on its own (a load that moves makes ratios of 2 "
+                      "between two runs of the same code).")
+    table = Table("Nightly comparison (ratio: median time after / before, a description, not a verdict; rerun: the "
+                  "two commits, interleaved)",
                   ("machine", "op", "dtype", "shape", "backend", "from", "to", "ratio", "p", "z", "verdict", "why",
                    "rerun"),
                   tuple((Cell(v.machine), Cell(v.row.op), Cell(v.row.dtype), Cell(v.row.case), Cell(v.row.backend),

@@ -45,6 +45,11 @@ SINGLE_SAMPLE = (
     "caches, no spread). Its GB/s and % of roofline are shown for completeness, not for comparing with the "
     "roofline or another backend; its bar is hatched. Run without --quick for numbers to compare.")
 ROOF_HEADROOM = 1.3  # a chart's GB/s axis ends at this multiple of its roofline, whatever its tallest bar
+LATENCY = (
+    "Small shapes, reported as latency: the bytes these calls move fit in the device's last-level cache (the size "
+    "the suite records), so their time is mostly the launch, the synchronisation and the cache (on a GPU the L2 is "
+    "flushed before every sample, benchmarks/device_timing.py), not memory bandwidth. They are left out of the GB/s "
+    "table, its roofline and its bars, and are compared by time only.")
 
 
 def format_gbps(gbps: float | None) -> str:
@@ -88,6 +93,44 @@ def fraction_of(row: BenchRow, roofline: float | None) -> float | None:
     if row.roofline_fraction is not None:
         return row.roofline_fraction
     return row.gbps / roofline if row.gbps is not None and roofline else None
+
+
+def latency_bound(row: BenchRow) -> bool:
+    """A bandwidth-priced row (not a compute one) whose bytes fit in the recorded last-level cache."""
+    return (row.gflops is None and row.bytes_moved is not None and row.cache_bytes is not None
+            and row.bytes_moved <= row.cache_bytes)
+
+
+def latency_table(machine: str, rows: list[BenchRow]) -> Table | None:
+    mine = sorted((r for r in rows if latency_bound(r)), key=sort_key)
+    if not mine:
+        return None
+    return Table(f"Machine {machine or '-'}: small shapes, time per call (latency; the bytes fit in the last-level "
+                 "cache)", ("device", "op", "dtype", "shape", "backend", "time", "spread", "samples", "bytes moved",
+                            "cache"),
+                 tuple((Cell(r.device), Cell(r.op), Cell(r.dtype), Cell(r.case), Cell(r.backend),
+                        Cell(format_time(r.time_s)), Cell(format_spread(r)), Cell(format_samples(r)),
+                        Cell(f"{r.bytes_moved / 1e6:.1f} MB"), Cell(f"{r.cache_bytes / 1e6:.1f} MB")) for r in mine))
+
+
+def machine_tables(machine: str, mine: list[BenchRow], roof: dict[Key, float], results: list[ResultRow]) -> list:
+    """One machine's tables and their notes: GB/s, small-shape latency, compute (tools/gpu_report.py prints these)."""
+    bandwidth = [r for r in mine if not latency_bound(r)]
+    blocks: list = [throughput_table(machine, bandwidth, roof, results)] if bandwidth else []
+    note = flag_note(bandwidth, roof)
+    if note:
+        blocks.append(note)
+    latency = latency_table(machine, mine)
+    if latency:
+        blocks += [latency, Paragraph(LATENCY)]
+    compute = compute_table(machine, mine)
+    if compute:
+        blocks.append(compute)
+        if any((r.matmul_fraction or 0) > 1 for r in mine):
+            blocks.append(Paragraph(ABOVE_MATMUL))
+    if any(r.single_sample for r in mine):
+        blocks.append(Paragraph(SINGLE_SAMPLE))
+    return blocks
 
 
 def sort_key(row: BenchRow) -> tuple:
@@ -213,21 +256,10 @@ def throughput_section(rows: list[BenchRow], results: list[ResultRow] = ()) -> S
                               "timed kernel on that backend, device and dtype (XB-3 for a fused add+norm, XB-1 "
                               "and XB-2 for a stack).")]
     for machine, mine in sorted(by_machine.items()):
-        table = throughput_table(machine, mine, roof, list(results))
-        blocks.append(table)
-        note = flag_note(mine, roof)
-        if note:
-            blocks.append(note)
-        compute = compute_table(machine, mine)
-        if compute:
-            blocks.append(compute)
-            if any((r.matmul_fraction or 0) > 1 for r in mine):
-                blocks.append(Paragraph(ABOVE_MATMUL))
-        if any(r.single_sample for r in mine):
-            blocks.append(Paragraph(SINGLE_SAMPLE))
+        blocks += machine_tables(machine, mine, roof, list(results))
         for device in sorted({r.device for r in mine}):
             bars = [r for r in mine if r.device == device and r.gbps is not None and r.op not in ROOFLINE_OPS
-                    and r.gflops is None]  # compute-bound rows are judged in compute_table
+                    and r.gflops is None and not latency_bound(r)]  # compute rows: compute_table; small: latency
             if bars:
                 blocks.append(bar_figure(machine, device, bars, roof, backends))
     if not any(r.gbps is not None for r in rows):

@@ -124,6 +124,13 @@ COMMANDS = {
     "asv compare --split": NotRun(NAMED_ONLY),
     "asv run --python=same --quick --set-commit-hash ...": Parse(),
     "SELECT * FROM '.resconf/*.parquet'": Run("fixtures"),
+    "python tools/kernel_ratios.py [--shape 8192x4096] [--dtype float32]":
+        NotRun("a usage synopsis: [brackets] mark options; minutes of timing (tests/test_kernel_ratios.py: the plumbing)"),
+    "python -m benchmarks.device_timing info": NotRun("run from the repository root on a GPU machine; "
+                                                     "tests/test_device_timing.py checks it with a fake nvidia-smi"),
+    "python -m benchmarks.device_timing asv-machine NAME": NotRun("writes ~/.asv-machine.json; NAME is a placeholder"),
+    "asv machine --machine NAME --yes": NotRun("writes ~/.asv-machine.json; NAME is a placeholder"),
+    "asv continuous --factor": NotRun(NAMED_ONLY),
     # docs/findings.md
     "resconf check --backend torch -k 'test_nan_in_a_weight_surfaces and attention and w_in' --skip-xfails":
         Run(status=1, heavy=True),  # ~7 s; exits 1: the deviation shows once its xfail is skipped

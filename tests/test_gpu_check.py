@@ -150,7 +150,7 @@ def test_usage(tmp_path):
         assert proc.returncode == 2 and "gpu-check.sh OUT" in proc.stderr, proc.stderr
 
 
-def test_export_computes_gbps_and_the_copy_roofline(tmp_path):
+def test_export_computes_gbps_and_the_copy_roofline(tmp_path, monkeypatch):
     """GB/s = bytes_moved / time with reports/bytes_moved.py; the roofline is the copy's GB/s at that shape."""
     base = {"device": "cuda", "dtype": "float32", "tokens": 1024, "hidden": 512, "reason": "", "samples": 5,
             "time_s_min": None, "calls_per_sample": 10, "setup_s": 1.0}
@@ -177,3 +177,9 @@ def test_export_computes_gbps_and_the_copy_roofline(tmp_path):
     assert fused["roofline_fraction"] == pytest.approx(fused["gbps"] / copy_gbps)
     assert fused["gbps_pipelined"] is None and fused["commit"] == "abc"
     assert fused["params"] == "backend=triton_fused;device=cuda;dtype=bfloat16;shape=1024x512"
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import gpu_report  # the summary prints the report's own tables (reports/throughput.py), not a copy
+
+    text = "\n".join(gpu_report.throughput_table(tmp_path / "b.parquet", "cuda"))
+    assert text.startswith("Throughput on cuda") and "Back to back" in text
+    assert "| device | op | dtype | shape | backend | time | spread | samples | GB/s | % of roofline |" in text

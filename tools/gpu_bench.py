@@ -2,8 +2,10 @@
 
 Each class of benchmarks/bench_fused.py and benchmarks/bench_roofline.py runs as asv would run it:
 `setup(*params)` (NotImplementedError: skipped, with the reason), the timed method, `teardown`. The timed
-method synchronises the device itself (the backend's `synchronize`), so a sample is perf_counter around
-`calls` synchronised calls, divided by `calls`: asv's seconds per call. Warm-up (setup's untimed call, then
+method synchronises the device itself (the backend's `synchronize`), so a sample is `calls` synchronised
+calls, divided by `calls`: asv's seconds per call. On a GPU a sample is timed by CUDA events with the L2
+flushed before it (benchmarks/device_timing.py, the asv classes' own `timer` and flush); on the CPU by
+perf_counter. Warm-up (setup's untimed call, then
 `--warmup` more) stays out of the timed region; time_s is the median of `--samples` samples. Beside it,
 time_s_pipelined times the same callable back to back (the class's fn, args and sync, one sync at the end):
 the device's throughput without the launch-and-wait gap of every call.
@@ -39,6 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a package at the repository root, as asv imports it
+
+from benchmarks import device_timing as dt  # noqa: E402  (imports no framework, nor resconf)
 
 SKIPPED, TIMED, FAILED = "skipped", "timed", "failed"
 NOTHING_TIMED = 77  # exit status: every case skipped (automake's "skipped"; gpu-check.sh records a skipped step)
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--commit", default="")
     args = parser.parse_args(argv)
     if args.command == "export":
-        return export(args.rows, args.output, args.machine or _machine(args.env), args.commit)
+        return export(args.rows, args.output, args.machine or _machine(args.env), args.commit, _device_info(args.env))
     plan = Plan(args.warmup, args.samples, args.min_sample_s, args.max_calls)
     return time_cases(args, plan)
 
@@ -172,10 +176,10 @@ def time_case(module, cls: type, method: str, values: dict, plan: Plan) -> Recor
     try:
         timed = getattr(bench, method)
         call = lambda: timed(*params)  # noqa: E731 - the timed method, synchronised, as asv calls it
-        samples, calls = _samples(call, None, plan)
+        samples, calls = _samples(call, None, plan, values["device"])
         pipelined = None
         if all(hasattr(bench, a) for a in ("fn", "args", "sync")):
-            pipelined, _ = _samples(lambda: bench.fn(*bench.args), bench.sync, plan)
+            pipelined, _ = _samples(lambda: bench.fn(*bench.args), bench.sync, plan, values["device"])
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()
         return dataclasses.replace(base, reason=f"timing: {_one_line(exc)}", setup_s=setup_s)
@@ -187,16 +191,18 @@ def time_case(module, cls: type, method: str, values: dict, plan: Plan) -> Recor
                                time_s_pipelined=None if pipelined is None else statistics.median(pipelined))
 
 
-def _samples(call, sync, plan: Plan) -> tuple[list[float], int]:
-    """Seconds per call: plan.samples samples of `calls` calls each. sync=None: each call synchronises
-    itself; else sync(the last result) once per sample, after calls issued back to back."""
+def _samples(call, sync, plan: Plan, device: str = "cpu") -> tuple[list[float], int]:
+    """Seconds per call: plan.samples samples of `calls` calls each (device_timing.sample_seconds: CUDA events
+    after an L2 flush on a GPU). sync=None: each call synchronises itself; else sync(the last result) once per
+    sample, after calls issued back to back."""
     def run(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            result = call()
-        if sync is not None:
-            sync(result)
-        return time.perf_counter() - start
+        def calls() -> None:
+            result = None
+            for _ in range(n):
+                result = call()
+            if sync is not None:
+                sync(result)
+        return dt.sample_seconds(device, calls)
 
     for _ in range(plan.warmup):
         run(1)
@@ -255,7 +261,7 @@ def _shapes(text: str) -> tuple[tuple[int, int], ...]:
 
 # --- export ---
 
-def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
+def export(paths: list[Path], output: Path, machine: str, commit: str, device_info: str = "") -> int:
     """The rows `resconf bench-export` writes (reports/bench_export.py: its row, GB/s and copy roofline), plus
     the pipelined columns: the same rows computed from the back-to-back time."""
     import pyarrow as pa
@@ -280,8 +286,10 @@ def export(paths: list[Path], output: Path, machine: str, commit: str) -> int:
         p = pipelined.get(id(record))
         table.append({**dataclasses.asdict(row), "time_s_pipelined": record.time_s_pipelined,
                       "gbps_pipelined": p and p.gbps, "roofline_gbps_pipelined": p and p.roofline_gbps,
-                      "roofline_fraction_pipelined": p and p.roofline_fraction, "setup_s": record.setup_s})
-    schema = pa.schema(list(bx.SCHEMA) + [pa.field(n, pa.float64()) for n in EXTRA_COLUMNS],
+                      "roofline_fraction_pipelined": p and p.roofline_fraction, "setup_s": record.setup_s,
+                      "device_info": device_info or None})
+    schema = pa.schema(list(bx.SCHEMA) + [pa.field(n, pa.float64()) for n in EXTRA_COLUMNS]
+                       + [pa.field("device_info", pa.string())],
                        metadata={**bx.SCHEMA.metadata, b"resconf_bench_source": b"tools/gpu_bench.py"})
     write_parquet_atomic(pa.Table.from_pylist(table, schema=schema), output)
     print(f"gpu_bench: wrote {len(rows)} rows to {output}")
@@ -309,13 +317,20 @@ def _bench_row(bx, run: _AsvRun, r: Record, time_s: float):
                    {k: v for k, v in params.items() if v is not None}, time_s, {"repeat": r.samples})
 
 
+def _device_info(env_json: Path | None) -> str:
+    """The GPU's name, driver and clocks (device_timing.describe) as env.json recorded them; "" on the CPU."""
+    info = json.loads(env_json.read_text()) if env_json and env_json.is_file() else {}
+    return dt.describe(info.get("gpu_info") or {})
+
+
 def _machine(env_json: Path | None) -> str:
     """The host name and what ran the benchmarks: the GPU torch saw, else the CPU."""
     info = json.loads(env_json.read_text()) if env_json and env_json.is_file() else {}
     return f"{socket.gethostname()}: {info.get('gpu') or platform.processor() or platform.machine()}"
 
 
-# Beyond `resconf bench-export`'s columns (its readers ignore them): the back-to-back timing and the setup time.
+# Beyond `resconf bench-export`'s columns (its readers ignore them): the back-to-back timing and the setup time;
+# and `device_info`, the GPU's name, driver and clocks (a string column).
 EXTRA_COLUMNS = ("time_s_pipelined", "gbps_pipelined", "roofline_gbps_pipelined", "roofline_fraction_pipelined",
                  "setup_s")
 

@@ -22,6 +22,9 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks`, at the repository root
+from benchmarks import device_timing as dt  # noqa: E402  (imports no framework, nor resconf)
+
 SKIPPED_WHOLE = 77  # exit status: nothing ran (automake's "skipped"; tools/gpu-check.sh records a skipped step)
 PACKAGES = ("numpy", "torch", "triton", "jax", "jaxlib", "numba", "liger-kernel", "hypothesis", "pytest",
             "pytest-timeout", "pytest-xdist", "pyarrow", "setuptools", "resconf")
@@ -89,12 +92,8 @@ def env(device: str, output: Path, strict: bool) -> int:
         info["jax_devices"] = [str(d) for d in jax.devices()]
     except Exception as exc:  # noqa: BLE001
         info["jax_error"] = str(exc)[:300]
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        info["nvidia_smi"] = f"not available ({exc})"
+    info["gpu_info"] = dt.gpu_info()  # name, driver, clocks: the export's device_info (tools/gpu_bench.py)
+    info["nvidia_smi"] = dt.describe(info["gpu_info"]) or "not available (no nvidia-smi, or it saw no GPU)"
     if device == "cuda" and not info.get("cuda_available"):
         problems.append("torch sees no CUDA device")
     if device == "cuda" and not any("cuda" in d.lower() or "gpu" in d.lower() for d in info.get("jax_devices", [])):
@@ -222,25 +221,33 @@ def conformance_table(rows: list[dict], device: str) -> list[str]:
 
 
 def throughput_table(path: Path, device: str) -> list[str]:
+    """The report's own tables (reports/throughput.py: GB/s and % of roofline, small shapes as latency, the
+    compute rows), as Markdown, then the back-to-back GB/s that only this run measures."""
     if not path.is_file():
         return ["Throughput: no benchmark results"]
+    from resconf.reports.bench_points import short_op
+    from resconf.reports.load import load_bench, load_results
+    from resconf.reports.markdown import block_md
+    from resconf.reports.throughput import machine_tables, rooflines
     import pyarrow.parquet as pq
 
-    from resconf.reports.bench_points import short_op  # the report's names and order of the operations
-    from resconf.reports.bytes_moved import ROOFLINE_OPS
-    rows = pq.read_table(path).to_pylist()
-    rows.sort(key=lambda r: (r["tokens"], r["hidden"], r["backend"] is not None, r["dtype"],
-                             r["op"] not in ROOFLINE_OPS, r["op"], r["backend"] or ""))
-    lines = [f"Throughput on {device}: time = median seconds per synchronised call (asv's measure); GB/s = bytes",
-             "moved (reports/bytes_moved.py) / time; % = of the copy roofline measured here at the same shape;",
-             "b2b = calls back to back, one sync per sample",
-             f"  {'backend':<14}{'kind':<23}{'dtype':<10}{'shape':<12}{'ms':>9}{'GB/s':>9}{'%roof':>7}"
-             f"{'b2b GB/s':>10}{'%roof':>7}"]
-    for r in rows:
-        lines.append(f"  {r['backend'] or '(roofline)':<14}{short_op(r['op']):<23}{r['dtype']:<10}"
-                     f"{r['tokens']}x{r['hidden']:<7}{r['time_s'] * 1e3:>9.4f}{_num(r['gbps'], 9, 1)}"
-                     f"{_pct(r['roofline_fraction'])}{_num(r.get('gbps_pipelined'), 10, 1)}"
-                     f"{_pct(r.get('roofline_fraction_pipelined'))}")
+    rows, _, _ = load_bench(path)
+    if not rows:
+        return ["Throughput: no timed benchmark in bench.parquet"]
+    conformance = path.parent / "conformance.parquet"
+    results = load_results([conformance])[0] if conformance.is_file() else []
+    roof = rooflines(rows)
+    lines = [f"Throughput on {device}: the report's tables (time = median seconds per synchronised call, asv's "
+             "measure; on a GPU CUDA events after an L2 flush, benchmarks/device_timing.py)"]
+    for machine in sorted({r.machine for r in rows}):
+        lines += ["", *(block_md(b) for b in machine_tables(machine, [r for r in rows if r.machine == machine],
+                                                             roof, results))]
+    piped = [r for r in pq.read_table(path).to_pylist() if r.get("gbps_pipelined") is not None]
+    if piped:
+        lines += ["", "Back to back (calls issued together, one sync per sample): GB/s, % of the roofline",
+                  *(f"  {r['backend'] or '(roofline)':<14}{short_op(r['op']):<23}{r['dtype']:<10}"
+                    f"{r['tokens']}x{r['hidden']:<7}{_num(r['gbps_pipelined'], 9, 1)}"
+                    f"{_pct(r.get('roofline_fraction_pipelined'))}" for r in piped)]
     return lines
 
 

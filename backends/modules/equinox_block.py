@@ -130,6 +130,12 @@ def _run(model: Stack, x):
 
 
 @eqx.filter_jit
+def _run_output(model: Stack, x):
+    x_last, _, _, out = model(x)
+    return x_last if out is None else out
+
+
+@eqx.filter_jit
 def _run_vjp(model: Stack, x, g):
     TRACES["stack_vjp"] += 1
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -176,6 +182,7 @@ class EquinoxBlockBackend(ModuleBackend):
     name = "equinox_block"
     features = frozenset({"sublayers", "final_norm", "bidirectional", "no_bias", "no_norm_bias",
                           "relu", "silu", "gated"})
+    run_output, run_vjp = staticmethod(_run_output), staticmethod(_run_vjp)
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "equinox": eqx.__version__}

@@ -117,6 +117,12 @@ def _run(model: Stack, x):
 
 
 @nnx.jit
+def _run_output(model: Stack, x):
+    x_last, _, _, out = model(x)
+    return x_last if out is None else out
+
+
+@nnx.jit
 def _run_vjp(model: Stack, x, g):
     TRACES["stack_vjp"] += 1
     graphdef, params = nnx.split(model, nnx.Param)
@@ -181,6 +187,7 @@ class FlaxBlockBackend(ModuleBackend):
     # float64 layer is float32-accurate (3.7e-9 relative), and at large |x| LayerNorm's clamped fast variance
     # turns a rounded mean into outputs of 1e22 that overflow that float32 softmax (docs/findings.md).
     dtypes_on = {"cpu": claims("float32", "bfloat16"), "cuda": claims("float32", "bfloat16", "float16")}
+    run_output, run_vjp = staticmethod(_run_output), staticmethod(_run_vjp)
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), "flax": flax.__version__}

@@ -107,6 +107,19 @@ class ModuleBackend(Backend):
     def _vjp(self, s: Structure, layers: dict, final: dict | None, x: jax.Array, g: jax.Array):
         raise NotImplementedError
 
+    def _model(self, s: Structure, layers: dict, final: dict | None):
+        """The library's stack module holding these tensors."""
+        raise NotImplementedError
+
+    # The benchmarks' jitted runs on a built model (a subclass sets its module's functions as staticmethods).
+    def run_output(self, model, x: jax.Array) -> jax.Array:
+        """The stack's output (the final norm's, else x_L): XLA drops the states and writes nobody reads."""
+        raise NotImplementedError(f"backend {self.name!r} offers no forward-only stack benchmark")
+
+    def run_vjp(self, model, x: jax.Array, g: jax.Array):
+        """(dx, dparams) of <g, output>."""
+        raise NotImplementedError(f"backend {self.name!r} offers no stack benchmark")
+
     # --- the adapter API ---
     def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         s, layers, final = self._prepare(cfg, params, x, dtype)
@@ -124,8 +137,20 @@ class ModuleBackend(Backend):
     def to_native(self, a: np.ndarray, dtype: str) -> jax.Array:
         return to_jax(a, dtype, self._device)
 
+    # --- benchmark hooks (benchmarks/bench_presets.py): the model built once, its jitted run timed ---
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        model = self._model(*self._prepare(cfg, params, None, dtype))
+        return lambda x, g: self.run_vjp(model, x, g)
+
+    def bench_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        model = self._model(*self._prepare(cfg, params, None, dtype))
+        return lambda x: self.run_output(model, x)
+
+    def synchronize(self, result) -> None:
+        jax.block_until_ready(result)
+
     # --- checks and the parameter map ---
-    def _prepare(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str):
+    def _prepare(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray | None, dtype: str):
         """The parameters checked eagerly, naming the shapes (an error from inside jit would not say which
         tensor of which layer is wrong), then (structure, layer tensors stacked over layers, final norm's
         tensors or None)."""

@@ -114,10 +114,47 @@ class RealModuleBackend(Backend):
                           dparams=tuple(LayerParams({n: grads[i][n] for n, _ in p.items()})
                                         for i, p in enumerate(params)))
 
+    # --- benchmark hooks (benchmarks/bench_presets.py): the module called as users call it, no hooks on it ---
+    def to_native(self, a: np.ndarray, dtype: str) -> torch.Tensor:
+        return self._tensor(a, torch_dtype(dtype))
+
+    def bench_stack(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        """f(x, g): the module's forward, then autograd's backward of <g, output> to x and every mapped
+        parameter (those _stack_vjp returns); returns the gradients, x's first."""
+        module = self._loaded(cfg, params, torch_dtype(dtype))
+        named = dict(module.named_parameters())
+        leaves = [named[s.path] for layer, p in enumerate(params) for s in self.slots(cfg, layer, p)]
+
+        def forward_backward(x, g):
+            x = x.detach().requires_grad_()
+            return torch.autograd.grad(self.run(module, cfg, x), [x, *leaves], g, allow_unused=True)
+
+        return forward_backward
+
+    def bench_stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], dtype: str):
+        """f(x): the module's output under no_grad, in eval mode (torch_nn's inference fast path, where it
+        applies: what users get for inference)."""
+        module = self._loaded(cfg, params, torch_dtype(dtype))
+
+        def forward(x):
+            with torch.no_grad():
+                return self.run(module, cfg, x)
+
+        return forward
+
+    def synchronize(self, result) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
     # --- helpers ---
     def _prepare(self, cfg, params, x, dtype) -> tuple[nn.Module, torch.Tensor]:
-        check_params(cfg, params)
         td = torch_dtype(dtype)
+        return self._loaded(cfg, params, td), self._tensor(x, td)
+
+    def _loaded(self, cfg: BlockConfig, params: Sequence[LayerParams], td: torch.dtype) -> nn.Module:
+        """The module of cfg's structure with `params` in its parameters, in eval mode, every parameter
+        requiring grad."""
+        check_params(cfg, params)
         module = self._module(cfg, td)
         state = {s.path: self._tensor(s.pack(p), td)
                  for layer, p in enumerate(params) for s in self.slots(cfg, layer, p)}
@@ -125,8 +162,7 @@ class RealModuleBackend(Backend):
         for name in missing:  # parameters the suite has no tensor for (embeddings): zeros, never used
             state[name] = torch.zeros_like(module.get_parameter(name), device=self.device, dtype=td)
         module.load_state_dict(state, strict=False, assign=True)
-        module.requires_grad_(True).eval()
-        return module, self._tensor(x, td)
+        return module.requires_grad_(True).eval()
 
     def _module(self, cfg: BlockConfig, dtype: torch.dtype) -> nn.Module:
         """build(cfg, dtype), kept for the next call of the same structure: every mapped parameter is
