@@ -266,7 +266,7 @@ def test_compile_mode_compiles_each_block_once_whatever_its_position():
 @pytest.mark.parametrize("name", [*REAL, "torch_nn_fast"])
 def test_unclaimed_modes_are_skipped_with_the_reason(name):
     """No real module keeps its stream in float32 under bfloat16 sublayers (fp32_residual); the fast path's
-    backend is eager only (autocast and compile leave the fast path). The suite's skip reason says so."""
+    backend is eager only. The suite's skip reason says so."""
     from resconf.backends.modes import why_not
     backend = TorchNnFastPathBackend() if name == "torch_nn_fast" else _backend(name)
     unclaimed = ["fp32_residual", "mixed"] + (["compile", "autocast"] if name == "torch_nn_fast" else [])

@@ -129,7 +129,7 @@ class TorchNnFastPathBackend(TorchNnBackend):
 
     @property
     def capabilities(self) -> Capabilities:
-        # eager only: autocast and compile take the layer off the fast path this backend exists to check
+        # eager only: what the fused fast-path op does under autocast or compile is not checked here
         return dataclasses.replace(super().capabilities, modes=frozenset({"eager"}))
 
     def _stack_forward(self, cfg, params, x, dtype):
