@@ -148,6 +148,11 @@ COMMANDS = {
     "resconf check --backend equinox_block -k test_empty_input --skip-xfails": Parse(),
     "resconf check --backend liger -k test_fused_add_norm --skip-xfails": Parse(),
     "resconf check --backend liger_none -k test_fused_add_norm": Parse(),
+    # docs/findings.md, the real modules in execution modes (compile: minutes of Inductor compiles)
+    "resconf check --backend torch_nn --mode autocast -n 1": Parse(),
+    "resconf check --backend torch_nn --mode compile -n 1 -k '(test_identity_block or test_forward_matches_oracle or "
+    "test_vjp_matches_oracle) and (float32 or bfloat16)'": Parse(),
+    "resconf check --backend flax_block --mode mixed -k test_stream_is_sum_of_writes --skip-xfails": Parse(),
     "torch.manual_seed(0)": Run(),  # the fast path's tanh GELU: prints the 9.5e-05 difference
     "@triton.jit": NotRun("raises on purpose (the interpreter's gaps); tests/test_liger.py reproduces both unpatched"),
     # docs/report.md

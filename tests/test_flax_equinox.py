@@ -182,3 +182,36 @@ def test_rejects_bad_shapes_and_unclaimed(request, which):
         backend.stack_vjp(cfg, (p,), x, np.zeros((1, 3, 7)), "float32")
     with pytest.raises(ValueError, match="does not claim"):
         backend.stack_forward(dataclasses.replace(cfg, placement="post"), (p,), x, "float32")
+
+
+# --- execution modes (backends/modes.py) ---
+
+def test_default_precision_traces_its_own_program_and_equals_eager_on_the_cpu(eqx_backend):
+    """eager traces under "highest", default_precision under the library default: jit's cache keeps them
+    apart (one more trace), and XLA:CPU computes float32 at full precision either way."""
+    from resconf.backends.modules import equinox_block
+    cfg = CASES["encoder"]
+    params, (x, _) = draw_params(cfg, seed=3, perturb=True), oracle_errors.inputs(4, SHAPE)
+    eager = eqx_backend.stack_forward(cfg, params, x, "float32")
+    before = equinox_block.TRACES["stack_forward"]
+    moded = eqx_backend.in_mode("default_precision").stack_forward(cfg, params, x, "float32")
+    assert equinox_block.TRACES["stack_forward"] == before + 1
+    np.testing.assert_array_equal(moded.states, eager.states)
+
+
+def test_flax_mixed_computes_sublayers_in_bfloat16_on_a_float32_stream(flax_backend, ref):
+    """Flax's own mixed precision (dtype=bfloat16, param_dtype=float32): writes carry bfloat16 rounding, the
+    stream adds them in float32, the final norm comes back in the stream's dtype."""
+    cfg = CASES["gpt2-final"]
+    params, (x, _) = draw_params(cfg, seed=3, perturb=True), oracle_errors.inputs(4, SHAPE)
+    got = flax_backend.in_mode("mixed").stack_forward(cfg, params, x, "float32")
+    want = ref.stack_forward(cfg, params, x, "float64")
+    rel = oracle_errors.rel_error
+    assert 1e-4 < rel(got.writes, want.writes) < 2e-2  # bfloat16's u is 3.9e-3
+    assert rel(got.states, want.states) < 1e-3 and rel(got.final, want.final) < 2e-2
+
+
+def test_equinox_does_not_claim_mixed(eqx_backend):
+    from resconf.backends.modes import why_not
+    assert why_not("mixed", eqx_backend.capabilities.modes, "equinox_block", "cpu", "float32", ("blocks",)) == \
+        "equinox_block on cpu does not claim mode mixed"

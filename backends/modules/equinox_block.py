@@ -180,6 +180,9 @@ class EquinoxBlockBackend(ModuleBackend):
     """A Pre-LN transformer layer of Equinox modules (gpt2 and encoder presets)."""
 
     name = "equinox_block"
+    # mixed not claimed: an Equinox layer's dtype is its parameters'; it computes in its inputs' and
+    # parameters' promoted dtype, so a mixed policy is the user's own casts around each sublayer (jmp), which
+    # would check our casts, not Equinox
     features = frozenset({"sublayers", "final_norm", "bidirectional", "no_bias", "no_norm_bias",
                           "relu", "silu", "gated"})
     run_output, run_vjp = staticmethod(_run_output), staticmethod(_run_vjp)

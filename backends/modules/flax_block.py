@@ -37,12 +37,13 @@ ACTIVATIONS = {"gelu:tanh": functools.partial(nnx.gelu, approximate=True),
                "relu": nnx.relu, "silu": nnx.silu}
 
 
-def _dtype(s: Structure) -> jnp.dtype:
-    return jnp.dtype(s.dtype)
+def _dtypes(s: Structure) -> dict:
+    """A module's dtype (of its computation: Flax's mixed precision under `mixed`) and param_dtype."""
+    return dict(dtype=jnp.dtype(s.compute or s.dtype), param_dtype=jnp.dtype(s.dtype))
 
 
 def _norm(s: Structure, rngs: nnx.Rngs) -> nnx.Module:
-    kw = dict(epsilon=s.eps, dtype=_dtype(s), param_dtype=_dtype(s), rngs=rngs)
+    kw = dict(epsilon=s.eps, **_dtypes(s), rngs=rngs)
     if s.norm == "rmsnorm":
         return nnx.RMSNorm(s.d_model, **kw)
     return nnx.LayerNorm(s.d_model, use_bias=s.norm_bias, **kw)
@@ -50,7 +51,7 @@ def _norm(s: Structure, rngs: nnx.Rngs) -> nnx.Module:
 
 class Mlp(nnx.Module):
     def __init__(self, s: Structure, rngs: nnx.Rngs):
-        kw = dict(use_bias=s.bias, dtype=_dtype(s), param_dtype=_dtype(s), rngs=rngs)
+        kw = dict(use_bias=s.bias, **_dtypes(s), rngs=rngs)
         self.up = nnx.Linear(s.d_model, s.d_hidden, **kw)
         self.gate = nnx.Linear(s.d_model, s.d_hidden, **kw) if s.gated else None
         self.down = nnx.Linear(s.d_hidden, s.d_model, **kw)
@@ -68,8 +69,7 @@ class Block(nnx.Module):
     def __init__(self, s: Structure, rngs: nnx.Rngs):
         self.norm1 = _norm(s, rngs)
         self.attn = nnx.MultiHeadAttention(num_heads=s.n_heads, in_features=s.d_model, num_kv_heads=s.kv_heads,
-                                           use_bias=s.bias, decode=False, dtype=_dtype(s), param_dtype=_dtype(s),
-                                           rngs=rngs)
+                                           use_bias=s.bias, decode=False, **_dtypes(s), rngs=rngs)
         self.norm2 = _norm(s, rngs)
         self.mlp = Mlp(s, rngs)
         self.causal = s.causal
@@ -100,7 +100,8 @@ class Stack(nnx.Module):
             return x, (states, writes)
 
         x, (states, writes) = step(x, self.layers)  # (L, 2, B, T, C) each
-        return x, states, writes, None if self.final is None else self.final(x)
+        # the output in the stream's dtype, as a mixed policy casts it (a no-op unless `mixed`)
+        return x, states, writes, None if self.final is None else self.final(x).astype(x.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,6 +179,7 @@ class FlaxBlockBackend(ModuleBackend):
     """A Pre-LN transformer layer of Flax NNX modules (gpt2 and encoder presets; GQA through num_kv_heads)."""
 
     name = "flax_block"
+    mixed_precision = True  # every nnx layer takes dtype= (computation) apart from param_dtype=
     features = frozenset({"sublayers", "final_norm", "bidirectional", "no_bias", "no_norm_bias", "gqa",
                           "relu", "silu", "gated"})
     # float16 on the CPU: nnx.MultiHeadAttention's jax.nn.dot_product_attention asks for the dot algorithm

@@ -25,7 +25,7 @@ from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel, PhiConf
 from resconf.backends.base import Capabilities
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import claims
-from resconf.backends.modules.torch_real import Record, RealModuleBackend, Slot, first
+from resconf.backends.modules.torch_real import MODES, Record, RealModuleBackend, Slot, input_to, output_to
 
 ATTN = "sdpa"
 TWO = frozenset({("attention", "mlp")})
@@ -42,6 +42,7 @@ class HfBackend(RealModuleBackend):
 
     model_class: type = nn.Module
     final_norm_attr = ""
+    blocks_attr = "layers"
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "transformers": transformers.__version__, "attn_implementation": ATTN}
@@ -62,6 +63,10 @@ class HfBackend(RealModuleBackend):
     def run(self, module: nn.Module, cfg: BlockConfig, x: torch.Tensor) -> torch.Tensor:
         return module(inputs_embeds=x, use_cache=False).last_hidden_state
 
+    def compiled_parts(self, module: nn.Module) -> list[nn.Module]:
+        final = getattr(module, self.final_norm_attr)
+        return [*getattr(module, self.blocks_attr), *([] if isinstance(final, nn.Identity) else [final])]
+
     def final_slots(self, cfg: BlockConfig, layer: int, prefix: str, bias: bool) -> list[Slot]:
         if not (cfg.final_norm and layer == cfg.depth - 1):
             return []
@@ -72,13 +77,13 @@ class HfBackend(RealModuleBackend):
 def sequential_hooks(layers, mid_norm: str, attn: str, mlp: str, record: Record) -> list:
     """Two sublayers in turn: the mid-layer state is the second norm's input, the layer's output the
     state after the MLP; the writes are the attention's and the MLP's outputs."""
-    state = lambda m, args, out: record.states.append(first(out))  # noqa: E731
-    write = lambda m, args, out: record.writes.append(first(out))  # noqa: E731
     handles = []
     for layer in layers:
-        handles += [getattr(layer, mid_norm).register_forward_pre_hook(lambda m, args: record.states.append(args[0])),
-                    getattr(layer, attn).register_forward_hook(write), getattr(layer, mlp).register_forward_hook(write),
-                    layer.register_forward_hook(state)]
+        part = record.part()
+        handles += [getattr(layer, mid_norm).register_forward_pre_hook(input_to(part.states)),
+                    getattr(layer, attn).register_forward_hook(output_to(part.writes)),
+                    getattr(layer, mlp).register_forward_hook(output_to(part.writes)),
+                    layer.register_forward_hook(output_to(part.states))]
     return handles
 
 
@@ -89,13 +94,15 @@ class HfGpt2Backend(HfBackend):
     name = "hf_gpt2"
     model_class = GPT2Model
     final_norm_attr = "ln_f"
+    blocks_attr = "h"
 
     @property
     def capabilities(self) -> Capabilities:
         fixed = frozenset({"sublayers"})
         return Capabilities(placements=frozenset({"pre"}), norms=frozenset({"layernorm"}),
                             branches=frozenset({"attention", "mlp"}), features=fixed | {"final_norm"},
-                            dtypes=claims("float64", "float32", "bfloat16", "float16"), layers=TWO, requires=fixed)
+                            dtypes=claims("float64", "float32", "bfloat16", "float16"), layers=TWO, requires=fixed,
+                            modes=MODES)
 
     def config(self, cfg: BlockConfig) -> GPT2Config:
         return GPT2Config(vocab_size=1, n_positions=1024, n_embd=cfg.d_model, n_layer=cfg.depth, n_head=cfg.n_heads,
@@ -132,7 +139,7 @@ class HfLlamaBackend(HfBackend):
         return Capabilities(placements=frozenset({"pre"}), norms=frozenset({"rmsnorm"}),
                             branches=frozenset({"attention", "mlp"}),
                             features=fixed | {"final_norm", "silu", "gqa", "no_bias"},
-                            dtypes=FLOAT32_INSIDE, layers=TWO, requires=fixed)
+                            dtypes=FLOAT32_INSIDE, layers=TWO, requires=fixed, modes=MODES)
 
     def config(self, cfg: BlockConfig) -> LlamaConfig:
         act = "silu" if cfg.activation == "silu" else gelu_name(cfg)  # gelu: GeGLU through the same MLP
@@ -183,7 +190,7 @@ class HfPhiBackend(HfBackend):
         fixed = frozenset({"parallel", "rope"})
         return SharedNormCapabilities(placements=frozenset({"pre"}), norms=frozenset({"layernorm"}),
                                       branches=frozenset({"attention", "mlp"}), features=fixed | {"final_norm", "gqa"},
-                                      dtypes=FLOAT32_INSIDE, layers=TWO, requires=fixed)
+                                      dtypes=FLOAT32_INSIDE, layers=TWO, requires=fixed, modes=MODES)
 
     def config(self, cfg: BlockConfig) -> PhiConfig:
         return PhiConfig(vocab_size=1, hidden_size=cfg.d_model, intermediate_size=cfg.d_hidden,
@@ -211,15 +218,18 @@ class HfPhiBackend(HfBackend):
     def watch(self, module: PhiModel, cfg: BlockConfig, record: Record) -> list:
         """resid_dropout (p = 0) runs twice per layer, on the attention's output then the MLP's; the write is
         their sum, added in the layer's own order and dtype (attn + mlp, then + residual)."""
-        pending: list[torch.Tensor] = []
+        def write(part: Record):
+            pending: list[torch.Tensor] = []
 
-        def write(m, args, out):
-            pending.append(out)
-            if len(pending) == 2:
-                record.writes.append(pending.pop(0) + pending.pop(0))
+            def hook(m, args, out):
+                pending.append(out)
+                if len(pending) == 2:
+                    part.writes.append(pending.pop(0) + pending.pop(0))
+            return hook
 
         handles = []
         for layer in module.layers:
-            handles += [layer.resid_dropout.register_forward_hook(write),
-                        layer.register_forward_hook(lambda m, args, out: record.states.append(first(out)))]
+            part = record.part()
+            handles += [layer.resid_dropout.register_forward_hook(write(part)),
+                        layer.register_forward_hook(output_to(part.states))]
         return handles

@@ -7,9 +7,16 @@ for deep stacks (the compiled program then does not grow with depth). A layer re
 and its two writes next to its output, so the trace is read off the real computation. The adapter only maps
 arrays: every tensor of a layer goes through one `Slot` of its table (a path in the module and a reshape or
 transpose each way), stacked over layers on the way in and split per layer on the way out.
+
+Execution modes (backends/modes.py): Flax's and Equinox's layers pass precision=None to every dot, so they
+follow jax.default_matmul_precision, which is part of jit's cache key. eager traces under "highest", as the
+jax backend's eager does (float32 operands would be rounded to TF32 on CUDA otherwise); default_precision
+under none of ours, the library default users get. `mixed` is claimed by a library whose layers have a
+compute dtype apart from their parameters' (`mixed_precision`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,6 +34,8 @@ from resconf.backends.params import LayerParams, check_params
 TRANSFORMER_LAYER = ("attention", "mlp")
 FINAL = "final."  # the final norm's tensors, in the last layer's record only
 DTYPES_CLAIMED = claims("float64", "float32", "bfloat16", "float16")  # unless dtypes_on says otherwise
+PRECISION = {"eager": "highest", "default_precision": None, "mixed": "highest"}  # module docstring
+MIXED_COMPUTE = "bfloat16"  # the dtype layers compute in under mixed (backends/modes.py)
 
 
 @dataclass(frozen=True)
@@ -46,13 +55,14 @@ class Structure:
     gated: bool
     causal: bool
     final_norm: bool
-    dtype: str
+    dtype: str  # of the parameters and the stream
+    compute: str = ""  # the dtype layers compute in when not `dtype` (mixed)
 
     @classmethod
-    def of(cls, cfg: BlockConfig, dtype: str) -> "Structure":
+    def of(cls, cfg: BlockConfig, dtype: str, compute: str = "") -> "Structure":
         act = f"gelu:{cfg.gelu}" if cfg.activation == "gelu" else cfg.activation
         return cls(cfg.d_model, cfg.d_hidden, cfg.n_heads, cfg.kv_heads, cfg.norm, float(cfg.eps), cfg.has_norm_bias,
-                   cfg.bias, act, cfg.gated, cfg.causal, cfg.final_norm, dtype)
+                   cfg.bias, act, cfg.gated, cfg.causal, cfg.final_norm, dtype, compute)
 
     @property
     def head_dim(self) -> int:
@@ -80,6 +90,7 @@ class ModuleBackend(Backend):
     devices = ("cpu", "cuda")
     features: frozenset[str] = frozenset()
     dtypes_on: dict[str, frozenset[str]] = {}  # device -> the dtypes claimed there, when not DTYPES_CLAIMED
+    mixed_precision = False  # whether its layers take a compute dtype apart from their parameters' (Structure.compute)
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
@@ -92,7 +103,8 @@ class ModuleBackend(Backend):
                             branches=frozenset(TRANSFORMER_LAYER), features=self.features,
                             dtypes=self.dtypes_on.get(self.device, DTYPES_CLAIMED),
                             layers=frozenset({TRANSFORMER_LAYER}),
-                            requires=frozenset({"sublayers"}))
+                            requires=frozenset({"sublayers"}),
+                            modes=frozenset(m for m in PRECISION if m != "mixed" or self.mixed_precision))
 
     def versions(self) -> dict[str, str]:
         return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
@@ -123,7 +135,8 @@ class ModuleBackend(Backend):
     # --- the adapter API ---
     def _stack_forward(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, dtype: str) -> StackTrace:
         s, layers, final = self._prepare(cfg, params, x, dtype)
-        states, writes, out = self._forward(s, layers, final, self.to_native(x, dtype))
+        with self._matmuls():
+            states, writes, out = self._forward(s, layers, final, self.to_native(x, dtype))
         states, writes = (to_numpy(a).reshape((cfg.n_updates,) + np.shape(x)) for a in (states, writes))  # (L, 2, ...)
         return StackTrace(states=np.concatenate([np.asarray(x, dtype=np.float64)[None], states]), writes=writes,
                           final=None if out is None else to_numpy(out))
@@ -131,7 +144,8 @@ class ModuleBackend(Backend):
     def _stack_vjp(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray, g: np.ndarray,
                    dtype: str) -> StackGrads:
         s, layers, final = self._prepare(cfg, params, x, dtype)
-        dx, dlayers, dfinal = self._vjp(s, layers, final, self.to_native(x, dtype), self.to_native(g, dtype))
+        with self._matmuls():
+            dx, dlayers, dfinal = self._vjp(s, layers, final, self.to_native(x, dtype), self.to_native(g, dtype))
         return StackGrads(dx=to_numpy(dx), dparams=self._unstack(s, params, dlayers, dfinal))
 
     def to_native(self, a: np.ndarray, dtype: str) -> jax.Array:
@@ -149,13 +163,18 @@ class ModuleBackend(Backend):
     def synchronize(self, result) -> None:
         jax.block_until_ready(result)
 
+    def _matmuls(self):
+        """The matmul precision this mode traces under (module docstring)."""
+        precision = PRECISION[self.mode]
+        return jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+
     # --- checks and the parameter map ---
     def _prepare(self, cfg: BlockConfig, params: Sequence[LayerParams], x: np.ndarray | None, dtype: str):
         """The parameters checked eagerly, naming the shapes (an error from inside jit would not say which
         tensor of which layer is wrong), then (structure, layer tensors stacked over layers, final norm's
         tensors or None)."""
         check_params(cfg, params)
-        s = Structure.of(cfg, dtype)
+        s = Structure.of(cfg, dtype, MIXED_COMPUTE if self.mode == "mixed" else "")
         layers, final = {}, {}
         for slot in self.slots(s):
             if slot.name.startswith(FINAL):

@@ -18,6 +18,7 @@ the two writes) from the standard path on the same layer input.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from resconf.backends.base import Capabilities
 from resconf.backends.config import BlockConfig
 from resconf.backends.dtypes import claims
-from resconf.backends.modules.torch_real import Record, RealModuleBackend, Slot, first
+from resconf.backends.modules.torch_real import MODES, Record, RealModuleBackend, Slot, input_to, output_to
 
 FIXED = frozenset({"sublayers"})  # always attention then mlp, never one sublayer alone
 
@@ -61,7 +62,7 @@ class TorchNnBackend(RealModuleBackend):
                                    branches=frozenset({"attention", "mlp"}),
                                    features=FIXED | {"final_norm", "relu", "no_bias", "no_norm_bias", "bidirectional"},
                                    dtypes=claims("float64", "float32", "bfloat16", "float16"),
-                                   layers=frozenset({("attention", "mlp")}), requires=FIXED)
+                                   layers=frozenset({("attention", "mlp")}), requires=FIXED, modes=MODES)
 
     def build(self, cfg: BlockConfig, dtype: torch.dtype) -> nn.TransformerEncoder:
         kw = dict(device=self.device, dtype=dtype)
@@ -92,17 +93,20 @@ class TorchNnBackend(RealModuleBackend):
         """The writes are dropout1's and dropout2's outputs (p = 0: the branches themselves). The mid-layer
         state is norm2's input (pre: x + attn) or norm1's output (post: N(x + attn)); the layer's output is
         the state after the MLP sublayer."""
-        state = lambda m, args, out: record.states.append(first(out))  # noqa: E731
-        write = lambda m, args, out: record.writes.append(first(out))  # noqa: E731
         handles = []
         for layer in module.layers:
+            part = record.part()
             if cfg.placement == "pre":
-                handles.append(layer.norm2.register_forward_pre_hook(lambda m, args: record.states.append(args[0])))
+                handles.append(layer.norm2.register_forward_pre_hook(input_to(part.states)))
             else:
-                handles.append(layer.norm1.register_forward_hook(state))
-            handles += [layer.dropout1.register_forward_hook(write), layer.dropout2.register_forward_hook(write),
-                        layer.register_forward_hook(state)]
+                handles.append(layer.norm1.register_forward_hook(output_to(part.states)))
+            handles += [layer.dropout1.register_forward_hook(output_to(part.writes)),
+                        layer.dropout2.register_forward_hook(output_to(part.writes)),
+                        layer.register_forward_hook(output_to(part.states))]
         return handles
+
+    def compiled_parts(self, module: nn.TransformerEncoder) -> list[nn.Module]:
+        return [*module.layers, *([] if module.norm is None else [module.norm])]
 
     def run(self, module: nn.TransformerEncoder, cfg: BlockConfig, x: torch.Tensor) -> torch.Tensor:
         return module(x, **self.mask(cfg, x))
@@ -123,6 +127,11 @@ class TorchNnFastPathBackend(TorchNnBackend):
 
     name = "torch_nn_fast"
 
+    @property
+    def capabilities(self) -> Capabilities:
+        # eager only: what the fused fast-path op does under autocast or compile is not checked here
+        return dataclasses.replace(super().capabilities, modes=frozenset({"eager"}))
+
     def _stack_forward(self, cfg, params, x, dtype):
         module, x0 = self._prepare(cfg, params, x, dtype)
         kw = self.mask(cfg, x0)
@@ -138,8 +147,9 @@ class TorchNnFastPathBackend(TorchNnBackend):
                     for handle in handles:
                         handle.remove()
                 h = layer(h, src_mask=mask, is_causal=causal)  # unhooked: the fast path where it applies
-                record.states += [seen.states[0], h]
-                record.writes += seen.writes
+                states, writes = seen.seen()
+                record.states += [states[0], h]
+                record.writes += writes
             out = module.norm(h) if module.norm is not None else h
         return self._trace(cfg, x0, record, out)
 

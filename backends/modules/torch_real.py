@@ -4,6 +4,16 @@ A real module has its own parameter names and packing (one in_proj for q, k and 
 weights beside nn.Linear's (out, in)), so each adapter lists `Slot`s: which of the suite's tensors fill
 which module parameter. Stream states and writes are read from the module while it runs, by forward hooks
 and pre-hooks on its submodules (never recomputed); the adapter says where (`watch`).
+
+Execution modes (backends/modes.py), through torch's own switches (torch/modes.py):
+  compile   each block's and the final norm's forward torch.compile'd in place (dynamic=True), as torchtitan
+            compiles per block, the model's own loop calling them; forward and backward. The hooks on a
+            block's submodules run inside its graph (dynamo traces them), each layer's into a record of its
+            own (`Record.part`).
+  autocast  the forward under torch.autocast(bfloat16) on the float32 module; backward outside it.
+fp32_residual is not claimed: each of these layers reads and writes its stream through the same tensors its
+sublayers compute in (x + attn(ln(x)) in one dtype; a bfloat16 norm or linear rejects a float32 input), so no
+module of them keeps the stream in float32 while its sublayers compute in bfloat16 without editing its code.
 """
 from __future__ import annotations
 
@@ -17,11 +27,13 @@ from torch import nn
 from resconf.backends.base import Backend, StackGrads, StackTrace
 from resconf.backends.config import BlockConfig
 from resconf.backends.params import LayerParams, check_params
+from resconf.backends.torch import modes as torch_modes
 from resconf.backends.torch.backend import require_torch_device
 from resconf.backends.torch.dtypes import to_numpy, to_tensor, torch_dtype
 
 
 BUILT_KEPT = 4  # modules kept per backend instance (one conformance case reuses one structure)
+MODES = frozenset({"eager", "compile", "autocast"})  # module docstring
 
 
 @dataclass(frozen=True)
@@ -45,15 +57,37 @@ class Slot:
 
 @dataclass
 class Record:
-    """What the hooks saw, in stream order: one state per update after x_0, one write per update."""
+    """What the hooks saw, in stream order: one state per update after x_0, one write per update; its own
+    lists first, then each part's."""
 
     states: list[torch.Tensor] = field(default_factory=list)
     writes: list[torch.Tensor] = field(default_factory=list)
+    parts: list[Record] = field(default_factory=list)
+
+    def part(self) -> Record:
+        """A record for one layer's hooks. A compiled block's hooks appending to lists that grow over the
+        stack would recompile the block for each position (dynamo guards a list's length)."""
+        self.parts.append(Record())
+        return self.parts[-1]
+
+    def seen(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return (self.states + [s for p in self.parts for s in p.states],
+                self.writes + [w for p in self.parts for w in p.writes])
 
 
 def first(out):
     """A module's output tensor: HF attention returns (output, weights), MHA returns (output, None)."""
     return out[0] if isinstance(out, tuple) else out
+
+
+def output_to(items: list):
+    """A forward hook appending the module's output tensor to `items`."""
+    return lambda m, args, out: items.append(first(out))
+
+
+def input_to(items: list):
+    """A forward pre-hook appending the module's input to `items`."""
+    return lambda m, args: items.append(args[0])
 
 
 class RealModuleBackend(Backend):
@@ -82,6 +116,10 @@ class RealModuleBackend(Backend):
         """The module's output on x (B, T, C): the final norm's when cfg.final_norm, else x_U."""
         raise NotImplementedError
 
+    def compiled_parts(self, module: nn.Module) -> list[nn.Module]:
+        """What compile mode compiles: each block and the final norm (module docstring)."""
+        raise NotImplementedError
+
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
@@ -91,7 +129,7 @@ class RealModuleBackend(Backend):
         record = Record()
         handles = self.watch(module, cfg, record)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch_modes.forward_context(self.mode, self.device):
                 out = self.run(module, cfg, x0)
         finally:
             for h in handles:
@@ -102,11 +140,13 @@ class RealModuleBackend(Backend):
                    dtype: str) -> StackGrads:
         module, x0 = self._prepare(cfg, params, x, dtype)
         x0.requires_grad_()
-        out = self.run(module, cfg, x0)
+        with torch_modes.forward_context(self.mode, self.device):
+            out = self.run(module, cfg, x0)
         named = dict(module.named_parameters())
         slots = [(layer, s) for layer, p in enumerate(params) for s in self.slots(cfg, layer, p)]
         leaves = [named[s.path] for _, s in slots]
-        dx, *dw = torch.autograd.grad(out, [x0, *leaves], self._tensor(g, x0.dtype), allow_unused=True)
+        with torch_modes.grad_context(self.mode, self.device):
+            dx, *dw = torch.autograd.grad(out, [x0, *leaves], self._tensor(g, x0.dtype), allow_unused=True)
         grads: list[dict[str, np.ndarray]] = [{name: np.zeros_like(t) for name, t in p.items()} for p in params]
         for (layer, s), d, leaf in zip(slots, dw, leaves):
             grads[layer].update(s.unpack(to_numpy(torch.zeros_like(leaf) if d is None else d), params[layer]))
@@ -166,21 +206,26 @@ class RealModuleBackend(Backend):
 
     def _module(self, cfg: BlockConfig, dtype: torch.dtype) -> nn.Module:
         """build(cfg, dtype), kept for the next call of the same structure: every mapped parameter is
-        reassigned on each call, and building is the slow part (a 128-layer HF model takes seconds)."""
+        reassigned on each call, and building is the slow part (a 128-layer HF model takes seconds). Compile
+        mode's copy has its parts compiled (in_mode's copies share this cache)."""
         cache = self.__dict__.setdefault("_built", {})
-        key = (cfg, dtype)
+        compiled = self.mode == "compile"
+        key = (cfg, dtype, compiled)
         if key not in cache:
             if len(cache) >= BUILT_KEPT:
                 cache.pop(next(iter(cache)))
             cache[key] = self.build(cfg, dtype)
+            for part in self.compiled_parts(cache[key]) if compiled else ():
+                torch_modes.compile_forward(part)
         return cache[key]
 
     def _trace(self, cfg: BlockConfig, x0: torch.Tensor, record: Record, out: torch.Tensor) -> StackTrace:
-        if len(record.states) != cfg.n_updates or len(record.writes) != cfg.n_updates:
-            raise RuntimeError(f"backend {self.name!r}: its hooks saw {len(record.states)} states and "
-                               f"{len(record.writes)} writes, expected {cfg.n_updates} each for {cfg.describe()}")
-        return StackTrace(states=to_numpy(torch.stack([x0, *record.states])),
-                          writes=to_numpy(torch.stack(record.writes)),
+        states, writes = record.seen()
+        if len(states) != cfg.n_updates or len(writes) != cfg.n_updates:
+            raise RuntimeError(f"backend {self.name!r}: its hooks saw {len(states)} states and "
+                               f"{len(writes)} writes, expected {cfg.n_updates} each for {cfg.describe()}")
+        return StackTrace(states=to_numpy(torch.stack([x0, *states])),
+                          writes=to_numpy(torch.stack(writes)),
                           final=to_numpy(out) if cfg.final_norm else None)
 
     def _tensor(self, a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

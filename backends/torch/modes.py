@@ -40,16 +40,17 @@ def run_stack(stack: Stack, x: torch.Tensor, mode: str):
         return stack(x, call=_compiled_call)
     if mode == "cuda_graph":
         return _graphed(stack, x)
-    with _context(mode, x.device.type):
+    with forward_context(mode, x.device.type):
         return stack(x)
 
 
 def grad_context(mode: str, device: str):
     """What the backward runs under: TF32 stays on for tf32; autocast covers the forward only (torch's advice)."""
-    return _context(mode, device) if mode == "tf32" else contextlib.nullcontext()
+    return forward_context(mode, device) if mode == "tf32" else contextlib.nullcontext()
 
 
-def _context(mode: str, device: str):
+def forward_context(mode: str, device: str):
+    """What the forward runs under: autocast's and tf32's switches."""
     if mode == "autocast":
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     if mode == "tf32":
@@ -71,24 +72,47 @@ def _call(module: nn.Module, x: torch.Tensor):
     return module(x)
 
 
+def _forward(module: nn.Module, *args, **kwargs):
+    return type(module).forward(module, *args, **kwargs)
+
+
 @functools.cache
-def _compiler():
-    return torch.compile(_call, dynamic=True)
+def _compiler(fn):
+    """fn compiled once: every module passed to it shares its graphs, whatever the depth or shape."""
+    return torch.compile(fn, dynamic=True)
 
 
 def _compiled_call(module: nn.Module, x: torch.Tensor):
-    """module(x) compiled; a call that compiled adds its time to COMPILE. Past RECOMPILE_LIMIT it raises
-    rather than falling back to eager, which would pass compile mode's cases without compiling."""
+    """module(x) compiled (`compiling` says how it fails and what it counts)."""
+    with compiling():
+        return _compiler(_call)(module, x)
+
+
+def compile_forward(module: nn.Module) -> None:
+    """module's forward compiled in place: a model's own loop calls it, its own hooks run outside the graph
+    and its submodules' hooks inside (dynamo traces them). A top-level frame of our own, as _compiled_call:
+    Module.compile's graph of _call_impl was skipped here when no hook was attached (torch 2.13)."""
+    module.forward = functools.partial(_compiled_forward, module)
+
+
+def _compiled_forward(module: nn.Module, *args, **kwargs):
+    with compiling():
+        return _compiler(_forward)(module, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def compiling():
+    """torch.compile'd calls inside raise past RECOMPILE_LIMIT rather than falling back to eager, which would
+    pass compile mode's cases without compiling; what compiled meanwhile adds its time to COMPILE."""
     counters = torch._dynamo.utils.counters["stats"]
     graphs = counters["unique_graphs"]
     started = time.perf_counter()
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=RECOMPILE_LIMIT,
                                     fail_on_recompile_limit_hit=True):
-        out = _compiler()(module, x)
+        yield
     if counters["unique_graphs"] != graphs:
         COMPILE["seconds"] += time.perf_counter() - started
         COMPILE["graphs"] += counters["unique_graphs"] - graphs
-    return out
 
 
 class _Flat(nn.Module):
