@@ -82,6 +82,8 @@ COMMANDS = {
     "resconf report merged.parquet --out report": Parse(),
     "bash benchmarks/check_timing.sh": Parse(),  # bash -n: about 15 minutes
     "resconf calibrate --backend torch --seeds 100": Parse(),
+    "resconf calibrate --backend torch --mode autocast --mode fp32_residual --seeds 200": Parse(),
+    "resconf calibrate --backend torch --mode autocast --seeds 200 -k 'test_vjp_matches_oracle and not realistic'": Parse(),
     # every installed default backend, the real modules too (~2 min cold): heavy, as the other "checked" entries
     CHECK: Run("checked", creates=(".resconf/results",), heavy=True),
     "pytest --pyargs resconf.conformance --resconf-backend torch": Parse(),
