@@ -64,6 +64,10 @@ COMMANDS = {
     "resconf check --mode default_precision --backend jax": Parse(),
     "resconf check --backend torch --mode autocast -k 'test_identity_gradient and float32' --skip-xfails": Parse(),
     "resconf check --worker-timeout 7200": Parse(),
+    "python tools/profile_check.py [--cold] --backend numpy --backend torch --backend jax --cover C":
+        NotRun("placeholders: [--cold] optional, C a strength; minutes (the gate's timing table)"),
+    "resconf calibrate --mode": NotRun("names the option in prose; `resconf calibrate --backend torch --mode autocast "
+                                       "--mode fp32_residual --seeds 200` is its checked form"),
     "python tools/profile_check.py --cold --backend numpy --backend torch --backend jax":
         NotRun("a cold check of three backends (minutes); tests/test_phase_times.py runs the tool on a subset"),
     "resconf check --backend tests.mutants:SkipDetached": Parse(),
