@@ -53,7 +53,8 @@ def test_a_backend_that_hangs_while_loading_is_killed_at_the_load_limit(tmp_path
 def test_a_chatty_failing_backends_logs_stay_capped(tmp_path):
     """Chatty prints 5 MiB a call (about 150 MiB in all here) and fails in two of its cases: the run
     completes, and the worker log kept beside the results holds its head and tail, cut in between."""
-    proc = resconf(tmp_path, "--backend", BROKEN + "Chatty", "-k", "test_identity_block and not preset")
+    proc = resconf(tmp_path, "--backend", BROKEN + "Chatty", "-k", "test_identity_block and not preset",
+                   "--cover", "all")  # every case, so that both failing ones run
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     rows = read_results(tmp_path / "r.parquet").to_pylist()
     assert len(rows) == 12 and sum(r["outcome"] == "failed" for r in rows) == 2
