@@ -159,7 +159,7 @@ def run_check(opts: CheckOptions) -> int:
     notes = [note for run in runs.values() for note in run.notes] + kept
     text = _summary_text(rows, notes, output, shrunk=opts.shrink or opts.profile in profiles.SHRINKING,
                          gated=(sum(run.gated_out for run in runs.values()),
-                                opts.cover or gate.DEFAULT.get(opts.profile, gate.ALL)))
+                                gate.strength(opts.cover, opts.profile)))
     try:
         write_text_atomic(summary_path(output), f"{SUMMARY_HEADER}, run {run_id}\n{text}\n")
     except OSError as exc:

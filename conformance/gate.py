@@ -20,6 +20,12 @@ STRENGTHS = (ALL, PAIRS, EACH)
 MEANING = {PAIRS: "every pair of parameter values", EACH: "every parameter value", ALL: "every case"}
 DEFAULT = {"ci": PAIRS, "smoke": PAIRS}  # by profile; the others run every case
 
+
+def strength(cover: str | None, profile: str) -> str:
+    """The strength a run uses: --cover's, else its profile's default."""
+    return cover or DEFAULT.get(profile, ALL)
+
+
 Axes = dict[str, Hashable]  # one case's parameter values (name -> value), the backend left out
 
 

@@ -93,15 +93,22 @@ def backend(backend_name: str):
     return LOADED[backend_name]
 
 
+def unclaimed(backend: Backend, dtype: str, mode: str, property_id: str) -> str | None:
+    """Why the backend does not run a case of this property in this dtype and mode, or None (the skip
+    reason; conformance/selection.py asks it before running anything)."""
+    if dtype not in backend.capabilities.dtypes:
+        return f"{backend.name} on {backend.device} does not claim {dtype}"
+    entry = catalogue.BY_ID.get(property_id)
+    return modes.why_not(mode, backend.capabilities.modes, backend.name, backend.device, dtype,
+                         entry.domains if entry else ())
+
+
 @pytest.fixture
 def subject(request: pytest.FixtureRequest, backend, dtype: str, mode: str):
     """The backend in the case's execution mode, after checking it claims the dtype and the mode for this
     property (else the case is skipped, and recorded so)."""
-    if dtype not in backend.capabilities.dtypes:
-        pytest.skip(f"{backend.name} on {backend.device} does not claim {dtype}")
     marker = request.node.get_closest_marker("property")
-    domains = catalogue.BY_ID[marker.args[0]].domains if marker and marker.args[0] in catalogue.BY_ID else ()
-    why = modes.why_not(mode, backend.capabilities.modes, backend.name, backend.device, dtype, domains)
+    why = unclaimed(backend, dtype, mode, marker.args[0] if marker else "?")
     if why:
         pytest.skip(why)
     moded = backend if mode == modes.DEFAULT_MODE else backend.in_mode(mode)

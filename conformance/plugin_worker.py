@@ -26,8 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                           / shards.DURATIONS_FILE)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    profile = config.getoption("--resconf-profile")
-    strength = config.getoption("--resconf-cover") or gate.DEFAULT.get(profile, gate.ALL)
+    strength = gate.strength(config.getoption("--resconf-cover"), config.getoption("--resconf-profile"))
     config.pluginmanager.register(CaseSelector(strength, chosen, durations), "resconf-selection")
     events = config.getoption("--resconf-events-jsonl")
     if events:

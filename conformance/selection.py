@@ -7,9 +7,9 @@ import pytest
 
 from resconf.backends import modes
 from resconf.backends.presets import PRESETS
-from resconf.conformance import catalogue, gate, shards
+from resconf.conformance import gate, shards
 from resconf.conformance import hypothesis_helpers as hh
-from resconf.conformance.plugin_backends import LOADED
+from resconf.conformance.plugin_backends import LOADED, unclaimed
 from resconf.conformance.plugin_cases import params_of, property_of
 from resconf.conformance.plugin_collection import case_number
 
@@ -79,10 +79,7 @@ def will_run(item: pytest.Item) -> bool:
         return False
     caps = backend.capabilities
     dtype, mode = params.get("dtype"), params.get("mode", modes.DEFAULT_MODE)
-    entry = catalogue.BY_ID.get(property_of(item))
-    domains = entry.domains if entry else ()
-    if dtype is not None and (dtype not in caps.dtypes or
-                              modes.why_not(mode, caps.modes, backend.name, backend.device, dtype, domains)):
+    if dtype is not None and unclaimed(backend, dtype, mode, property_of(item)):
         return False
     claims = {"placement": caps.placements if caps.blocks else frozenset(), "norm": caps.norms,
               "branch": caps.branches}
