@@ -10,7 +10,6 @@ backend is not correct), which the table says where.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from collections import defaultdict
 from dataclasses import dataclass
