@@ -158,6 +158,10 @@ class Backend(ABC):
     inherits_xfails: str | None = None
     # The execution mode its hooks run in (backends/modes.py): set on a copy by in_mode, read by the hooks.
     mode: str = DEFAULT_MODE
+    # True when a stack of a new depth costs a compile (JAX's jit over a scan of length L): a property that
+    # sweeps depth (GR-3, VG-3) then runs every depth as one full-length stack padded with blocks that change
+    # nothing. An eager backend runs each depth as it is, at a fraction of the cost.
+    compiles_each_depth: bool = False
 
     def __init__(self, device: str = "cpu") -> None:
         if device not in DEVICES:

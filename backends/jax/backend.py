@@ -111,6 +111,7 @@ class JaxBackend(JaxTensorParallel, Backend):
 
     name = "jax"
     devices = ("cpu", "cuda")
+    compiles_each_depth = True  # the scan's length is static: each depth is a program of its own
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)

@@ -88,6 +88,7 @@ class ModuleBackend(Backend):
     and `_vjp(s, layers, final, x, g)` -> (dx, dlayers, dfinal), the parameter dicts keyed by slot name."""
 
     devices = ("cpu", "cuda")
+    compiles_each_depth = True  # depth is the stacked axis's length, part of jit's cache key
     features: frozenset[str] = frozenset()
     dtypes_on: dict[str, frozenset[str]] = {}  # device -> the dtypes claimed there, when not DTYPES_CLAIMED
     mixed_precision = False  # whether its layers take a compute dtype apart from their parameters' (Structure.compute)
