@@ -8,12 +8,14 @@ import pytest
 from resconf.backends import modes
 from resconf.backends.presets import PRESETS
 from resconf.conformance import gate, shards
+from resconf.conformance.catalogue import BY_ID, TENSOR_PARALLEL
 from resconf.conformance import hypothesis_helpers as hh
 from resconf.conformance.plugin_backends import LOADED, unclaimed
 from resconf.conformance.plugin_cases import params_of, property_of
 from resconf.conformance.plugin_collection import case_number
 
 OUTSIDE = ("backend_name",)  # a group is one backend's cases of one test function
+RANKS = "tensor-parallel ranks"  # the shards' group of the cases that start rank processes
 
 
 class CaseSelector:
@@ -29,7 +31,8 @@ class CaseSelector:
         kept = self._covering(items)
         if self.shard:
             keys = {item.nodeid: shards.duration_key(item.nodeid) for item in kept}
-            assigned = shards.partition(keys.values(), self.durations, self.shard.count)
+            shared = {keys[item.nodeid]: RANKS for item in kept if TENSOR_PARALLEL in domains_of(item)}
+            assigned = shards.partition(keys.values(), self.durations, self.shard.count, shared.get)
             kept = [item for item in kept if assigned[keys[item.nodeid]] == self.shard.index]
         left = set(map(id, kept))
         others = [item for item in items if id(item) not in left]
@@ -54,6 +57,11 @@ class CaseSelector:
             dropped |= {id(item) for i, item in enumerate(group) if i not in chosen}
         self.gated_out = len(dropped)
         return [item for item in items if id(item) not in dropped]
+
+
+def domains_of(item: pytest.Item) -> tuple[str, ...]:
+    found = BY_ID.get(property_of(item))
+    return found.domains if found else ()
 
 
 def axes_of(item: pytest.Item) -> gate.Axes:

@@ -12,7 +12,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from resconf.conformance.outputs import write_text_atomic
 from resconf.conformance.home import HOME
@@ -39,16 +39,22 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def partition(nodeids: Iterable[str], durations: dict[str, float], count: int) -> dict[str, int]:
+def partition(nodeids: Iterable[str], durations: dict[str, float], count: int,
+              group: Callable[[str], str | None] = lambda nodeid: None) -> dict[str, int]:
     """node id -> shard (1-based): longest first onto the least-loaded shard (ties: the lower shard), so
-    the shards' expected times differ by at most one case's duration."""
-    ids = sorted(set(nodeids), key=lambda i: (-durations.get(i, UNKNOWN_S), i))
+    the shards' expected times differ by at most one unit's duration. The cases `group` gives one name go
+    to one shard as a unit: they share a per-process setup too costly to pay in every shard (the
+    tensor-parallel cases' rank processes, a framework import each)."""
+    units: dict[str, list[str]] = {}
+    for nodeid in set(nodeids):
+        units.setdefault(group(nodeid) or nodeid, []).append(nodeid)
+    cost = {unit: sum(durations.get(i, UNKNOWN_S) for i in members) for unit, members in units.items()}
     load = [0.0] * count
     assigned = {}
-    for nodeid in ids:
+    for unit in sorted(units, key=lambda u: (-cost[u], u)):
         shard = min(range(count), key=lambda s: (load[s], s))
-        load[shard] += durations.get(nodeid, UNKNOWN_S)
-        assigned[nodeid] = shard + 1
+        load[shard] += cost[unit]
+        assigned.update(dict.fromkeys(units[unit], shard + 1))
     return assigned
 
 

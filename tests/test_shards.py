@@ -38,6 +38,18 @@ def test_partition_is_disjoint_complete_and_balanced():
     assert shards.partition(reversed(ids), durations, 3) == assigned  # the order given does not matter
 
 
+def test_a_group_goes_to_one_shard_as_a_unit():
+    """Cases sharing a per-process setup (the tensor-parallel ranks) land in one shard, their durations summed."""
+    ids = [f"t{i}" for i in range(12)] + [f"tp{i}" for i in range(4)]
+    durations = dict.fromkeys(ids, 1.0)
+    assigned = shards.partition(ids, durations, 2, lambda i: "ranks" if i.startswith("tp") else None)
+    assert len({assigned[f"tp{i}"] for i in range(4)}) == 1
+    load = [sum(durations[i] for i in ids if assigned[i] == k) for k in (1, 2)]
+    assert load == [8.0, 8.0]  # the group (4 s) first, then the rest fill the other shard up to it
+    ungrouped = shards.partition(ids, durations, 2)
+    assert len({ungrouped[f"tp{i}"] for i in range(4)}) == 2  # without the group they would split
+
+
 def test_a_bad_shard_is_one_line_naming_the_form(tmp_path):
     proc = resconf(tmp_path, "check", "--backend", "numpy", "--shard", "4/3")
     assert proc.returncode == 2 and "expected K/N with 1 <= K <= N" in proc.stderr
