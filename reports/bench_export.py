@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from resconf.backends.dtypes import element_bytes
 from resconf.conformance.results import write_parquet_atomic
+from resconf.reports import sample_rounds
 from resconf.reports.bytes_moved import BYTES_MOVED, ROOFLINE_OPS
 from resconf.reports.flops import MATMUL_OP, PRESET_OPS, work
 from resconf.reports.roofline_flags import over_roofline_flag
@@ -33,9 +34,9 @@ from resconf.conformance.home import HOME
 
 DEFAULT_RESULTS_DIR = Path(".asv/results")
 DEFAULT_OUTPUT = HOME / "benchmarks.parquet"
-SCHEMA_VERSION = 3  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md); 2: quartiles;
+SCHEMA_VERSION = 4  # in the file metadata; any change to the columns bumps it (docs/benchmarks.md); 2: quartiles;
 # 3: flag, time_samples_s, cache_bytes, preset, flops, gflops, matmul_peak_gflops, matmul_fraction, and failed
-# combinations as rows without a time
+# combinations as rows without a time; 4: time_sample_rounds
 # asv's record of the device's last-level cache (bench_roofline.py): what a cache-resident flag is judged by
 CACHE_BENCHMARK = "bench_roofline.LastLevelCache.track_last_level_cache_bytes"
 
@@ -69,6 +70,7 @@ SCHEMA = pa.schema([
     ("gflops", pa.float64()),
     ("matmul_peak_gflops", pa.float64()),
     ("matmul_fraction", pa.float64()),
+    ("time_sample_rounds", pa.list_(pa.int64())),
 ], metadata={"resconf_bench_schema_version": str(SCHEMA_VERSION)})
 
 
@@ -105,6 +107,8 @@ class BenchRow:
     gflops: float | None = None  # flops / time_s / 1e9
     matmul_peak_gflops: float | None = None  # the best matmul GFLOP/s in the same results file, device and dtype
     matmul_fraction: float | None = None  # gflops / matmul_peak_gflops
+    # how many of time_samples_s each round (process) gave, in order, where reports/sample_rounds.py recorded it
+    time_sample_rounds: tuple[int, ...] | None = None
 
 
 def to_table(rows: Iterable[BenchRow]) -> pa.Table:
@@ -120,7 +124,8 @@ def read_rows(results_dir: Path) -> list[BenchRow]:
     param_names = _param_names(results_dir / "benchmarks.json")
     rows: list[BenchRow] = []
     for results in iter_results(str(results_dir)):
-        rows += _with_roofline(list(_rows_of(results, param_names)), _cache_bytes(results))
+        rounds = sample_rounds.load(results_dir, results.params["machine"], sample_rounds.file_name(results))
+        rows += _with_roofline(list(_rows_of(results, param_names, rounds)), _cache_bytes(results))
     return sorted(rows, key=lambda r: (r.machine, r.date, r.commit, r.env_name, r.benchmark, r.params))
 
 
@@ -152,8 +157,9 @@ def _param_names(benchmarks_json: Path) -> dict[str, list[str]]:
     return {name: info["param_names"] for name, info in listed.items() if isinstance(info, dict)}
 
 
-def _rows_of(results, param_names: dict[str, list[str]]) -> Iterable[BenchRow]:
-    """The timed combinations of one results file, without the roofline columns."""
+def _rows_of(results, param_names: dict[str, list[str]], rounds: sample_rounds.Record | None = None
+             ) -> Iterable[BenchRow]:
+    """The timed combinations of one results file, without the roofline columns; `rounds`: its round record."""
     date = datetime.fromtimestamp(results.date / 1000, tz=timezone.utc)
     for benchmark in sorted(results.get_all_result_keys()):
         method = benchmark.rsplit(".", 1)[-1]
@@ -164,11 +170,15 @@ def _rows_of(results, param_names: dict[str, list[str]]) -> Iterable[BenchRow]:
         values = results.get_result_value(benchmark, params)
         stats = results.get_result_stats(benchmark, params) or [None] * len(values)
         samples = results.get_result_samples(benchmark, params) or [None] * len(values)
-        for combo, time_s, stat, drawn in zip(itertools.product(*params), values, stats, samples):
+        counts = (rounds or {}).get(benchmark, [])
+        for i, (combo, time_s, stat, drawn) in enumerate(zip(itertools.product(*params), values, stats, samples)):
             if time_s is not None and math.isnan(time_s):
                 continue  # skipped: NotImplementedError in setup
-            yield _row(results, date, benchmark, method.removeprefix("time_"),
+            row = _row(results, date, benchmark, method.removeprefix("time_"),
                        dict(zip(names, map(_literal, combo))), time_s, stat, drawn)
+            split = counts[i] if i < len(counts) else None
+            yield dataclasses.replace(row, time_sample_rounds=tuple(split)) if (
+                drawn and split and sum(split) == len(drawn)) else row  # a stale record is left out
 
 
 def _row(results, date: datetime, benchmark: str, op: str, params: dict[str, Any], time_s: float | None,

@@ -47,6 +47,7 @@ class BenchRow:
     quartiles: tuple[float, float] | None = None  # the samples' 25th and 75th percentiles, when exported
     flag: str | None = None  # why a figure above the roofline is there (reports/roofline_flags.py)
     sample_times: tuple[float, ...] = ()  # every sample, when asv recorded them (--record-samples)
+    sample_rounds: tuple[int, ...] = ()  # how many of sample_times each round (process) gave (reports/sample_rounds.py)
     benchmark: str = ""  # asv's name, for a rerun command
     params: str = ""  # the export's stable parameter key: "backend=torch;device=cpu;dtype=float32;shape=8192x4096"
     bytes_moved: int | None = None
@@ -160,6 +161,7 @@ def bench_row(record: dict, machine: str) -> BenchRow:
         roofline_fraction=_number(record.get("roofline_fraction")),
         samples=None if record.get("samples") is None else int(record["samples"]), quartiles=_quartiles(record),
         flag=record.get("flag") or None, sample_times=tuple(record.get("time_samples_s") or ()),
+        sample_rounds=tuple(record.get("time_sample_rounds") or ()),
         benchmark=_text(record.get("benchmark")), params=_text(record.get("params")),
         bytes_moved=None if record.get("bytes_moved") is None else int(record["bytes_moved"]),
         cache_bytes=None if record.get("cache_bytes") is None else int(record["cache_bytes"]),

@@ -1,8 +1,10 @@
 """The nightly view: every benchmark at a machine's newest point against its previous point, judged by statistics.
 
 Two rules, both needed before a change is called real (thresholds measured by an A/A run, docs/benchmarks.md):
-- a Mann-Whitney U test on the two points' recorded samples (asv run --record-samples; scipy.stats), two-sided,
-  together with a ratio of medians beyond MIN_EFFECT: the samples differ, and by enough to matter;
+- a test that the two points differ, together with a ratio of medians beyond MIN_EFFECT: the points differ,
+  and by enough to matter. Where each point's rounds are recorded (reports/sample_rounds.py), the round (one
+  process) is the unit: Welch's t test on the rounds' log medians, since two processes of the same code can
+  differ by 1.5x; else a Mann-Whitney U test on the recorded samples (asv run --record-samples), two-sided;
 - where the machine has HISTORY_MIN earlier points, the new median's z-score against the last HISTORY_RUNS
   medians must pass Z_LIMIT too: a machine that drifts from night to night (a shared runner) moves its own
   history as much, so the drift does not read as a regression (conbench's rule).
@@ -11,6 +13,7 @@ are "ambiguous" (nvbench's AMBG): rerun it with the row's command.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import shlex
@@ -24,6 +27,10 @@ FASTER, SLOWER, SAME, AMBIGUOUS, ERRORED = "faster", "slower", "same", "ambiguou
 ALPHA = 0.001  # the U test's p-value below which two sample sets differ
 MIN_EFFECT = 0.25  # and their medians' ratio must pass 1 + MIN_EFFECT (slower) or 1 / (1 + MIN_EFFECT) (faster)
 MIN_SAMPLES = 7  # per point: with 6 a side the exact U test's smallest p is 2 / C(12, 6) = 0.002 > ALPHA
+# Where each point's rounds (processes) are recorded, at least MIN_ROUNDS of them, the unit is the round: Welch's t
+# on their log medians at ALPHA_ROUNDS (a t test with 3 rounds a side has 2 to 4 degrees of freedom; the U test
+# could not reach below 0.1 there)
+MIN_ROUNDS, ALPHA_ROUNDS = 3, 0.01
 HISTORY_RUNS, HISTORY_MIN, Z_LIMIT = 10, 5, 3.0
 
 Key = tuple[str, str, str]  # (machine, benchmark, params)
@@ -64,16 +71,42 @@ def classify(before: BenchRow | None, after: BenchRow | None, history: list[floa
         from scipy.stats import mannwhitneyu
     except ImportError:
         return AMBIGUOUS, ratio, None, None, "the U test needs scipy: pip install 'resconf[report]'"
-    p = float(mannwhitneyu(before.sample_times, after.sample_times, alternative="two-sided").pvalue)
+    units = round_medians(before), round_medians(after)
+    if None in units:
+        p, alpha, test = float(mannwhitneyu(before.sample_times, after.sample_times, alternative="two-sided").pvalue), \
+            ALPHA, "the U test's"
+    else:
+        p, alpha, test = rounds_p_value(*units), ALPHA_ROUNDS, f"{len(units[0])} vs {len(units[1])} rounds'"
     z = _z_score(after.time_s, history)
     direction = SLOWER if ratio > 1 + MIN_EFFECT else FASTER if ratio < 1 / (1 + MIN_EFFECT) else SAME
     if direction == SAME:
         return SAME, ratio, p, z, f"medians within x{1 + MIN_EFFECT:g}"
-    if p >= ALPHA:
-        return AMBIGUOUS, ratio, p, z, f"x{ratio:.2f} but the U test's p = {p:.2g} >= {ALPHA:g}"
+    if p >= alpha:
+        return AMBIGUOUS, ratio, p, z, f"x{ratio:.2f} but {test} p = {p:.2g} >= {alpha:g}"
     if z is not None and abs(z) < Z_LIMIT:
         return AMBIGUOUS, ratio, p, z, f"the U test agrees, but |z| = {abs(z):.1f} < {Z_LIMIT:g} against this machine's history"
-    return direction, ratio, p, z, f"p = {p:.2g} < {ALPHA:g}" + ("" if z is None else f", z = {z:+.1f}")
+    return direction, ratio, p, z, f"{test} p = {p:.2g} < {alpha:g}" + ("" if z is None else f", z = {z:+.1f}")
+
+
+def round_medians(row: BenchRow) -> list[float] | None:
+    """The median of each round (process) of a point, where the rounds are recorded (reports/sample_rounds.py)
+    and there are MIN_ROUNDS of them; else None (the samples are then taken as independent)."""
+    counts = row.sample_rounds
+    if len(counts) < MIN_ROUNDS or sum(counts) != len(row.sample_times) or min(counts) < 1:
+        return None
+    ends = list(itertools.accumulate(counts))
+    return [statistics.median(row.sample_times[end - n:end]) for n, end in zip(counts, ends)]
+
+
+def rounds_p_value(before: list[float], after: list[float]) -> float:
+    """Welch's two-sided t test on the rounds' log medians: the process is the unit, so a difference no larger
+    than between two processes of the same code is no evidence (nor is one round's luck)."""
+    from scipy.stats import ttest_ind
+
+    a, b = [math.log(t) for t in before], [math.log(t) for t in after]
+    if statistics.pvariance(a) == statistics.pvariance(b) == 0.0:  # identical rounds: t is 0/0 or infinite
+        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def _z_score(value: float, history: list[float]) -> float | None:

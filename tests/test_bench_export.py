@@ -187,3 +187,35 @@ def test_the_recorded_cache_size_reaches_the_flag():
     assert hasattr(bench_roofline.LastLevelCache, "track_last_level_cache_bytes")
     if Path("/sys/devices/system/cpu/cpu0/cache").is_dir():
         assert bench_roofline.last_level_cache_bytes("cpu") >= 2 ** 20  # every x86 or arm server CPU's is
+
+
+def test_recorded_rounds_reach_the_export(tmp_path):
+    """Two `asv run --append-samples` rounds, each followed by `python -m resconf.reports.sample_rounds`: the
+    export splits every combination's samples into the two rounds; a record that no longer adds up is dropped."""
+    import shutil
+
+    from resconf.reports import sample_rounds
+
+    results = tmp_path / "asv" / "results"
+    shutil.copytree(FIXTURE, results)
+    path = results / "vm" / RESULT_FILE.name
+    data = json.loads(path.read_text())
+    columns, entry = data["result_columns"], data["results"][RMS_FORWARD]
+    entry += [None] * (len(columns) - len(entry))
+    timed = [t is not None and not math.isnan(t) for t in entry[0]]
+
+    def a_round(n: int) -> None:  # what asv's append does: the new samples after the old
+        old = entry[columns.index("samples")] or [None] * len(timed)
+        entry[columns.index("samples")] = [(o or []) + [0.01] * n if ok else None for o, ok in zip(old, timed)]
+        path.write_text(json.dumps(data))
+
+    commit = data["commit_hash"]
+    for n in (3, 5):
+        a_round(n)
+        assert sample_rounds.main([str(results), commit[:8]]) == 0
+    assert (tmp_path / "asv" / "rounds" / "vm" / RESULT_FILE.name).is_file()  # beside asv's folder, not in it
+    split = [r.time_sample_rounds for r in bench_export.read_rows(results) if r.benchmark == RMS_FORWARD and r.time_s]
+    assert split and all(s == (3, 5) for s in split), split
+    a_round(1)  # a round not recorded: the record says 8 of 9 samples, so the export leaves it out
+    assert all(r.time_sample_rounds is None for r in bench_export.read_rows(results) if r.benchmark == RMS_FORWARD)
+    assert sample_rounds.main([str(results), "0" * 8]) == 1  # no results of that commit
