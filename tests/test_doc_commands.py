@@ -128,6 +128,13 @@ COMMANDS = {
     "resconf report --bench": NotRun(NAMED_ONLY),
     "pip install torch==2.13.0 <wheel>[torch,jax,numba,triton]": NotRun("what asv runs when it builds a commit"),
     "asv compare --split": NotRun(NAMED_ONLY),
+    "for round in 1 2 3 4; do": NotRun("a shell loop of four asv runs (minutes); benchmarks/aa_check.sh runs it"),
+    'asv run --python=same --append-samples --set-commit-hash "$COMMIT"':
+        NotRun("a round of the grid (a minute); $COMMIT is a placeholder"),
+    'python -m resconf.reports.sample_rounds .asv/results "$COMMIT"':
+        NotRun("$COMMIT is a placeholder; tests/test_bench_export.py records two rounds and exports them"),
+    "done": NotRun("ends the shell loop above"),
+    "python -m resconf.reports.sample_rounds": NotRun(NAMED_ONLY),
     "asv run --python=same --quick --set-commit-hash ...": Parse(),
     "SELECT * FROM '.resconf/*.parquet'": Run("fixtures"),
     "python tools/kernel_ratios.py [--shape 8192x4096] [--dtype float32]":
