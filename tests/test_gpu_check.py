@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "gpu-check.sh"
 STEPS = ("env", "install", "pytest-cuda", "check-triton_fused", "check-torch", "check-jax", "check-liger",
          "bench-roofline", "bench-triton_fused", "bench-torch", "bench-jax", "bench-liger", "bench-torch_compile",
+         "bench-presets-torch", "bench-matmul-torch", "bench-presets-jax", "bench-matmul-jax",
          "check-merge", "bench-export")
 OUTPUTS = {"summary.txt", "gpu-check.log", "conformance.parquet", "bench.parquet", "work.tar.gz"}
 DEVICE_FILE_LIMIT = 8  # files the device machine sends back from $OUT (/work/.library/device/README.md)
@@ -93,8 +94,11 @@ def test_dry_run_bench_parquet(dry):
     assert {"copy", "add", "add_rmsnorm_forward", "add_layernorm_forward_backward"} <= {r["op"] for r in rows}
     assert {"torch", "jax", "triton_fused"} <= {r["backend"] for r in rows}
     assert {r["dtype"] for r in rows if r["backend"]} == {"bfloat16", "float32"}
-    fused = [r for r in rows if r["backend"]]
+    fused = [r for r in rows if r["backend"] and r["op"] in BYTES_MOVED]
     assert all(r["device"] == "cpu" and r["roofline_fraction"] > 0 and r["samples"] >= 1 for r in fused)
+    compute = {(r["op"], r["backend"]) for r in rows if r["gflops"]}  # the preset stacks and the matmul peak
+    assert {(op, b) for op in ("preset_stack_forward", "preset_stack_forward_backward", "matmul")
+            for b in ("torch", "jax")} <= compute
     assert all(r["params"] == f"backend={r['backend']};device=cpu;dtype={r['dtype']};shape={r['tokens']}x{r['hidden']}"
                for r in fused)
 
@@ -183,3 +187,26 @@ def test_export_computes_gbps_and_the_copy_roofline(tmp_path, monkeypatch):
     text = "\n".join(gpu_report.throughput_table(tmp_path / "b.parquet", "cuda"))
     assert text.startswith("Throughput on cuda") and "Back to back" in text
     assert "| device | op | dtype | shape | backend | time | spread | samples | GB/s | % of roofline |" in text
+
+
+def test_the_preset_stacks_and_the_matmul_peak_run_through_their_asv_classes(tmp_path):
+    """--suite presets and --suite matmul time bench_presets' and bench_matmul's classes (every preset and depth
+    of the grid at the given shape; n from the shape) and export their FLOPs and % of the matmul peak."""
+    tool, rows = ROOT / "tools" / "gpu_bench.py", tmp_path / "rows.jsonl"
+    plan = ["--device", "cpu", "--dtypes", "float32", "--warmup", "0", "--samples", "2", "--min-sample-s", "0"]
+    for suite, shapes in (("presets", "16x64"), ("matmul", "32x32")):
+        proc = subprocess.run([sys.executable, str(tool), "time", "--backend", "torch", "--suite", suite, "--shapes",
+                               shapes, "--out", str(rows), *plan], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(tool), "export", str(rows), "-o", str(tmp_path / "b.parquet")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    found = {(r["op"], r["preset"]): r for r in pq.read_table(tmp_path / "b.parquet").to_pylist()}
+    ops = ("preset_stack_forward", "preset_stack_forward_backward")
+    assert set(found) == {(op, p) for op in ops for p in ("gpt2", "llama")} | {("matmul", None)}
+    matmul = found["matmul", None]
+    assert (matmul["tokens"], matmul["hidden"], matmul["flops"]) == (32, 32, 2 * 32**3)
+    for op in ops:
+        stack = found[op, "llama"]
+        assert (stack["tokens"], stack["hidden"], stack["depth"]) == (16, 64, 2) and stack["flops"] > 0
+        assert stack["matmul_fraction"] == pytest.approx(stack["gflops"] / matmul["gflops"])

@@ -1,6 +1,7 @@
 """Time the asv benchmark classes without asv, for tools/gpu-check.sh (the GPU machine has no asv).
 
-Each class of benchmarks/bench_fused.py and benchmarks/bench_roofline.py runs as asv would run it:
+Each class of benchmarks/bench_fused.py, bench_roofline.py, bench_presets.py (the gpt2 and llama stacks) and
+bench_matmul.py (the compute peak) runs as asv would run it:
 `setup(*params)` (NotImplementedError: skipped, with the reason), the timed method, `teardown`. The timed
 method synchronises the device itself (the backend's `synchronize`), so a sample is `calls` synchronised
 calls, divided by `calls`: asv's seconds per call. On a GPU a sample is timed by CUDA events with the L2
@@ -12,6 +13,8 @@ the device's throughput without the launch-and-wait gap of every call.
 
   python tools/gpu_bench.py time --device cuda --backend torch --shapes 8192x4096 --out rows.jsonl
   python tools/gpu_bench.py time --device cuda --roofline --shapes 8192x4096 --out rows.jsonl
+  python tools/gpu_bench.py time --device cuda --backend torch --suite presets --shapes 2048x1024 --out rows.jsonl
+  python tools/gpu_bench.py time --device cuda --backend jax --suite matmul --shapes 4096x4096 --out rows.jsonl
   python tools/gpu_bench.py export rows.jsonl ... -o bench.parquet
 
 `time` writes one JSON line per case as it finishes (a killed run keeps its finished cases) and exits 0 when
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -45,6 +50,8 @@ sys.path.insert(0, str(ROOT))  # `benchmarks` is a package at the repository roo
 from benchmarks import device_timing as dt  # noqa: E402  (imports no framework, nor resconf)
 
 SKIPPED, TIMED, FAILED = "skipped", "timed", "failed"
+SUITES = {"fused": "bench_fused", "presets": "bench_presets", "matmul": "bench_matmul"}  # --suite: asv modules
+RECORD_PARAMS = ("backend", "device", "dtype", "shape")  # a Record's own fields; the class's others go in `extra`
 NOTHING_TIMED = 77  # exit status: every case skipped (automake's "skipped"; gpu-check.sh records a skipped step)
 
 
@@ -69,6 +76,8 @@ class Record:
     tokens: int
     hidden: int
     reason: str = ""  # why skipped or failed (one line)
+    # the class's other parameters, as asv passes them: a preset stack's preset and depth, a matmul's n
+    extra: dict = dataclasses.field(default_factory=dict)
     time_s: float | None = None  # median over samples of seconds per synchronised call (asv's measure)
     time_s_min: float | None = None
     samples: int | None = None
@@ -85,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     what = t.add_mutually_exclusive_group(required=True)
     what.add_argument("--backend", help="a backend name for bench_fused (torch, jax, triton_fused, liger, ...)")
     what.add_argument("--roofline", action="store_true", help="bench_roofline's copy and add")
-    t.add_argument("--shapes", type=_shapes, required=True, help="tokensxhidden, comma separated: 8192x4096,8192x8192")
+    t.add_argument("--suite", choices=tuple(SUITES), default="fused",
+                   help="with --backend: the fused add+norm ops (default), the preset stacks or the matmul peak")
+    t.add_argument("--shapes", type=_shapes, required=True, help="tokensxhidden, comma separated: 8192x4096,8192x8192 "
+                   "(a preset stack's tokens x d_model; a matmul takes n from the first number)")
     t.add_argument("--dtypes", default="bfloat16,float32", help="fused dtypes (the roofline uses its own)")
     t.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     t.add_argument("--warmup", type=int, default=3)
@@ -125,16 +137,18 @@ def time_cases(args: argparse.Namespace, plan: Plan) -> int:
         # the all-core copy and add are CPU measurements (numba), skipped off the CPU
         classes = [c for c in _classes(module) if args.device == "cpu" or not issubclass(c[0], module._AllCores)]
     else:
-        module, dtypes = bench_fused, tuple(args.dtypes.split(","))
-        classes = _classes(module)
+        module = bench_fused if args.suite == "fused" else importlib.import_module(f"benchmarks.{SUITES[args.suite]}")
+        dtypes, classes = tuple(args.dtypes.split(",")), _classes(module)
     values = {"backend": args.backend, "device": args.device}
-    cases = [(cls, method, shape, dtype) for shape in args.shapes for dtype in dtypes for cls, method in classes]
+    cases = list(dict.fromkeys((cls, method, combo) for shape in args.shapes for dtype in dtypes
+                               for cls, method in classes
+                               for combo in _grid(cls, {**values, "dtype": dtype, "shape": shape, "n": shape[0]})))
     cases = cases[:args.max_cases] if args.max_cases else cases
     counts = {TIMED: 0, SKIPPED: 0, FAILED: 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    for cls, method, shape, dtype in cases:
-        case_values = {**values, "dtype": dtype, "shape": shape}
+    for cls, method, combo in cases:
+        case_values = dict(combo)
         if args.time_limit is not None and time.monotonic() - started > args.time_limit:
             record = dataclasses.replace(_record(module, cls, method, case_values), status=SKIPPED,
                                          reason=f"not started: the step's time limit ({args.time_limit:g} s) had passed")
@@ -152,12 +166,19 @@ def time_cases(args: argparse.Namespace, plan: Plan) -> int:
     return 0
 
 
+def _grid(cls: type, given: dict) -> list[tuple]:
+    """Every parameter combination of cls, as ((name, value), ...): a parameter `given` names takes its value,
+    the others (a preset stack's preset and depth) each of the class's own values."""
+    choices = [[given[name]] if name in given else list(values) for name, values in zip(cls.param_names, cls.params)]
+    return [tuple(zip(cls.param_names, combo)) for combo in itertools.product(*choices)]
+
+
 def _record(module, cls: type, method: str, values: dict) -> Record:
     """The case's identity, status FAILED until it is timed or skipped."""
-    tokens, hidden = values["shape"]
+    tokens, hidden = values["shape"] if "shape" in values else (values["n"], values["n"])
     return Record(FAILED, f"{module.__name__.rsplit('.', 1)[-1]}.{cls.__name__}.{method}", method.removeprefix("time_"),
                   values["backend"] if "backend" in cls.param_names else None, values["device"], values["dtype"],
-                  tokens, hidden)
+                  tokens, hidden, extra={k: v for k, v in values.items() if k not in RECORD_PARAMS})
 
 
 def time_case(module, cls: type, method: str, values: dict, plan: Plan) -> Record:
@@ -238,7 +259,8 @@ def _allow_interpreted_triton(cm) -> None:
 
 
 def _line(r: Record) -> str:
-    what = f"{r.benchmark} backend={r.backend} {r.device} {r.dtype} {r.tokens}x{r.hidden}"
+    what = f"{r.benchmark} backend={r.backend} {r.device} {r.dtype} {r.tokens}x{r.hidden}" + "".join(
+        f" {k}={v}" for k, v in r.extra.items())
     if r.status != TIMED:
         return f"{r.status.upper()} {what}: {r.reason}"
     pipe = "" if r.time_s_pipelined is None else f", back to back {r.time_s_pipelined * 1e3:.4f} ms"
@@ -312,7 +334,8 @@ class _AsvRun:
 
 def _bench_row(bx, run: _AsvRun, r: Record, time_s: float):
     """A timed case as `resconf bench-export` makes a row of an asv result (its roofline columns empty)."""
-    params = {"backend": r.backend, "device": r.device, "dtype": r.dtype, "shape": (r.tokens, r.hidden)}
+    shape = {} if "n" in r.extra else {"shape": (r.tokens, r.hidden)}  # a matmul's size is its n
+    params = {"backend": r.backend, "device": r.device, "dtype": r.dtype, **shape, **r.extra}
     return bx._row(run, run.date, r.benchmark, r.op,
                    {k: v for k, v in params.items() if v is not None}, time_s, {"repeat": r.samples})
 
