@@ -6,7 +6,10 @@
 # A benchmark, not a test: it prints verdicts and asserts nothing. Venv active, from the repository root:
 #   bash benchmarks/aa_check.sh A_COMMIT B_COMMIT [ROUNDS=4 [BENCH_REGEX]]   (two commits with no results yet)
 set -euo pipefail
-a=$1 b=$2 rounds=${3:-4}
+# Full hashes: asv names result files by the first 8 hex digits, which a short hash may not have.
+a=$(git rev-parse --verify "$1^{commit}")
+b=$(git rev-parse --verify "$2^{commit}")
+rounds=${3:-4}
 bench=${4:-'^bench_fused\.AddRMSNormForward\.|^bench_roofline|^bench_matmul|^bench_presets\.PresetStackForward\.'}
 export RESCONF_BENCH_BACKENDS=benchmarks.slowed:SlowedNumpy
 for round in $(seq "$rounds"); do

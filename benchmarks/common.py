@@ -5,7 +5,8 @@ each timed call. So a benchmark's setup goes through the lru_cache'd case factor
 loads the backend, draws the data, builds the callable and runs it once (compilation and warm-up stay out
 of the timed region); later calls are a cache hit. Whatever is unavailable (backend not installed or not
 written yet, dtype, kind or device not claimed, no GPU) raises NotImplementedError, which asv records as
-a skip. No framework is imported here: a backend imports its own when it is loaded, in setup.
+a skip. No framework is imported here: a backend imports its own when it is loaded, in setup (in asv's
+forkserver, benchmarks/preload.py has imported the grid's frameworks once, before it forks a combination).
 
 The bytes-moved formulas behind the GB/s figures live in reports/bytes_moved.py, one place for the
 benchmarks' documentation and for the export that divides them by these times.
@@ -27,6 +28,7 @@ from resconf.backends.registry import BUILTIN, BackendUnavailable, entry_point_n
 from resconf.reports.flops import PRESETS, preset_config
 
 from . import device_timing as dt
+from . import preload
 from .numpy_baseline import NumpyBaseline
 
 SEED = 0
@@ -67,6 +69,8 @@ DEVICES = (run_device(os.environ.get(DEVICE_ENV)),)
 # asv's `timer` of every timed class: CUDA events on a GPU, perf_counter on the CPU (benchmarks/device_timing.py).
 # A class attribute, not code asv hashes, so the benchmarks' versions (and their history) stay as they were.
 TIMER = dt.clock(DEVICES[0])
+# In asv's forkserver only: torch, its compiler, jax and numba imported once, not in every combination.
+PRELOADED = preload.preload_in_forkserver(DEVICES[0])
 DTYPES = ("float32", "bfloat16")
 BUILTIN_FUSED = ("numpy", "torch", "torch_compile", "jax", "numba_fused", "triton_fused", "liger")
 SHAPES = ((512, 1024), (2048, 4096), (8192, 4096), (8192, 8192)) if FULL else ((8192, 4096),)  # (tokens, hidden)
