@@ -88,6 +88,9 @@ COMMANDS = {
     "resconf calibrate --backend torch --seeds 100": Parse(),
     "resconf calibrate --backend torch --mode autocast --mode fp32_residual --seeds 200": Parse(),
     "resconf calibrate --backend torch --mode autocast --seeds 200 -k 'test_vjp_matches_oracle and not realistic'": Parse(),
+    ("resconf calibrate --backend torch --mode compile --seeds 5 -k '(test_forward_matches_oracle or "
+     "test_vjp_matches_oracle or test_identity_gradient or test_negative_control or test_gradient_decomposition or "
+     "test_gradient_bounds) and float32'"): Parse(),
     # every installed default backend, the real modules too (~2 min cold): heavy, as the other "checked" entries
     CHECK: Run("checked", creates=(".resconf/results",), heavy=True),
     "pytest --pyargs resconf.conformance --resconf-backend torch": Parse(),
@@ -137,6 +140,7 @@ COMMANDS = {
     "python -m resconf.reports.sample_rounds": NotRun(NAMED_ONLY),
     "asv run --python=same --quick --set-commit-hash ...": Parse(),
     "SELECT * FROM '.resconf/*.parquet'": Run("fixtures"),
+    "python tools/kernel_ratios.py": NotRun("about a minute of timing three backends (tests/test_kernel_ratios.py: the plumbing)"),
     "python tools/kernel_ratios.py [--shape 8192x4096] [--dtype float32]":
         NotRun("a usage synopsis: [brackets] mark options; minutes of timing (tests/test_kernel_ratios.py: the plumbing)"),
     "python -m benchmarks.device_timing info": NotRun("run from the repository root on a GPU machine; "
