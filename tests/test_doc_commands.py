@@ -140,7 +140,8 @@ COMMANDS = {
     "python -m resconf.reports.sample_rounds": NotRun(NAMED_ONLY),
     "asv run --python=same --quick --set-commit-hash ...": Parse(),
     "SELECT * FROM '.resconf/*.parquet'": Run("fixtures"),
-    "python tools/kernel_ratios.py": NotRun("about a minute of timing three backends (tests/test_kernel_ratios.py: the plumbing)"),
+    "python tools/kernel_ratios.py":
+        NotRun("about a minute of timing three backends (tests/test_kernel_ratios.py: the plumbing)"),
     "python tools/kernel_ratios.py [--shape 8192x4096] [--dtype float32]":
         NotRun("a usage synopsis: [brackets] mark options; minutes of timing (tests/test_kernel_ratios.py: the plumbing)"),
     "python -m benchmarks.device_timing info": NotRun("run from the repository root on a GPU machine; "
