@@ -88,7 +88,7 @@ COMMANDS = {
     "resconf calibrate --backend torch --seeds 100": Parse(),
     "resconf calibrate --backend torch --mode autocast --mode fp32_residual --seeds 200": Parse(),
     "resconf calibrate --backend torch --mode autocast --seeds 200 -k 'test_vjp_matches_oracle and not realistic'": Parse(),
-    ("resconf calibrate --backend torch --mode compile --seeds 20 -k '(test_forward_matches_oracle or "
+    ("resconf calibrate --backend torch --mode compile --seeds 50 -k '(test_forward_matches_oracle or "
      "test_vjp_matches_oracle or test_identity_gradient or test_negative_control or test_gradient_decomposition or "
      "test_gradient_bounds) and float32'"): Parse(),
     # every installed default backend, the real modules too (~2 min cold): heavy, as the other "checked" entries
