@@ -84,7 +84,8 @@ def classify(before: BenchRow | None, after: BenchRow | None, history: list[floa
     if p >= alpha:
         return AMBIGUOUS, ratio, p, z, f"x{ratio:.2f} but {test} p = {p:.2g} >= {alpha:g}"
     if z is not None and abs(z) < Z_LIMIT:
-        return AMBIGUOUS, ratio, p, z, f"the U test agrees, but |z| = {abs(z):.1f} < {Z_LIMIT:g} against this machine's history"
+        return AMBIGUOUS, ratio, p, z, (f"{test} p = {p:.2g} < {alpha:g}, but |z| = {abs(z):.1f} < {Z_LIMIT:g} "
+                                        f"against this machine's history")
     return direction, ratio, p, z, f"{test} p = {p:.2g} < {alpha:g}" + ("" if z is None else f", z = {z:+.1f}")
 
 

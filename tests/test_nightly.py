@@ -78,6 +78,7 @@ def test_a_machine_history_that_swings_as_much_makes_a_change_ambiguous():
     swinging = [samples(0.1 if i % 2 else 0.15, i) for i in range(8)]
     v = verdict_of(*swinging, samples(0.1, 20), tuple(1.5 * t for t in samples(0.1, 21)))
     assert v.verdict == nt.AMBIGUOUS and v.z_score is not None and abs(v.z_score) < nt.Z_LIMIT, v.why
+    assert v.why.startswith("the U test's p = "), v.why  # names the test that agreed (no rounds recorded here)
     steady = [samples(0.1, i) for i in range(8)]
     v = verdict_of(*steady, samples(0.1, 20), tuple(1.5 * t for t in samples(0.1, 21)))
     assert v.verdict == nt.SLOWER and v.z_score > nt.Z_LIMIT, v.why
