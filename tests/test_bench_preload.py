@@ -53,7 +53,7 @@ def test_the_forkserver_imports_the_installed_frameworks_and_starts_no_thread():
     # A thread running when the server forks would be missing in every combination (fork copies one thread):
     # a framework whose import started one would make the forked combinations hang or crash.
     assert server["after"] == server["before"], f"importing the frameworks started threads: {server}"
-    assert _import_suite_as(["-c"])["loaded"] == []
+    # anywhere else the suite imports no framework: tests/test_bench_export.py
 
 
 def test_asv_still_starts_its_forkserver_with_the_run_server_command():
